@@ -1,0 +1,158 @@
+"""Small building blocks shared by the Mobile and Former halves of the model.
+
+Everything here is written for export: plain 4-D tensor ops, no shape arithmetic on Python ints, and
+constants (scales, DyReLU coefficients) folded into weights inside ``forward`` so that the exporter's
+constant folding turns them into single initializers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from functools import reduce
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth on a residual branch: drops whole samples in training, identity in eval."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class MLP(nn.Module):
+    """Linear -> GELU -> dropout -> Linear -> dropout."""
+
+    def __init__(self, in_features: int, hidden: int, out_features: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, out_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class GroupedLinear(nn.Module):
+    """Independent linear maps per head, run as one batched matmul.
+
+    The seed keeps a Python list of ``nn.Linear`` (one per head) and loops over it; that exports as
+    one MatMul/Add/Reshape/Concat chain per head. Here the per-head weights are one ``[groups, in, out]``
+    tensor, so ``x[..., groups, M, in] @ W`` is a single MatMul whatever the head count.
+    """
+
+    def __init__(self, groups: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(groups, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(groups, out_features))
+
+    def forward(self, x: Tensor, out_scale: Tensor | float | None = None) -> Tensor:
+        """``x``: [..., groups, M, in] -> [..., groups, M, out].
+
+        ``out_scale`` multiplies the output; it is applied to the weights so that an export folds it
+        into the initializer instead of adding a Mul on the activations.
+        """
+        weight, bias = self.weight, self.bias
+        if out_scale is not None:
+            weight, bias = weight * out_scale, bias * out_scale
+        return x @ weight + bias.unsqueeze(-2)
+
+    def extra_repr(self) -> str:
+        g, i, o = self.weight.shape
+        return f"groups={g}, in_features={i}, out_features={o}"
+
+
+def split_heads(tokens: Tensor, heads: int) -> Tensor:
+    """[B, M, D] -> [B, heads, M, D // heads] without reading B or M from the shape."""
+    return tokens.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def feature_heads(feature_map: Tensor, heads: int) -> Tensor:
+    """[B, C, H, W] -> [B, heads, C // heads, H*W]: channels split into heads, pixels as the last axis."""
+    return feature_map.flatten(2).unflatten(1, (heads, -1))
+
+
+class DyReLU(nn.Module):
+    """Dynamic ReLU, type B (per-channel), with its parameters computed from token 0.
+
+    For each channel c the activation is ``max_j(a_j[c] * x + b_j[c])`` over k affine maps, with
+    ``[a_1..a_k, b_1..b_k] = coefs * LN(MLP(token_0)) + consts`` (coefs ``[1.0]*k + [0.5]*k``,
+    consts ``[1.0, 0, ..., 0]``, as in the seed). The seed builds a 5-D ``[H, W, B, C, k]`` tensor
+    through permutes; here each map is an NCHW multiply-add with a ``[B, C, 1, 1]`` coefficient, and the
+    k results are combined with elementwise Max, which every backend runs natively.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        token_dim: int,
+        reduce: float,
+        k: int = 2,
+        coefs: Sequence[float] = (1.0, 0.5),
+        consts: Sequence[float] = (1.0, 0.0),
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.k = k
+        n_params = 2 * k * channels
+        self.mlp = MLP(token_dim, int(token_dim / reduce), n_params)
+        self.norm = nn.LayerNorm(n_params)
+        per_param_coef = torch.tensor([coefs[0]] * k + [coefs[1]] * k)
+        per_param_const = torch.tensor([consts[0]] + [consts[1]] * (2 * k - 1))
+        # The seed's parameters are laid out [C, 2k], so the per-parameter constants tile C times.
+        self.register_buffer("coef", per_param_coef.repeat(channels), persistent=False)
+        self.register_buffer("const", per_param_const.repeat(channels), persistent=False)
+
+    def coefficients(self, tokens: Tensor) -> Tensor:
+        """Tokens [B, M, D] -> coefficients [B, C, 2k, 1]: a_1..a_k then b_1..b_k along axis 2."""
+        hidden = self.mlp(tokens[:, 0])
+        # coefs * LN(h) + consts == LN(h) with its affine parameters rescaled: folded at export.
+        params = F.layer_norm(
+            hidden,
+            self.norm.normalized_shape,
+            self.norm.weight * self.coef,
+            self.norm.bias * self.coef + self.const,
+            self.norm.eps,
+        )
+        return params.unflatten(1, (self.channels, 2 * self.k)).unsqueeze(-1)
+
+    def activate(self, x: Tensor, coefficients: Tensor) -> Tensor:
+        """Apply the activation to x [B, C, H, W] with coefficients from :meth:`coefficients`."""
+        k = self.k
+        maps = [x * coefficients[:, :, j : j + 1] + coefficients[:, :, k + j : k + j + 1] for j in range(k)]
+        return reduce(torch.maximum, maps)
+
+    def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
+        return self.activate(x, self.coefficients(tokens))
+
+
+def conv_bn(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | tuple[int, int] = 1,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    groups: int = 1,
+) -> nn.Sequential:
+    """Conv2d without bias followed by BatchNorm2d.
+
+    The seed gives these convs a (zero-initialised) bias; a bias in front of BatchNorm is redundant
+    (BN's shift absorbs it) and only adds parameters, so it is left out.
+    """
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
+    return nn.Sequential(OrderedDict(conv=conv, bn=nn.BatchNorm2d(out_channels)))
