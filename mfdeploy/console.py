@@ -1,0 +1,52 @@
+"""Terminal output: human text and progress on stderr, machine-readable JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+# Everything for humans goes to stderr so that `--json` output on stdout stays parseable.
+# Piped output (CI logs, files) gets a fixed width wide enough for the tables instead of rich's 80.
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+
+
+def warn_once(key: str, message: str) -> None:
+    """Warn the first time ``key`` is seen in this process, so a repeated condition warns once."""
+    if key not in _warned:
+        _warned.add(key)
+        warn(message)
+
+
+def error(message: str) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+
+
+def emit_json(payload: Any) -> None:
+    """Write ``payload`` as JSON on stdout."""
+    sys.stdout.write(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def progress() -> Progress:
+    """A progress bar on stderr (disabled automatically when stderr is not a terminal)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err,
+        transient=False,
+    )

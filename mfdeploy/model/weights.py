@@ -1,0 +1,234 @@
+"""Reading and writing Mobile-Former checkpoints safely, and building the model a command asks for.
+
+Checkpoints are read with ``torch.load(weights_only=True)`` or safetensors: never an arbitrary unpickle.
+A checkpoint that does not fit is described (which size, how many classes it holds) instead of
+failing on the first key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mfdeploy.console import warn_once
+from mfdeploy.errors import UserError
+from mfdeploy.fileio import atomic_path, sha256_file
+from mfdeploy.model.config import SIZES, get_config
+from mfdeploy.model.mobileformer import MobileFormer, build_model
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+_MAX_KEYS_SHOWN = 4
+
+
+@dataclass
+class Checkpoint:
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Accept a bare state dict or the usual wrappers ({"state_dict": ...}, {"model": ...})."""
+    for _ in range(3):
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        if isinstance(obj, dict):
+            inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is not None:
+                obj = inner
+                continue
+        raise UserError(f"{path} is not a checkpoint: expected a state dict of tensors, found {type(obj).__name__}")
+    state = {str(k): v for k, v in obj.items()}
+    if all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a .safetensors or .pt/.pth checkpoint, with its mfdeploy metadata when it has some."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                raw_meta = handle.metadata() or {}
+                state = {key: handle.get_tensor(key) for key in handle.keys()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"cannot read {path}: not a valid safetensors file ({exc})") from None
+        metadata = {}
+        for key, value in raw_meta.items():
+            try:
+                metadata[key] = json.loads(value)
+            except json.JSONDecodeError:
+                metadata[key] = value
+        if not state:
+            raise UserError(f"{path} holds no tensors; it is not a Mobile-Former checkpoint")
+        return Checkpoint(state, metadata)
+    if suffix in TORCH_SUFFIXES:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any failure to parse a user's file is a user error
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+            if found is not None:
+                raise UserError(
+                    f"refusing to load {path}: it pickles a Python object ({found.group(1)}), and only tensors "
+                    "are loaded safely; save model.state_dict() or a .safetensors file"
+                ) from None
+            first_line = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+            reason = first_line if isinstance(exc, (RuntimeError, OSError)) and first_line else "corrupt or truncated"
+            raise UserError(f"cannot read {path}: not a valid PyTorch checkpoint ({reason})") from None
+        return Checkpoint(_unwrap(obj, path))
+    raise UserError(f"unsupported weights file {path.name}: use .safetensors, .pt or .pth")
+
+
+def _expected_shapes(size: str, num_classes: int, in_chans: int) -> dict[str, torch.Size]:
+    with torch.device("meta"):
+        model = MobileFormer(get_config(size), num_classes, in_chans)
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def identify(state: dict[str, torch.Tensor]) -> tuple[str, int, int] | None:
+    """Which (size, num_classes, in_chans) a state dict belongs to, or None if it is no Mobile-Former."""
+    try:
+        num_classes = int(state["head.fc2.weight"].shape[0])
+        in_chans = int(state["stem.conv_bn.conv.weight"].shape[1])
+    except (KeyError, IndexError):
+        return None
+    for size in SIZES:
+        expected = _expected_shapes(size, num_classes, in_chans)
+        if expected.keys() == state.keys() and all(state[k].shape == s for k, s in expected.items()):
+            return size, num_classes, in_chans
+    return None
+
+
+def _describe(size: str, num_classes: int, in_chans: int) -> str:
+    chans = "" if in_chans == 3 else f", {in_chans} input channels"
+    return f"Mobile-Former {size} with {num_classes} classes{chans}"
+
+
+def check_fits(state: dict[str, torch.Tensor], model: MobileFormer, path: Path) -> None:
+    """Raise a UserError naming the first offending keys if ``state`` does not fit ``model``."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if not (missing or unexpected or misshaped):
+        return
+    wanted = _describe(model.cfg.name, model.num_classes, model.in_chans)
+    found = identify(state)
+    if found is not None:
+        size, num_classes, in_chans = found
+        raise UserError(
+            f"weights {path.name} are a {_describe(*found)}, but a {wanted} was asked for; "
+            f"pass --size {size} --num-classes {num_classes}" + (f" --in-chans {in_chans}" if in_chans != 3 else "")
+        )
+
+    def show(keys: list[str]) -> str:
+        more = f" and {len(keys) - _MAX_KEYS_SHOWN} more" if len(keys) > _MAX_KEYS_SHOWN else ""
+        return ", ".join(keys[:_MAX_KEYS_SHOWN]) + more
+
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing ({show(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected ({show(unexpected)})")
+    if misshaped:
+        details = [f"{k} {list(state[k].shape)} vs {list(expected[k].shape)}" for k in misshaped]
+        problems.append(f"{len(misshaped)} mis-shaped ({show(details)})")
+    raise UserError(f"weights {path.name} do not fit {wanted}: " + "; ".join(problems))
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
+    """Write the state dict atomically, as .safetensors (with JSON metadata) or as a .pt state dict."""
+    path = Path(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+            from safetensors.torch import save_file
+
+            meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+            save_file(state, str(tmp), metadata=meta)
+        elif path.suffix.lower() in TORCH_SUFFIXES:
+            torch.save(state, tmp)
+        else:
+            raise UserError(f"unsupported checkpoint name {path.name}: use .safetensors or .pt")
+    return path
+
+
+@dataclass
+class LoadedModel:
+    """A ready model and where its weights came from (for manifests and reports)."""
+
+    model: MobileFormer
+    size: str
+    num_classes: int
+    in_chans: int
+    weights: str  # a path, or "random"
+    weights_sha256: str | None
+    seed: int | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_random(self) -> bool:
+        return self.weights_sha256 is None
+
+    def source(self) -> dict[str, Any]:
+        if self.is_random:
+            return {"weights": "random", "seed": self.seed}
+        return {"weights": self.weights, "sha256": self.weights_sha256}
+
+
+def load_model(
+    size: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    seed: int = 0,
+) -> LoadedModel:
+    """The model a command asks for: from a checkpoint when given (size and classes read from it when
+    not passed), otherwise deterministic random weights from ``seed``, with a one-time warning."""
+    if weights is None:
+        size = size or "52m"
+        model = build_model(size, num_classes or 1000, in_chans or 3, seed=seed)
+        warn_once(
+            "random-weights",
+            f"no --weights given: Mobile-Former {model.cfg.name} has random weights (seed {seed}); "
+            "its outputs mean nothing, only its numerics can be checked",
+        )
+        return LoadedModel(model, model.cfg.name, model.num_classes, model.in_chans, "random", None, seed)
+
+    path = Path(weights)
+    checkpoint = read_checkpoint(path)
+    found = identify(checkpoint.state_dict)
+    if found is not None:
+        size = size or found[0]
+        num_classes = num_classes or found[1]
+        in_chans = in_chans or found[2]
+    if size is None:
+        raise UserError(f"{path.name} is not a Mobile-Former checkpoint of any known size; pass --size to see why")
+    model = build_model(size, num_classes or 1000, in_chans or 3, seed=seed)
+    check_fits(checkpoint.state_dict, model, path)
+    model.load_state_dict(checkpoint.state_dict, strict=True)
+    return LoadedModel(
+        model.eval(),
+        model.cfg.name,
+        model.num_classes,
+        model.in_chans,
+        str(path),
+        sha256_file(path),
+        None,
+        checkpoint.metadata,
+    )
