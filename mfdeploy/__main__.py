@@ -1,0 +1,3 @@
+from mfdeploy.cli import main
+
+main()

@@ -1,0 +1,107 @@
+"""Labelled image data: scikit-learn's handwritten digits built in, or a user's ImageFolder.
+
+Both come with a fixed train/validation split (every 5th image of each class, in sorted order,
+is validation) so that training, evaluation and calibration reports always see the same images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image
+
+from mfdeploy.errors import UserError
+from mfdeploy.preprocess import is_image_file, load_image
+
+BUILTIN_DIGITS = "builtin-digits"
+VAL_EVERY = 5  # every 5th image of a class goes to validation: a 20% split, identical on every run
+
+ImageSource = Union[Image.Image, Path]
+
+
+@dataclass
+class LabelledSplit:
+    sources: list[ImageSource]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def image(self, index: int) -> Image.Image:
+        source = self.sources[index]
+        return source if isinstance(source, Image.Image) else load_image(source)
+
+
+@dataclass
+class LabelledData:
+    name: str
+    classes: list[str]
+    train: LabelledSplit
+    val: LabelledSplit
+
+
+def _split(sources: Sequence[ImageSource], labels: Sequence[int]) -> tuple[LabelledSplit, LabelledSplit]:
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    val_mask = np.zeros(len(labels_arr), dtype=bool)
+    for cls in np.unique(labels_arr):
+        index = np.flatnonzero(labels_arr == cls)
+        if len(index) >= 2:
+            val_mask[index[VAL_EVERY - 1 :: VAL_EVERY] if len(index) >= VAL_EVERY else index[-1:]] = True
+    train = LabelledSplit([s for s, v in zip(sources, val_mask) if not v], labels_arr[~val_mask])
+    val = LabelledSplit([s for s, v in zip(sources, val_mask) if v], labels_arr[val_mask])
+    return train, val
+
+
+def load_digits_data() -> LabelledData:
+    """scikit-learn's 1797 handwritten digits (8x8, 17 grey levels) as 8-bit RGB PIL images."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    sources: list[ImageSource] = [Image.fromarray(p, mode="L").convert("RGB") for p in pixels]
+    train, val = _split(sources, bunch.target.tolist())
+    return LabelledData(BUILTIN_DIGITS, [str(c) for c in bunch.target_names], train, val)
+
+
+def load_image_folder(root: str | os.PathLike[str]) -> LabelledData:
+    """An ImageFolder: one sub-folder per class, images found recursively inside each."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"data folder {root} does not exist; pass an ImageFolder or {BUILTIN_DIGITS}")
+    if not root.is_dir():
+        raise UserError(f"data path {root} is not a folder; pass an ImageFolder (one sub-folder per class)")
+    try:
+        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        per_class = {d.name: sorted(f for f in d.rglob("*") if f.is_file() and is_image_file(f)) for d in class_dirs}
+    except OSError as exc:
+        raise UserError(f"cannot read data folder {root}: {exc.strerror or exc}") from None
+    per_class = {name: files for name, files in per_class.items() if files}
+    if not per_class:
+        raise UserError(f"data folder {root} has no class sub-folders with images (jpg, png, bmp, webp...)")
+    if len(per_class) < 2:
+        only = next(iter(per_class))
+        raise UserError(
+            f"data folder {root} has only one class ({only!r}); a classifier needs at least two class sub-folders"
+        )
+    classes = list(per_class)
+    sources: list[ImageSource] = []
+    labels: list[int] = []
+    for index, name in enumerate(classes):
+        sources.extend(per_class[name])
+        labels.extend([index] * len(per_class[name]))
+    train, val = _split(sources, labels)
+    if len(val) == 0:
+        raise UserError(f"data folder {root} is too small for a validation split; give each class at least 2 images")
+    return LabelledData(str(root), classes, train, val)
+
+
+def load_labelled(spec: str) -> LabelledData:
+    """``builtin-digits`` or the path of an ImageFolder."""
+    if spec == BUILTIN_DIGITS:
+        return load_digits_data()
+    return load_image_folder(spec)

@@ -1,0 +1,1 @@
+"""ONNX export and simplification, the TensorRT engine build, Core ML conversion."""

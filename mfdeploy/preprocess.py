@@ -1,0 +1,122 @@
+"""Image loading and the one preprocessing every backend, calibration run and report shares.
+
+An image goes: any file Pillow reads -> RGB -> resize (shorter side) -> center crop -> [0, 1] ->
+(x - mean) / std -> float32 CHW. The parameters travel in the artifact manifest so that a model is
+always fed the way it was exported.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mfdeploy.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_CROP_PCT = 0.875
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def check_imgsz(imgsz: int) -> int:
+    """Mobile-Former downsamples by 32: the input side must be a positive multiple of 32."""
+    if imgsz < 32 or imgsz % 32:
+        raise UserError(f"image size must be a multiple of 32 (e.g. 160, 224, 256), got {imgsz}")
+    return imgsz
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes a model input. Serialised as-is into manifests and checkpoints."""
+
+    imgsz: int
+    resize: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    channel_order: str = "RGB"
+    value_range: tuple[float, float] = (0.0, 1.0)
+    layout: str = field(default="NCHW")
+
+    @classmethod
+    def for_size(cls, imgsz: int, crop_pct: float = DEFAULT_CROP_PCT) -> "Preprocessing":
+        """The ImageNet-style default: resize the shorter side to imgsz / crop_pct, center crop imgsz."""
+        check_imgsz(imgsz)
+        return cls(imgsz=imgsz, resize=int(round(imgsz / crop_pct)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+        return cls(
+            imgsz=int(data["imgsz"]),
+            resize=int(data["resize"]),
+            mean=tuple(float(v) for v in data.get("mean", IMAGENET_MEAN)),
+            std=tuple(float(v) for v in data.get("std", IMAGENET_STD)),
+            interpolation=str(data.get("interpolation", "bilinear")),
+            channel_order=str(data.get("channel_order", "RGB")),
+            value_range=tuple(float(v) for v in data.get("value_range", (0.0, 1.0))),  # type: ignore[arg-type]
+            layout=str(data.get("layout", "NCHW")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["crop"] = self.imgsz
+        return data
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """PIL image -> float32 array [3, imgsz, imgsz]."""
+        image = to_rgb(image)
+        width, height = image.size
+        scale = self.resize / min(width, height)
+        new_size = (max(self.imgsz, round(width * scale)), max(self.imgsz, round(height * scale)))
+        image = image.resize(new_size, _RESAMPLE[self.interpolation])
+        left = (new_size[0] - self.imgsz) // 2
+        top = (new_size[1] - self.imgsz) // 2
+        image = image.crop((left, top, left + self.imgsz, top + self.imgsz))
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+    def batch(self, images: Iterable[Image.Image]) -> np.ndarray:
+        """Several images -> float32 [N, 3, imgsz, imgsz]."""
+        arrays = [self(image) for image in images]
+        if not arrays:
+            return np.zeros((0, 3, self.imgsz, self.imgsz), np.float32)
+        return np.stack(arrays)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Grayscale, palette, RGBA/LA (composited on white), CMYK, 16-bit... -> 8-bit RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open an image file as RGB, honouring EXIF orientation. Raises UserError if it cannot be read."""
+    try:
+        with Image.open(path) as handle:
+            handle.load()
+            image = ImageOps.exif_transpose(handle) or handle
+            return to_rgb(image.copy())
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+
+
+def is_image_file(path: str | os.PathLike[str], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
+    return str(path).lower().endswith(tuple(extensions))

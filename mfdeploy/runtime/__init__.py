@@ -1,0 +1,1 @@
+"""One runner interface over PyTorch, ONNX Runtime, TensorRT and Core ML."""

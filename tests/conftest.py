@@ -1,0 +1,74 @@
+"""Shared fixtures: a CLI runner, and one model trained on real data per test run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from mfdeploy.cli import main
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `mfdeploy ARGS` in-process and return its exit code, stdout and stderr."""
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def run_subprocess(*args: str, cwd: Path | None = None) -> CliResult:
+    """Run the real console entry point in a fresh interpreter (what a user's shell does)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mfdeploy", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory) -> Path:
+    """A 26m trained with `mfdeploy train` on builtin-digits (64x64, 10 epochs): trained once per run."""
+    out = tmp_path_factory.mktemp("trained") / "digits26m.safetensors"
+    result = run_subprocess(
+        "train",
+        "--size",
+        "26m",
+        "--data",
+        "builtin-digits",
+        "--epochs",
+        "10",
+        "--imgsz",
+        "64",
+        "--out",
+        out,
+        "--json",
+    )
+    assert result.code == 0, result.err
+    (out.parent / "train_result.json").write_text(result.out)
+    return out
