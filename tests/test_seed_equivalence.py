@@ -13,7 +13,7 @@ from torch import nn
 from mfdeploy.model import build_model
 from mfdeploy.model.bridges import ToFormer, ToMobile
 from mfdeploy.model.former import Attention
-from mfdeploy.model.layers import DyReLU, GroupedLinear
+from mfdeploy.model.layers import MLP, DyReLU, GroupedLinear, dyrelu
 
 RTOL = 1e-5  # float32 rounding, relative to the largest value of the output
 
@@ -79,11 +79,16 @@ def seed_to_mobile(bridge: ToMobile, feature_map: torch.Tensor, tokens: torch.Te
     return z + feature_map
 
 
+def seed_mlp(mlp: MLP, x: torch.Tensor) -> torch.Tensor:
+    """The seed's MLP: Linear, GELU, Linear."""
+    return mlp.fc2(torch.nn.functional.gelu(mlp.fc1(x)))
+
+
 def seed_dyrelu(act: DyReLU, feature_map: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """DyReLU.forward from the seed: LN(MLP(token 0)) * coef + const, then the 5-D H,W,B,C,k max."""
     B = tokens.shape[0]
     k = act.k
-    dy = act.norm(act.mlp(tokens[:, 0])).reshape(B, act.channels, 2 * k)
+    dy = act.norm(seed_mlp(act.mlp, tokens[:, 0])).reshape(B, act.channels, 2 * k)
     coef = torch.tensor([1.0] * k + [0.5] * k)
     const = torch.tensor([1.0] + [0.0] * (2 * k - 1))
     dy = dy * coef + const
@@ -133,12 +138,19 @@ def test_dyrelu_equals_seed_5d_formulation():
     act = randomize(DyReLU(channels=36, token_dim=128, reduce=4.4), seed=3).eval()
     x, tokens = torch.randn(2, 36, 9, 11) * 3, torch.randn(2, 3, 128)
     with torch.no_grad():
-        ours = act(x, tokens)
+        coeffs = act(tokens)
+        ours = dyrelu(x, coeffs)
         assert_same(ours, seed_dyrelu(act, x, tokens))
     # The maximum really selects between the two maps (neither map wins everywhere).
-    coeffs = act.coefficients(tokens)
-    first = x * coeffs[:, :, 0:1] + coeffs[:, :, 2:3]
+    first = x * coeffs[0] + coeffs[2]
     assert 0.05 < (ours == first).float().mean() < 0.95
+
+
+def test_mlp_is_linear_exact_gelu_linear():
+    mlp = randomize(MLP(128, 256, 64), seed=7).eval()
+    x = torch.randn(2, 3, 128) * 2
+    with torch.no_grad():
+        assert_same(mlp(x), seed_mlp(mlp, x))
 
 
 def test_attention_equals_seed():
@@ -157,7 +169,7 @@ def seed_forward(model, x: torch.Tensor) -> torch.Tensor:
         z = seed_to_former(block.to_former, f, tokens)
         former = block.former
         z = z + seed_attention(former.attn, former.norm1(z))
-        z = z + former.mlp(former.norm2(z))
+        z = z + seed_mlp(former.mlp, former.norm2(z))
         mobile = block.mobile
         h = mobile.downsample(f)
         h = seed_dyrelu(mobile.dyrelu, mobile.pw1(h), z)

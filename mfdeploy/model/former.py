@@ -29,7 +29,7 @@ class Attention(nn.Module):
         qkv = F.linear(tokens, self.qkv.weight * self.qkv_scale[:, None], self.qkv.bias * self.qkv_scale)
         # [B, M, 3D] -> [B, 3h, M, d]: q, k, v heads side by side on axis 1, never a 5-D tensor.
         qkv = qkv.unflatten(-1, (3 * self.heads, -1)).transpose(1, 2)
-        q, k, v = qkv.chunk(3, dim=1)
+        q, k, v = qkv.split(self.heads, dim=1)
         attn = (q @ k.transpose(-1, -2)).softmax(dim=-1)
         z = (attn @ v).transpose(1, 2).flatten(2)
         return self.drop(self.proj(z))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mfdeploy.model.layers import DyReLU, conv_bn
+from mfdeploy.model.layers import DyReLU, conv_bn, dyrelu
 
 
 class Stem(nn.Module):
@@ -73,8 +73,8 @@ class Mobile(nn.Module):
         self.dyrelu = DyReLU(hidden, token_dim, dyrelu_reduce, k=dyrelu_k)
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
-        coefficients = self.dyrelu.coefficients(tokens)
+        coefficients = self.dyrelu(tokens)
         x = self.downsample(x)
-        x = self.dyrelu.activate(self.pw1(x), coefficients)
-        x = self.dyrelu.activate(self.dw(x), coefficients)
+        x = dyrelu(self.pw1(x), coefficients)
+        x = dyrelu(self.dw(x), coefficients)
         return self.pw2(x)
