@@ -32,11 +32,27 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise RuntimeError(f"nothing was written to the temporary path for {target}")
+        make_shareable(tmp)
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_shareable(path: Path) -> None:
+    """Give a finished artifact the permissions a normal file or folder would have (mkdtemp makes 0700)."""
+    mode = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, mode & ~_umask())
+    if path.is_dir():
+        for child in path.rglob("*"):
+            os.chmod(child, (0o777 if child.is_dir() else 0o666) & ~_umask())
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -1,0 +1,172 @@
+"""The artifact folder and its manifest: what every later step (calibration, engines, parity, benchmark)
+reads to know what a model is, how to feed it and what has been verified about it.
+
+Layout: ``<out>/mobileformer_<size>/`` holding ``manifest.json``, ``model.onnx``, ``weights.safetensors``
+and, as later steps add them, precision graphs, engines and Core ML packages. The manifest records the
+sha256 of every file, so a changed file is detected instead of trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mfdeploy.errors import UserError
+from mfdeploy.fileio import atomic_path, make_shareable, sha256_file
+from mfdeploy.preprocess import Preprocessing
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+def artifact_dir_name(size: str) -> str:
+    return f"mobileformer_{size}"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+class Artifact:
+    """An artifact folder and its parsed manifest."""
+
+    def __init__(self, root: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+        self.root = Path(root)
+        self.manifest = manifest
+
+    # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, root: str | os.PathLike[str]) -> "Artifact":
+        root = Path(root)
+        path = root / MANIFEST_NAME
+        if not root.is_dir():
+            raise UserError(f"{root} is not an artifact folder; run `mfdeploy export` first")
+        if not path.is_file():
+            raise UserError(f"{root} has no {MANIFEST_NAME}: it is not an mfdeploy artifact folder")
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"cannot read {path}: {exc}") from None
+        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        if version != SCHEMA_VERSION:
+            raise UserError(
+                f"{path} has schema version {version!r}, this mfdeploy reads {SCHEMA_VERSION}; re-export the model"
+            )
+        return cls(root, manifest)
+
+    # -- what the model is -----------------------------------------------------------------------
+    @property
+    def size(self) -> str:
+        return self.manifest["model"]["size"]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.manifest["model"]["num_classes"])
+
+    @property
+    def imgsz(self) -> int:
+        return int(self.manifest["model"]["imgsz"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.manifest["preprocessing"])
+
+    @property
+    def input_name(self) -> str:
+        return self.manifest["inputs"][0]["name"]
+
+    @property
+    def output_name(self) -> str:
+        return self.manifest["outputs"][0]["name"]
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def require(self, name: str, hint: str) -> Path:
+        """The path of a file the manifest lists; a UserError (with ``hint``) if it is missing or changed."""
+        path = self.path(name)
+        entry = self.manifest.get("files", {}).get(name)
+        if entry is None or not path.exists():
+            raise UserError(f"{self.root} has no {name}; {hint}")
+        if path.is_file() and sha256_file(path) != entry["sha256"]:
+            raise UserError(f"{path} changed since it was written (sha256 differs from the manifest); re-export it")
+        return path
+
+    # -- recording -------------------------------------------------------------------------------
+    def record_file(self, name: str) -> dict[str, Any]:
+        """Hash a file (or every file of a folder, e.g. an .mlpackage) into the manifest."""
+        path = self.path(name)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            digest = {str(p.relative_to(path)): sha256_file(p) for p in files}
+            entry = {
+                "sha256": _hash_text(json.dumps(digest, sort_keys=True)),
+                "bytes": sum(p.stat().st_size for p in files),
+                "kind": "directory",
+            }
+        else:
+            entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        self.manifest.setdefault("files", {})[name] = entry
+        return entry
+
+    def save(self) -> None:
+        """Write the manifest atomically."""
+        self.manifest["updated"] = utc_now()
+        with atomic_path(self.path(MANIFEST_NAME)) as tmp:
+            tmp.write_text(json.dumps(self.manifest, indent=2) + "\n")
+
+
+def _hash_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_output_dir(final: Path, force: bool) -> None:
+    """Refuse a non-empty output folder unless ``force``; fail early on an unwritable location."""
+    if final.exists() and not final.is_dir():
+        raise UserError(f"output path {final} exists and is not a folder; choose another --out")
+    if final.is_dir() and any(final.iterdir()) and not force:
+        raise UserError(f"output folder {final} is not empty; pass --force to replace it, or choose another --out")
+    parent = final.parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"cannot create {final}: {probe} is a file, not a folder; choose another --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {parent}: permission denied; choose a writable --out")
+
+
+@contextmanager
+def staged_dir(final: Path, force: bool) -> Iterator[Path]:
+    """Build a folder under a temporary name beside ``final``, then swap it in whole.
+
+    On any failure the temporary folder is removed and ``final`` is left as it was, so nothing that
+    looks like a good artifact is ever left half-written.
+    """
+    check_output_dir(final, force)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    except OSError as exc:
+        raise UserError(f"cannot write to {final.parent}: {exc.strerror or exc}; choose a writable --out") from None
+    try:
+        yield tmp
+        make_shareable(tmp)
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            os.replace(final, old / final.name)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,101 @@
+"""Real photographs that ship inside dependencies, for verification and built-in calibration data.
+
+scikit-image and scikit-learn carry a few dozen real photographs and scans (an astronaut, cats, coffee,
+a rocket, retina and microscopy images, the Hubble deep field...). ``builtin_images(n)`` expands them to
+any count with deterministic crops and flips, so every run sees exactly the same images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Photographs and scans that ship inside scikit-image's wheel (no download needed).
+_SKIMAGE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "cat",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "stereo_motorcycle",
+    "camera",
+    "moon",
+    "coins",
+    "clock",
+    "brick",
+    "grass",
+    "gravel",
+    "page",
+    "text",
+)
+
+
+@lru_cache(maxsize=1)
+def builtin_photos() -> tuple[tuple[str, Image.Image], ...]:
+    """The distinct source photographs, as (name, RGB image)."""
+    photos: list[tuple[str, Image.Image]] = []
+    try:
+        from sklearn.datasets import load_sample_images
+
+        bunch = load_sample_images()
+        for name, pixels in zip(bunch.filenames, bunch.images):
+            photos.append((f"sklearn:{name.rsplit('/', 1)[-1]}", Image.fromarray(pixels).convert("RGB")))
+    except ImportError:
+        pass
+    try:
+        import skimage.data as skdata
+    except ImportError:
+        skdata = None
+    if skdata is not None:
+        for name in _SKIMAGE_PHOTOS:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    pixels = getattr(skdata, name)()
+            except Exception:  # noqa: BLE001 - a sample missing from this scikit-image build is skipped
+                continue
+            if isinstance(pixels, tuple):  # stereo pairs: both views are photographs
+                for side, view in zip(("left", "right"), pixels):
+                    photos.append((f"skimage:{name}_{side}", Image.fromarray(view).convert("RGB")))
+                continue
+            photos.append((f"skimage:{name}", Image.fromarray(np.asarray(pixels, dtype=np.uint8)).convert("RGB")))
+    if not photos:
+        raise RuntimeError("no built-in photographs found: install scikit-image or scikit-learn")
+    return tuple(photos)
+
+
+def _variant(image: Image.Image, index: int) -> Image.Image:
+    """A deterministic crop (55-100% of the shorter side, at a position drawn from ``index``) and flip."""
+    rng = np.random.default_rng(index)
+    width, height = image.size
+    side = int(min(width, height) * rng.uniform(0.55, 1.0))
+    left = int(rng.integers(0, width - side + 1))
+    top = int(rng.integers(0, height - side + 1))
+    crop = image.crop((left, top, left + side, top + side))
+    return ImageOps.mirror(crop) if rng.random() < 0.5 else crop
+
+
+def builtin_images(n: int) -> list[Image.Image]:
+    """``n`` images: each source photograph once as it is, then deterministic crops and flips of them."""
+    photos = [image for _, image in builtin_photos()]
+    images = []
+    for i in range(n):
+        source = photos[i % len(photos)]
+        images.append(source if i < len(photos) else _variant(source, i))
+    return images
+
+
+def builtin_fingerprint(n: int) -> str:
+    """A short hash naming exactly which built-in images ``builtin_images(n)`` returns."""
+    digest = hashlib.sha256(f"builtin-v1:{n}".encode())
+    for name, image in builtin_photos():
+        digest.update(name.encode())
+        digest.update(hashlib.sha256(image.tobytes()).digest())
+    return digest.hexdigest()
