@@ -146,6 +146,109 @@ def train(
     )
 
 
+@app.command()
+def export(
+    size: SizeOption = None,
+    target: Annotated[str, typer.Option("--target", help="onnx, trt, coreml or all.")] = "onnx",
+    imgsz: Annotated[
+        Optional[int], typer.Option("--imgsz", help="Input side, a multiple of 32 (default: the checkpoint's, or 224).")
+    ] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="Static batch size (default: dynamic).")] = None,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch axis (the default).")] = False,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset, 17 or newer.")] = 17,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint (.safetensors/.pt).")] = None,
+    num_classes: Annotated[
+        Optional[int], typer.Option("--num-classes", help="Default: the checkpoint's, or 1000.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for random weights when no --weights.")] = 0,
+    out: Annotated[Path, typer.Option("--out", help="Folder that receives mobileformer_<size>/.")] = Path("artifacts"),
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
+    simplifier: Annotated[str, typer.Option("--simplifier", help="onnxslim (default), onnxsim or none.")] = "onnxslim",
+    as_json: JsonOption = False,
+) -> None:
+    """Export a verified artifact: custom-op-free ONNX checked against PyTorch on every run."""
+    from mfdeploy.export.pipeline import ExportOptions
+    from mfdeploy.export.pipeline import export as run_export
+
+    if batch is not None and dynamic_batch:
+        raise UserError("pass either --batch N (static) or --dynamic-batch, not both")
+    options = ExportOptions(
+        size=size,
+        target=target,
+        imgsz=imgsz,
+        batch=batch,
+        opset=opset,
+        weights=str(weights) if weights else None,
+        num_classes=num_classes,
+        seed=seed,
+        out=out,
+        force=force,
+        simplifier=simplifier,
+    )
+    result = run_export(options)
+    if as_json:
+        console.emit_json(result.manifest)
+        return
+    _print_export_summary(result)
+
+
+@app.command()
+def verify(
+    artifact_dir: Annotated[Path, typer.Argument(help="An artifact folder written by `mfdeploy export`.")],
+    provider: Annotated[str, typer.Option("--provider", help="ONNX Runtime provider: cpu, cuda or tensorrt.")] = "cpu",
+    atol: Annotated[float, typer.Option("--atol", help="Largest allowed abs error on logits.")] = 1e-4,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime intra-op threads.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-check an artifact's ONNX graph against its PyTorch model (files unchanged, logits equal)."""
+    from mfdeploy.artifacts import Artifact
+    from mfdeploy.export.verify import VerificationError, verify_artifact
+
+    report = verify_artifact(Artifact.open(artifact_dir), provider, atol, threads)
+    if as_json:
+        console.emit_json(report.to_dict())
+    else:
+        for case in report.cases:
+            mark = "ok  " if case.passed else "FAIL"
+            console.out.print(
+                f"{mark} {case.inputs:>6} batch {case.batch:>3}: max abs error {case.max_abs_error:.2e}, "
+                f"top-1 agreement {case.top1_agreement:.1%}",
+                soft_wrap=True,
+            )
+        if report.passed:
+            console.out.print(f"{report.candidate} matches {report.reference} (limit {report.atol:.0e})")
+    if not report.passed:
+        raise VerificationError(report.failure_message())
+
+
+def _print_export_summary(result) -> None:
+    m = result.manifest
+
+    def say(text: str) -> None:
+        console.out.print(text, soft_wrap=True)
+
+    graph, model, verification = m["onnx"], m["model"], m["verification"]["onnx"]
+    source = model["source"]
+    weights = f"random weights, seed {source['seed']}" if source["weights"] == "random" else source["weights"]
+    batch = "dynamic batch" if graph["dynamic_batch"] else f"batch {graph['batch']}"
+    say(f"exported Mobile-Former {model['size']} ({weights}) to {result.artifact / graph['file']}")
+    say(
+        f"  graph: opset {graph['opset']}, {graph['node_count']} nodes, {batch}, {m['preprocessing']['imgsz']}px, "
+        f"simplified with {graph['simplifier']}; default domain only, no Loop/If/Scan, max rank {graph['max_rank']}"
+    )
+    ops = ", ".join(f"{op} {n}" for op, n in graph["op_histogram"].items())
+    say(f"  ops: {ops}")
+    cases = verification["cases"]
+    kinds = sorted({c["inputs"] for c in cases})
+    batches = "/".join(str(b) for b in sorted({c["batch"] for c in cases}))
+    say(
+        f"  verified against PyTorch with {verification['candidate']}: {' and '.join(kinds)} at batch {batches}, "
+        f"max abs error {verification['worst_max_abs_error']:.2e} (limit {verification['atol']:.0e}), top-1 identical"
+    )
+    t = result.timings
+    say(f"  took {t['total']:.1f} s (export {t['export']:.1f}, simplify {t['simplify']:.1f}, verify {t['verify']:.1f})")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning UserError into one line and an exit code."""
     try:

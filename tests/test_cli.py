@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import run_subprocess
 from PIL import Image
 
+from conftest import run_subprocess
 from mfdeploy.model import SIZES
 
 

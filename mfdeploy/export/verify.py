@@ -1,0 +1,113 @@
+"""Every export is verified before it is kept: the exported model against PyTorch, on real photographs
+and on random inputs, at batch 1 and at larger batches."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mfdeploy.errors import UserError
+from mfdeploy.metrics import compare_logits
+from mfdeploy.preprocess import Preprocessing
+from mfdeploy.runtime.base import Runner
+from mfdeploy.sample_images import builtin_images
+
+EXIT_VERIFICATION_FAILED = 4
+
+
+class VerificationError(UserError):
+    """The exported model does not compute what PyTorch computes; the message has the figures."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=EXIT_VERIFICATION_FAILED)
+
+
+@dataclass
+class VerificationCase:
+    inputs: str  # "images" (real photographs) or "random"
+    batch: int
+    max_abs_error: float
+    top1_agreement: float
+    cosine: float
+    passed: bool
+
+
+@dataclass
+class VerificationReport:
+    reference: str
+    candidate: str
+    atol: float
+    passed: bool
+    cases: list[VerificationCase] = field(default_factory=list)
+
+    @property
+    def worst_error(self) -> float:
+        return max((c.max_abs_error for c in self.cases), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["worst_max_abs_error"] = self.worst_error
+        return data
+
+    def failure_message(self) -> str:
+        bad = [c for c in self.cases if not c.passed]
+        details = "; ".join(
+            f"{c.inputs} batch {c.batch}: max abs error {c.max_abs_error:.3g} (limit {self.atol:g}), "
+            f"top-1 agreement {c.top1_agreement:.1%}"
+            for c in bad
+        )
+        return f"verification failed, {self.candidate} vs {self.reference}: {details}"
+
+
+def verification_inputs(
+    preprocessing: Preprocessing, batch: int, in_chans: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Real photographs (the manifest's preprocessing) and standard-normal noise, ``batch`` of each."""
+    rng = np.random.default_rng(seed)
+    images = preprocessing.batch(builtin_images(batch))
+    if in_chans != 3:
+        images = np.repeat(images.mean(axis=1, keepdims=True), in_chans, axis=1)
+    random = rng.standard_normal((batch, in_chans, preprocessing.imgsz, preprocessing.imgsz)).astype(np.float32)
+    return {"images": images, "random": random}
+
+
+def verify_runner(
+    reference: Runner,
+    candidate: Runner,
+    preprocessing: Preprocessing,
+    batches: list[int],
+    in_chans: int = 3,
+    atol: float = 1e-4,
+) -> VerificationReport:
+    """Compare ``candidate`` with ``reference``: max abs error on logits <= atol and identical top-1."""
+    inputs = verification_inputs(preprocessing, max(batches), in_chans)
+    report = VerificationReport(reference.label, candidate.label, atol, passed=True)
+    for kind, data in inputs.items():
+        for batch in batches:
+            x = data[:batch]
+            figures = compare_logits(reference.infer(x), candidate.infer(x))
+            passed = figures["max_abs_error"] <= atol and figures["top1_agreement"] == 1.0
+            report.cases.append(
+                VerificationCase(
+                    kind, batch, figures["max_abs_error"], figures["top1_agreement"], figures["cosine"], passed
+                )
+            )
+            report.passed &= passed
+    return report
+
+
+def verify_artifact(
+    artifact, provider: str = "cpu", atol: float = 1e-4, threads: int | None = None
+) -> VerificationReport:
+    """Re-verify an artifact's ONNX graph against the PyTorch model it was exported from."""
+    from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from mfdeploy.runtime.torch_runner import TorchRunner
+
+    graph = artifact.require("model.onnx", "export it with `mfdeploy export --target onnx`")
+    batch = artifact.manifest["inputs"][0]["shape"][0]
+    batches = [batch] if isinstance(batch, int) else [1, 7, 32]
+    in_chans = int(artifact.manifest["model"].get("in_chans", 3))
+    with TorchRunner.from_artifact(artifact) as reference, OnnxRuntimeRunner(graph, provider, threads) as candidate:
+        return verify_runner(reference, candidate, artifact.preprocessing, batches, in_chans, atol)
