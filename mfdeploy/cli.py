@@ -187,9 +187,13 @@ def export(
     )
     result = run_export(options)
     if as_json:
-        console.emit_json(result.manifest)
-        return
-    _print_export_summary(result)
+        console.emit_json(dict(result.manifest, notes=result.notes))
+    else:
+        _print_export_summary(result)
+    for note in result.notes:
+        console.err.print(note, soft_wrap=True, markup=False)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 @app.command()

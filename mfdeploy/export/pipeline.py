@@ -6,6 +6,7 @@ checks and ONNX Runtime has reproduced PyTorch's logits, so a failed export leav
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,19 @@ from mfdeploy.runtime.torch_runner import TorchRunner
 
 TARGETS = ("onnx", "trt", "coreml", "all")
 EXIT_NOT_AVAILABLE = 2
+
+# Every target starts from the verified ONNX graph and the stored weights; these stages then add
+# their files to the same staged folder. Each is "module:function(ctx: ExportContext) -> None".
+STAGES: dict[str, str] = {
+    "trt": "mfdeploy.export.tensorrt_stage:run_stage",
+    "coreml": "mfdeploy.export.coreml_export:run_stage",
+}
+TARGET_STAGES: dict[str, tuple[str, ...]] = {
+    "onnx": (),
+    "trt": ("trt",),
+    "coreml": ("coreml",),
+    "all": ("trt", "coreml"),
+}
 DYNAMIC_VERIFY_BATCHES = (1, 7, 32)
 VERIFY_ATOL = 1e-4
 ONNX_FILE = "model.onnx"
@@ -48,6 +62,28 @@ class ExportOptions:
     out: Path = Path("artifacts")
     force: bool = False
     simplifier: str = "onnxslim"
+    stage_options: dict[str, Any] = field(default_factory=dict)  # per stage: {"coreml": CoreMLOptions(...)}
+
+
+@dataclass
+class ExportContext:
+    """What a target stage works with: the staged folder, the model, the manifest being built."""
+
+    options: ExportOptions
+    loaded: LoadedModel
+    preprocessing: Preprocessing
+    artifact: Artifact  # rooted at the staging folder until the export succeeds
+    progress: Any
+    notes: list[str] = field(default_factory=list)  # lines for the summary (e.g. "engine skipped: ...")
+    exit_code: int = 0  # a stage may ask for a non-zero exit after a complete artifact (TensorRT missing)
+
+    @property
+    def root(self) -> Path:
+        return self.artifact.root
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.artifact.manifest
 
 
 @dataclass
@@ -55,15 +91,30 @@ class ExportResult:
     artifact: Path
     manifest: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    exit_code: int = 0
+
+
+def _stage_function(name: str):
+    module_name, function = STAGES[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
+    return getattr(module, function)
 
 
 def check_options(options: ExportOptions) -> None:
     """Reject bad options before any work is done."""
     if options.target not in TARGETS:
         raise UserError(f"unknown target {options.target!r}; choose one of {', '.join(TARGETS)}")
-    if options.target != "onnx":
+    missing = [stage for stage in TARGET_STAGES[options.target] if _stage_function(stage) is None]
+    if missing:
         raise UserError(
-            f"--target {options.target} is not available yet (only onnx is); use --target onnx",
+            f"--target {options.target} is not available yet ({', '.join(missing)} export is not part of this "
+            "version); use --target onnx",
             exit_code=EXIT_NOT_AVAILABLE,
         )
     if options.batch is not None and options.batch < 1:
@@ -188,9 +239,15 @@ def export(options: ExportOptions) -> ExportResult:
         artifact = Artifact(tmp, manifest)
         for name in (ONNX_FILE, WEIGHTS_FILE):
             artifact.record_file(name)
+        ctx = ExportContext(options, loaded, preprocessing, artifact, bar)
+        for stage in TARGET_STAGES[options.target]:
+            bar.update(task, total=bar.tasks[task].total + 1, status=f"{stage} export")
+            _stage_function(stage)(ctx)
+            t = timed(stage, t)
+            bar.update(task, advance=1)
         timings["total"] = round(time.perf_counter() - started, 3)
         manifest["timings_s"] = timings
         artifact.save()
         bar.update(task, advance=1, status="done")
-    manifest["artifact"] = str(final)
-    return ExportResult(final, manifest, timings)
+    result_manifest = dict(manifest, artifact=str(final))
+    return ExportResult(final, result_manifest, timings, ctx.notes, ctx.exit_code)

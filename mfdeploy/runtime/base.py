@@ -38,6 +38,8 @@ class Runner(abc.ABC):
 
     #: Short backend name used in target lists and reports ("torch", "onnxruntime", ...).
     backend: str = "base"
+    #: Numeric precision of the model it runs: "fp32", "fp16" or "int8".
+    precision: str = "fp32"
 
     def __init__(self) -> None:
         self._loaded = False
@@ -71,7 +73,7 @@ class Runner(abc.ABC):
     @property
     def label(self) -> str:
         """How reports name this runner (backend plus whatever distinguishes it: provider, precision)."""
-        return self.backend
+        return self.backend if self.precision == "fp32" else f"{self.backend} {self.precision}"
 
     @abc.abstractmethod
     def inputs(self) -> list[TensorSpec]: ...

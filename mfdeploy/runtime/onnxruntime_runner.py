@@ -61,9 +61,20 @@ class OnnxRuntimeRunner(Runner):
         self.profile = profile
         self.session = None
 
+    @classmethod
+    def from_artifact(
+        cls, artifact, spec, provider: str = "cpu", threads: int | None = None, profile: bool = False, **_: object
+    ) -> "OnnxRuntimeRunner":
+        """The graph of target ``spec`` (model.onnx, model.fp16.onnx, model.int8.onnx) in ``artifact``."""
+        path = artifact.require(spec.file, f"make it with `{spec.how_to_make}`")
+        runner = cls(path, provider=provider, threads=threads, profile=profile)
+        runner.precision = spec.precision
+        return runner
+
     @property
     def label(self) -> str:
-        return f"onnxruntime ({self.providers[0]})"
+        precision = "" if self.precision == "fp32" else f" {self.precision}"
+        return f"onnxruntime{precision} ({self.providers[0]})"
 
     def _load(self) -> None:
         import onnxruntime as ort

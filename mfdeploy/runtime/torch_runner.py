@@ -20,7 +20,7 @@ class TorchRunner(Runner):
         self.threads = threads
 
     @classmethod
-    def from_artifact(cls, artifact, threads: int | None = None) -> "TorchRunner":
+    def from_artifact(cls, artifact, spec=None, threads: int | None = None, **_: object) -> "TorchRunner":
         """The model an artifact was exported from, rebuilt from its stored weights."""
         from mfdeploy.model.weights import load_model
 

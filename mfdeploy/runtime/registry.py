@@ -1,0 +1,130 @@
+"""Target names (what users type after --targets) -> the runner that runs them on an artifact.
+
+Parity, eval and the benchmark only loop over target names and call :func:`create_runner`; adding a
+backend means one runner module with a ``from_artifact`` constructor and one entry here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mfdeploy.errors import UserError
+from mfdeploy.runtime.base import Runner
+
+
+class TargetUnavailable(Exception):
+    """This target cannot run here (missing file, library or hardware); ``reason`` says which and what to do."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    backend: str  # torch, onnxruntime, tensorrt, coreml
+    precision: str  # fp32, fp16, int8
+    file: str  # the artifact file it runs
+    runner: str  # "module:Class" with a classmethod from_artifact(artifact, spec, **options)
+    how_to_make: str  # the command that produces ``file``
+
+
+TARGETS: dict[str, TargetSpec] = {
+    spec.name: spec
+    for spec in (
+        TargetSpec(
+            "torch",
+            "torch",
+            "fp32",
+            "weights.safetensors",
+            "mfdeploy.runtime.torch_runner:TorchRunner",
+            "mfdeploy export --target onnx",
+        ),
+        TargetSpec(
+            "onnx",
+            "onnxruntime",
+            "fp32",
+            "model.onnx",
+            "mfdeploy.runtime.onnxruntime_runner:OnnxRuntimeRunner",
+            "mfdeploy export --target onnx",
+        ),
+        TargetSpec(
+            "onnx-fp16",
+            "onnxruntime",
+            "fp16",
+            "model.fp16.onnx",
+            "mfdeploy.runtime.onnxruntime_runner:OnnxRuntimeRunner",
+            "mfdeploy export --target trt --precision fp16",
+        ),
+        TargetSpec(
+            "onnx-int8",
+            "onnxruntime",
+            "int8",
+            "model.int8.onnx",
+            "mfdeploy.runtime.onnxruntime_runner:OnnxRuntimeRunner",
+            "mfdeploy export --target trt --precision int8",
+        ),
+        TargetSpec(
+            "trt-fp32",
+            "tensorrt",
+            "fp32",
+            "model.fp32.plan",
+            "mfdeploy.runtime.tensorrt_runner:TensorRTRunner",
+            "mfdeploy build-engine --precision fp32",
+        ),
+        TargetSpec(
+            "trt-fp16",
+            "tensorrt",
+            "fp16",
+            "model.fp16.plan",
+            "mfdeploy.runtime.tensorrt_runner:TensorRTRunner",
+            "mfdeploy build-engine --precision fp16",
+        ),
+        TargetSpec(
+            "trt-int8",
+            "tensorrt",
+            "int8",
+            "model.int8.plan",
+            "mfdeploy.runtime.tensorrt_runner:TensorRTRunner",
+            "mfdeploy build-engine --precision int8",
+        ),
+        TargetSpec(
+            "coreml",
+            "coreml",
+            "fp16",
+            "model.mlpackage",
+            "mfdeploy.runtime.coreml_runner:CoreMLRunner",
+            "mfdeploy export --target coreml",
+        ),
+    )
+}
+
+
+def parse_targets(text: str | Sequence[str]) -> list[str]:
+    """ "onnx,onnx-int8" -> ["onnx", "onnx-int8"], rejecting unknown names with the list of valid ones."""
+    names = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    unknown = [name for name in names if name not in TARGETS]
+    if unknown or not names:
+        what = f"unknown target {', '.join(map(repr, unknown))}" if unknown else "no target given"
+        raise UserError(f"{what}; valid targets are {', '.join(TARGETS)}")
+    return list(dict.fromkeys(names))
+
+
+def create_runner(name: str, artifact: Any, **options: Any) -> Runner:
+    """A runner for target ``name`` on ``artifact``; TargetUnavailable if it cannot run on this host."""
+    spec = TARGETS[name]
+    if not artifact.path(spec.file).exists():
+        raise TargetUnavailable(f"{artifact.root} has no {spec.file}; make it with `{spec.how_to_make}`")
+    module_name, class_name = spec.runner.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("mfdeploy"):
+            raise TargetUnavailable(f"the {spec.backend} backend is not part of this mfdeploy version") from None
+        raise TargetUnavailable(f"{spec.backend} needs the Python package {exc.name!r}, not installed here") from None
+    runner_class = getattr(module, class_name)
+    return runner_class.from_artifact(artifact, spec, **options)

@@ -1,0 +1,44 @@
+"""Target names map to runners; a target that cannot run here says why instead of failing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mfdeploy.artifacts import Artifact
+from mfdeploy.errors import UserError
+from mfdeploy.export.pipeline import ExportOptions, export
+from mfdeploy.runtime.registry import TARGETS, TargetUnavailable, create_runner, parse_targets
+
+
+@pytest.fixture(scope="module")
+def artifact_26m(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reg")
+    return Artifact.open(export(ExportOptions(size="26m", imgsz=64, num_classes=10, out=out)).artifact)
+
+
+def test_parse_targets():
+    assert parse_targets("onnx, torch,onnx") == ["onnx", "torch"]
+    with pytest.raises(UserError, match="unknown target 'tflite'; valid targets are torch, onnx"):
+        parse_targets("onnx,tflite")
+    with pytest.raises(UserError, match="no target given"):
+        parse_targets(" , ")
+
+
+def test_torch_and_onnx_runners_from_an_artifact(artifact_26m):
+    x = np.random.default_rng(1).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    outputs = {}
+    for name in ("torch", "onnx"):
+        with create_runner(name, artifact_26m, threads=2) as runner:
+            outputs[name] = runner.infer(x)
+            assert runner.outputs()[0].name == "logits"
+    np.testing.assert_allclose(outputs["onnx"], outputs["torch"], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["onnx-int8", "trt-fp16", "coreml"])
+def test_missing_files_are_reported_with_the_command_that_makes_them(artifact_26m, name):
+    if artifact_26m.path(TARGETS[name].file).exists():
+        pytest.skip(f"this artifact already has {TARGETS[name].file}")
+    with pytest.raises(TargetUnavailable) as info:
+        create_runner(name, artifact_26m)
+    assert TARGETS[name].file in info.value.reason and "mfdeploy " in info.value.reason
