@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mfdeploy.cli import main
+from mfdeploy.model import SIZES
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -46,7 +47,7 @@ def cli(capsys):
 def run_subprocess(*args: str, cwd: Path | None = None) -> CliResult:
     """Run the real console entry point in a fresh interpreter (what a user's shell does)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "mfdeploy", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-m", "mfdeploy", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=1800
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
@@ -72,3 +73,37 @@ def digits_checkpoint(tmp_path_factory) -> Path:
     assert result.code == 0, result.err
     (out.parent / "train_result.json").write_text(result.out)
     return out
+
+
+@pytest.fixture(scope="session", params=SIZES)
+def exported_size(request, tmp_path_factory):
+    """Each size exported once (224px, dynamic batch, random weights) for the tests that cover all sizes."""
+    from mfdeploy.export.pipeline import ExportOptions, export
+
+    return export(ExportOptions(size=request.param, out=tmp_path_factory.mktemp(f"size-{request.param}")))
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory, digits_checkpoint):
+    """The digits-trained 26m exported; its training split as a preprocessed .npy; its validation split."""
+    import numpy as np
+
+    from mfdeploy.artifacts import Artifact
+    from mfdeploy.datasets import load_digits_data
+    from mfdeploy.export.pipeline import ExportOptions, export
+
+    out = tmp_path_factory.mktemp("digits-artifact")
+    artifact = Artifact.open(export(ExportOptions(weights=str(digits_checkpoint), out=out)).artifact)
+    data = load_digits_data()
+    pre = artifact.preprocessing
+    train = pre.batch(data.train.image(i) for i in range(len(data.train)))
+    np.save(out / "train.npy", train)
+    val = pre.batch(data.val.image(i) for i in range(len(data.val)))
+    np.save(out / "val.npy", val)
+    return {
+        "root": artifact.root,
+        "train": out / "train.npy",
+        "val_npy": out / "val.npy",
+        "val": val,
+        "labels": data.val.labels,
+    }

@@ -36,6 +36,7 @@ from onnx import numpy_helper
 
 from mfdeploy import __version__
 from mfdeploy.errors import UserError
+from mfdeploy.graph_utils import constant_names, consumers, producers
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -81,12 +82,6 @@ def torch_to_onnx(model: torch.nn.Module, imgsz: int, batch: int | None, opset: 
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _constant_names(graph: onnx.GraphProto) -> set[str]:
-    names = {init.name for init in graph.initializer}
-    names.update(out for node in graph.node if node.op_type == "Constant" for out in node.output)
-    return names
-
-
 def pin_reshape_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Give every run-time-computed Reshape target a constant one, with -1 on the batch axis.
 
@@ -99,7 +94,7 @@ def pin_reshape_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     import onnxruntime as ort
 
     graph = model.graph
-    constants = _constant_names(graph)
+    constants = constant_names(graph)
     dynamic = [node for node in graph.node if node.op_type == "Reshape" and node.input[1] not in constants]
     if not dynamic:
         return model, 0
@@ -161,18 +156,14 @@ def name_unscoped_nodes(model: onnx.ModelProto) -> int:
     to a PyTorch module.
     """
     graph = model.graph
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producer, users_of = producers(graph), consumers(graph)
     used = {node.name for node in graph.node}
     renamed = 0
     for node in graph.node:
         if node.name.startswith("/"):
             continue
         neighbours = [producer[i] for i in node.input if i in producer]
-        neighbours += [c for out in node.output for c in consumers.get(out, [])]
+        neighbours += [c for out in node.output for c in users_of.get(out, [])]
         scope = next((n.name.rsplit("/", 1)[0] for n in neighbours if n.name.startswith("/")), "")
         base = f"{scope}/{node.op_type}"
         name, index = base, 0

@@ -19,8 +19,8 @@ from mfdeploy.console import progress
 from mfdeploy.environment import library_versions
 from mfdeploy.errors import UserError
 from mfdeploy.export import onnx_export
-from mfdeploy.export.graph_checks import check_graph
 from mfdeploy.export.verify import VerificationError, verify_runner
+from mfdeploy.graph_checks import check_graph
 from mfdeploy.model.complexity import measure
 from mfdeploy.model.weights import LoadedModel, load_model, save_checkpoint
 from mfdeploy.preprocess import Preprocessing, check_imgsz
@@ -73,6 +73,7 @@ class ExportContext:
     loaded: LoadedModel
     preprocessing: Preprocessing
     artifact: Artifact  # rooted at the staging folder until the export succeeds
+    final_root: Path  # where the artifact will be once the export succeeds (for messages)
     progress: Any
     notes: list[str] = field(default_factory=list)  # lines for the summary (e.g. "engine skipped: ...")
     exit_code: int = 0  # a stage may ask for a non-zero exit after a complete artifact (TensorRT missing)
@@ -95,15 +96,18 @@ class ExportResult:
     exit_code: int = 0
 
 
-def _stage_function(name: str):
-    module_name, function = STAGES[name].split(":")
+def _stage_function(name: str, function: str | None = None):
+    """A stage's run function (or another function of its module, e.g. its option check), or None if
+    the stage's module is not part of this version."""
+    module_name, run = STAGES[name].split(":")
+    function = function or run
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name == module_name:
             return None
         raise
-    return getattr(module, function)
+    return getattr(module, function, None)
 
 
 def check_options(options: ExportOptions) -> None:
@@ -126,6 +130,10 @@ def check_options(options: ExportOptions) -> None:
     onnx_export.check_opset(options.opset)
     if options.imgsz is not None:
         check_imgsz(options.imgsz)
+    for stage in TARGET_STAGES[options.target]:
+        checker = _stage_function(stage, "check_stage_options")
+        if checker is not None:
+            checker(options.stage_options.get(stage))
 
 
 def _preprocessing(loaded: LoadedModel, imgsz: int | None) -> Preprocessing:
@@ -239,7 +247,7 @@ def export(options: ExportOptions) -> ExportResult:
         artifact = Artifact(tmp, manifest)
         for name in (ONNX_FILE, WEIGHTS_FILE):
             artifact.record_file(name)
-        ctx = ExportContext(options, loaded, preprocessing, artifact, bar)
+        ctx = ExportContext(options, loaded, preprocessing, artifact, final, bar)
         for stage in TARGET_STAGES[options.target]:
             bar.update(task, total=bar.tasks[task].total + 1, status=f"{stage} export")
             _stage_function(stage)(ctx)

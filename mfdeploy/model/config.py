@@ -66,6 +66,7 @@ def _blocks(spec: str) -> tuple[BlockSpec, ...]:
 
 _SMALL_BLOCKS = _blocks("12e3 24e6s2 24e3 48e6s2 48e4 64e6 96e6s2 96e6")
 
+# fmt: off
 CONFIGS: dict[str, MobileFormerConfig] = {
     cfg.name: cfg
     for cfg in (
@@ -120,6 +121,8 @@ CONFIGS: dict[str, MobileFormerConfig] = {
         ),
     )
 }
+
+# fmt: on
 
 SIZES: tuple[str, ...] = tuple(CONFIGS)
 

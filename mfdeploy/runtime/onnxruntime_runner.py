@@ -66,7 +66,7 @@ class OnnxRuntimeRunner(Runner):
         cls, artifact, spec, provider: str = "cpu", threads: int | None = None, profile: bool = False, **_: object
     ) -> "OnnxRuntimeRunner":
         """The graph of target ``spec`` (model.onnx, model.fp16.onnx, model.int8.onnx) in ``artifact``."""
-        path = artifact.require(spec.file, f"make it with `{spec.how_to_make}`")
+        path = artifact.require(spec.file, f"make it with `{spec.make_command(artifact)}`")
         runner = cls(path, provider=provider, threads=threads, profile=profile)
         runner.precision = spec.precision
         return runner

@@ -30,7 +30,10 @@ class TargetSpec:
     precision: str  # fp32, fp16, int8
     file: str  # the artifact file it runs
     runner: str  # "module:Class" with a classmethod from_artifact(artifact, spec, **options)
-    how_to_make: str  # the command that produces ``file``
+    how_to_make: str  # the command that produces ``file`` ({artifact} and {size} are filled in)
+
+    def make_command(self, artifact: Any) -> str:
+        return self.how_to_make.format(artifact=artifact.root, size=artifact.manifest["model"]["size"])
 
 
 TARGETS: dict[str, TargetSpec] = {
@@ -74,7 +77,7 @@ TARGETS: dict[str, TargetSpec] = {
             "fp32",
             "model.fp32.plan",
             "mfdeploy.runtime.tensorrt_runner:TensorRTRunner",
-            "mfdeploy build-engine --precision fp32",
+            "mfdeploy build-engine {artifact} --precision fp32",
         ),
         TargetSpec(
             "trt-fp16",
@@ -82,7 +85,7 @@ TARGETS: dict[str, TargetSpec] = {
             "fp16",
             "model.fp16.plan",
             "mfdeploy.runtime.tensorrt_runner:TensorRTRunner",
-            "mfdeploy build-engine --precision fp16",
+            "mfdeploy build-engine {artifact} --precision fp16",
         ),
         TargetSpec(
             "trt-int8",
@@ -90,7 +93,7 @@ TARGETS: dict[str, TargetSpec] = {
             "int8",
             "model.int8.plan",
             "mfdeploy.runtime.tensorrt_runner:TensorRTRunner",
-            "mfdeploy build-engine --precision int8",
+            "mfdeploy build-engine {artifact} --precision int8",
         ),
         TargetSpec(
             "coreml",
@@ -118,7 +121,7 @@ def create_runner(name: str, artifact: Any, **options: Any) -> Runner:
     """A runner for target ``name`` on ``artifact``; TargetUnavailable if it cannot run on this host."""
     spec = TARGETS[name]
     if not artifact.path(spec.file).exists():
-        raise TargetUnavailable(f"{artifact.root} has no {spec.file}; make it with `{spec.how_to_make}`")
+        raise TargetUnavailable(f"{artifact.root} has no {spec.file}; make it with `{spec.make_command(artifact)}`")
     module_name, class_name = spec.runner.split(":")
     try:
         module = importlib.import_module(module_name)

@@ -1,0 +1,118 @@
+"""The FP16 graph for TensorRT: mixed precision with FP32 islands chosen from the recorded statistics.
+
+A node stays FP32 when (thresholds follow NVIDIA ModelOpt AutoCast's defaults where it has them):
+- its output reached |x| > 512 on the calibration data (AutoCast's data_max: large activations feed
+  sums that overflow FP16's 65504), or overflowed FP16 outright;
+- most of its output values fall below FP16's smallest normal number (2^-14), where FP16 keeps only a
+  few significant bits;
+- one of its weights exceeds 65504 (AutoCast's init_max) or is mostly below 2^-14;
+- it is LayerNormalization or Softmax, or a reduction feeding one (mean/variance and exp-sums lose
+  precision or overflow in FP16), unless the user allows normalisation in FP16.
+The conversion itself is ONNX Runtime's float16 converter (onnxruntime.transformers.float16), which
+keeps the graph inputs and outputs FP32 and puts Cast nodes at every island border.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from mfdeploy.calibration.int8 import SHAPE_OPS
+from mfdeploy.calibration.stats import FP16_MAX, FP16_MIN_NORMAL, CalibrationStats
+from mfdeploy.graph_utils import consumers, toposort
+
+DATA_MAX = 512.0
+UNDERFLOW_SHARE = 0.5
+NORM_OPS = ("LayerNormalization", "Softmax")
+REDUCE_OPS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp")
+ELEMENTWISE = SHAPE_OPS + ("Sub", "Add", "Mul", "Div", "Pow", "Sqrt", "Exp", "Cast")
+
+
+@dataclass
+class Fp32Island:
+    node: str
+    op_type: str
+    reason: str
+
+
+def _weight_reason(array: np.ndarray, name: str) -> str | None:
+    magnitude = np.abs(array.astype(np.float64))
+    if magnitude.size == 0:
+        return None
+    if magnitude.max() > FP16_MAX:
+        return f"weight {name} reaches |w| = {magnitude.max():.3g} > 65504 (FP16 overflow)"
+    nonzero = magnitude[magnitude > 0]
+    if nonzero.size and np.mean(nonzero < FP16_MIN_NORMAL) > UNDERFLOW_SHARE:
+        return f"weight {name}: {np.mean(nonzero < FP16_MIN_NORMAL):.0%} of values below FP16's normal range"
+    return None
+
+
+def _reductions_feeding_norms(graph: onnx.GraphProto) -> set[str]:
+    """Reduce nodes whose output reaches a LayerNormalization/Softmax through elementwise ops."""
+    users_of = consumers(graph)
+    found = set()
+    for node in graph.node:
+        if node.op_type not in REDUCE_OPS:
+            continue
+        frontier, steps = list(node.output), 0
+        while frontier and steps < 16:
+            users = [u for name in frontier for u in users_of.get(name, [])]
+            if any(u.op_type in NORM_OPS for u in users):
+                found.add(node.name)
+                break
+            frontier = [o for u in users if u.op_type in ELEMENTWISE for o in u.output]
+            steps += 1
+    return found
+
+
+def choose_fp32_islands(model: onnx.ModelProto, stats: CalibrationStats, keep_norms: bool = True) -> list[Fp32Island]:
+    """Every node that must stay FP32, with the reason, decided from the statistics and weights."""
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    reductions = _reductions_feeding_norms(graph) if keep_norms else set()
+    islands = []
+    for node in graph.node:
+        reasons = []
+        if keep_norms and node.op_type in NORM_OPS:
+            reasons.append(f"{node.op_type} kept FP32 by default (statistics lose precision in FP16)")
+        if node.name in reductions:
+            reasons.append("reduction feeding a LayerNormalization/Softmax")
+        for out in node.output:
+            if out not in stats._index:
+                continue
+            i = stats.index(out)
+            absmax = stats.absmax(out)
+            if stats.n_fp16_overflow[i] > 0:
+                reasons.append(f"output overflows FP16 ({int(stats.n_fp16_overflow[i])} values > 65504)")
+            elif absmax > DATA_MAX:
+                reasons.append(f"output reaches |x| = {absmax:.4g} > {DATA_MAX:g}")
+            nonzero = stats.count[i]
+            share = stats.n_fp16_underflow[i] / nonzero if nonzero else 0.0
+            if share > UNDERFLOW_SHARE:
+                reasons.append(f"{share:.0%} of output values below FP16's normal range (2^-14)")
+        for name in node.input:
+            if name in initializers:
+                reason = _weight_reason(numpy_helper.to_array(initializers[name]), name)
+                if reason:
+                    reasons.append(reason)
+        if reasons:
+            islands.append(Fp32Island(node.name, node.op_type, "; ".join(dict.fromkeys(reasons))))
+    return islands
+
+
+def to_fp16(model: onnx.ModelProto, islands: list[Fp32Island]) -> onnx.ModelProto:
+    """Convert everything outside ``islands`` to FP16, keeping FP32 graph inputs and outputs."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    converted = convert_float_to_float16(
+        copy,
+        keep_io_types=True,
+        node_block_list=[island.node for island in islands],
+        op_block_list=[],
+    )
+    return toposort(converted)

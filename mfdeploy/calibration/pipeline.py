@@ -1,0 +1,243 @@
+"""`mfdeploy calibrate`: statistics once, then the INT8 and FP16 graphs, checked and reported.
+
+Run on an artifact folder (or on the staged folder of `mfdeploy export --target trt`): the FP32
+graph is prepared with ONNX Runtime's quant_pre_process (shape inference only, so every tensor keeps
+its name), run once over the calibration set, and the statistics are cached under
+``calibration/stats-<key>.npz``. Any later method or percentile reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from mfdeploy.artifacts import Artifact, utc_now
+from mfdeploy.calibration.evaluation import evaluate_graphs
+from mfdeploy.calibration.fp16 import choose_fp32_islands, to_fp16
+from mfdeploy.calibration.int8 import check_tensorrt_qdq, plan_quantization, quantize
+from mfdeploy.calibration.ranges import check_method, compute_ranges
+from mfdeploy.calibration.report import render_markdown
+from mfdeploy.calibration.stats import CalibrationStats, collect_stats, stats_key
+from mfdeploy.console import err
+from mfdeploy.errors import UserError
+from mfdeploy.fileio import atomic_path, sha256_file
+from mfdeploy.graph_checks import check_graph
+from mfdeploy.image_sets import BUILTIN, fingerprint, load_image_set
+from mfdeploy.sample_images import builtin_images
+
+PRECISIONS = ("int8", "fp16")
+GRAPH_FILES = {"int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+REPORT_JSON = "calibration.json"
+REPORT_MD = "calibration.md"
+DATA_INDEX = "calibration/data-index.json"
+
+
+@dataclass
+class CalibrationOptions:
+    data: str = BUILTIN
+    size: int = 512
+    batch: int = 32
+    method: str = "minmax"
+    percentile: float = 99.99
+    precisions: tuple[str, ...] = PRECISIONS
+    keep_norms_fp32: bool = True
+    threads: int | None = None
+    holdout: int = 64
+    measure_latency: bool = True
+
+
+def check_options(options: CalibrationOptions) -> None:
+    check_method(options.method, options.percentile)
+    if options.batch < 1:
+        raise UserError(f"--calib-batch must be at least 1, got {options.batch}")
+    if options.size < 1:
+        raise UserError(f"--calib-size must be at least 1, got {options.size}")
+    if options.data != BUILTIN and not Path(options.data).exists():
+        raise UserError(
+            f"calibration data {options.data} does not exist; pass a folder of images, a .npy/.npz or builtin"
+        )
+    unknown = [p for p in options.precisions if p not in PRECISIONS]
+    if unknown or not options.precisions:
+        raise UserError(f"unknown precision {', '.join(unknown) or '(none)'}; choose from {', '.join(PRECISIONS)}")
+
+
+def _prepared_graph(source: Path) -> onnx.ModelProto:
+    """quant_pre_process with shape inference only: the graph keeps every node and tensor name."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(target), skip_optimization=True)
+        return onnx.load(str(target))
+
+
+def _holdout_images(artifact: Artifact, options: CalibrationOptions, in_chans: int) -> np.ndarray:
+    """Built-in images the calibration did not see (further crops and flips when it used builtin)."""
+    skip = options.size if options.data == BUILTIN else 0
+    images = artifact.preprocessing.batch(builtin_images(skip + options.holdout)[skip:])
+    if in_chans != 3:
+        images = np.repeat(images.mean(axis=1, keepdims=True), in_chans, axis=1)
+    return images
+
+
+def _save_graph(model: onnx.ModelProto, path: Path) -> None:
+    report = check_graph(model)
+    if not report.ok:
+        raise UserError(f"the {path.name} graph breaks the deployment rules: " + "; ".join(report.violations))
+    with atomic_path(path) as tmp:
+        onnx.save_model(model, str(tmp))
+
+
+def _read_data_index(artifact: Artifact) -> dict[str, Any]:
+    try:
+        return json.loads(artifact.path(DATA_INDEX).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_data_index(artifact: Artifact, index: dict[str, Any]) -> None:
+    with atomic_path(artifact.path(DATA_INDEX)) as tmp:
+        tmp.write_text(json.dumps(index, indent=1) + "\n")
+
+
+def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[str, Any]:
+    """Write the requested precision graphs and the calibration report into ``artifact``."""
+    check_options(options)
+    started = time.perf_counter()
+    source = artifact.require("model.onnx", "export it first with `mfdeploy export --target onnx`")
+    in_chans = int(artifact.manifest["model"].get("in_chans", 3))
+    prepared = _prepared_graph(source)
+    plan = plan_quantization(prepared)
+
+    timings: dict[str, float] = {}
+    model_sha = sha256_file(source)
+    # A data fingerprint seen before names its data hash, so cached statistics are found without
+    # decoding any image; otherwise the data is loaded and hashed.
+    known = _read_data_index(artifact)
+    print_ = fingerprint(options.data, artifact.preprocessing, options.size, in_chans)
+    data_info = known.get(print_) if print_ else None
+    stats = None
+    if data_info is not None:
+        key = stats_key(model_sha, data_info["sha256"], artifact.manifest["preprocessing"])
+        cache = artifact.path("calibration") / f"stats-{key}.npz"
+        stats = CalibrationStats.load(cache, key) if cache.exists() else None
+    if stats is None:
+        data = load_image_set(options.data, artifact.preprocessing, options.size, in_chans)
+        data_info = data.describe()
+        if print_:
+            known[print_] = data_info
+            _write_data_index(artifact, known)
+        key = stats_key(model_sha, data.sha256, artifact.manifest["preprocessing"])
+        cache = artifact.path("calibration") / f"stats-{key}.npz"
+        stats = CalibrationStats.load(cache, key) if cache.exists() else None
+    timings["data"] = round(time.perf_counter() - started, 3)
+    reused = stats is not None
+    if stats is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            prepared_path = Path(tmp) / "prepared.onnx"
+            onnx.save_model(prepared, str(prepared_path))
+            stats = collect_stats(prepared_path, data.images, plan.activations, options.batch, key, options.threads)
+        cache.parent.mkdir(exist_ok=True)
+        stats.save(cache)
+    else:
+        err.print(f"reusing cached statistics {cache.name} (same model, data and preprocessing)")
+    timings["stats"] = round(time.perf_counter() - started - timings["data"], 3)
+
+    written: dict[str, Path] = {}
+    report: dict[str, Any] = {
+        "schema_version": 1,
+        "created": utc_now(),
+        "method": options.method,
+        "percentile": options.percentile if options.method == "percentile" else None,
+        "data": data_info,
+        "preprocessing": artifact.manifest["preprocessing"],
+        "stats": {
+            "file": f"calibration/{cache.name}",
+            "key": key,
+            "reused": reused,
+            "collect_seconds": stats.meta.get("seconds"),
+        },
+    }
+    if "int8" in options.precisions:
+        ranges = compute_ranges(stats, plan.activations, options.method, options.percentile)
+        quantized = quantize(prepared, plan, ranges)
+        problems = check_tensorrt_qdq(quantized)
+        if problems:
+            raise UserError("the INT8 graph breaks TensorRT's Q/DQ rules: " + "; ".join(problems[:5]))
+        _save_graph(quantized, artifact.path(GRAPH_FILES["int8"]))
+        written["int8"] = artifact.path(GRAPH_FILES["int8"])
+        report["int8"] = {
+            "file": GRAPH_FILES["int8"],
+            "quantized_nodes": len(plan.nodes),
+            "float_nodes": plan.excluded,
+            "activation_ranges": {
+                name: {
+                    "threshold": r.threshold,
+                    "scale": r.scale,
+                    "absmax": r.absmax,
+                    "clipped_share": r.clipped_share,
+                    **({"raised_from": r.method_threshold} if r.method_threshold is not None else {}),
+                }
+                for name, r in ranges.items()
+            },
+            "guarded_ranges": sum(1 for r in ranges.values() if r.method_threshold is not None),
+            "weights": "int8 symmetric, per output channel",
+            "activations": "int8 symmetric (zero point 0), per tensor",
+        }
+    if "fp16" in options.precisions:
+        islands = choose_fp32_islands(prepared, stats, options.keep_norms_fp32)
+        _save_graph(to_fp16(prepared, islands), artifact.path(GRAPH_FILES["fp16"]))
+        written["fp16"] = artifact.path(GRAPH_FILES["fp16"])
+        report["fp16"] = {
+            "file": GRAPH_FILES["fp16"],
+            "fp32_islands": [{"node": i.node, "op_type": i.op_type, "reason": i.reason} for i in islands],
+            "norms_kept_fp32": options.keep_norms_fp32,
+        }
+    timings["graphs"] = round(time.perf_counter() - started - timings["data"] - timings["stats"], 3)
+    evaluation_started = time.perf_counter()
+    report["evaluation"] = evaluate_graphs(
+        source,
+        written,
+        _holdout_images(artifact, options, in_chans),
+        len(plan.nodes),
+        options.threads,
+        options.measure_latency,
+    )
+    timings["evaluation"] = round(time.perf_counter() - evaluation_started, 3)
+    report["timings_s"] = timings
+    report["seconds"] = round(time.perf_counter() - started, 3)
+
+    with atomic_path(artifact.path(REPORT_JSON)) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_path(artifact.path(REPORT_MD)) as tmp:
+        tmp.write_text(render_markdown(report, artifact))
+    for path in [
+        *written.values(),
+        cache,
+        artifact.path(DATA_INDEX),
+        artifact.path(REPORT_JSON),
+        artifact.path(REPORT_MD),
+    ]:
+        if not path.exists():
+            continue
+        artifact.record_file(str(path.relative_to(artifact.root)))
+    artifact.manifest["calibration"] = {
+        "method": options.method,
+        "percentile": report["percentile"],
+        "data": report["data"],
+        "stats_key": key,
+        "report": REPORT_JSON,
+        "graphs": {p: GRAPH_FILES[p] for p in written},
+        "fp32_islands": len(report.get("fp16", {}).get("fp32_islands", [])),
+        "norms_kept_fp32": options.keep_norms_fp32,
+        "agreement": {p: report["evaluation"]["graphs"][p]["vs_fp32"] for p in written},
+    }
+    artifact.save()
+    return report

@@ -1,0 +1,113 @@
+"""The human-readable calibration summary (calibration.md) rendered from calibration.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_RANGE_ROWS = 25
+
+
+def _agreement_rows(evaluation: dict[str, Any]) -> list[str]:
+    rows = [
+        "| graph | cosine | max abs error | top-1 agreement | top-5 agreement | NaN/Inf |",
+        "|---|---|---|---|---|---|",
+    ]
+    for precision, entry in evaluation["graphs"].items():
+        m = entry["vs_fp32"]
+        rows.append(
+            f"| {precision} | {m['cosine']:.6f} | {m['max_abs_error']:.3g} | {m['top1_agreement']:.1%} | "
+            f"{m['top5_agreement']:.1%} | {m['nan_count'] + m['inf_count']} |"
+        )
+    return rows
+
+
+def _latency_rows(evaluation: dict[str, Any]) -> list[str]:
+    latency = evaluation.get("ort_cpu_latency_ms")
+    if not latency:
+        return ["(latency not measured)"]
+    batches = list(next(iter(latency.values())))
+    rows = ["| graph | " + " | ".join(f"batch {b[1:]} (ms)" for b in batches) + " |", "|---|" + "---|" * len(batches)]
+    for precision, values in latency.items():
+        rows.append(f"| {precision} | " + " | ".join(f"{values[b]:.2f}" for b in batches) + " |")
+    notes = []
+    for precision, entry in evaluation["graphs"].items():
+        slower = entry.get("cpu_slower_than_fp32")
+        if slower:
+            batches = ", ".join(map(str, slower["batches"]))
+            notes.append(f"- {precision} is slower than FP32 on the CPU at batch {batches}: {slower['why']}.")
+    return rows + ([""] + notes if notes else [])
+
+
+def render_markdown(report: dict[str, Any], artifact: Any) -> str:
+    data = report["data"]
+    lines = [
+        f"# Calibration report: Mobile-Former {artifact.size}",
+        "",
+        f"- method: **{report['method']}**"
+        + (f" (percentile {report['percentile']})" if report.get("percentile") else ""),
+        f"- data: {data['source']}, {data['images']} images, sha256 `{data['sha256'][:16]}...`"
+        + (f", {data['skipped_files']} unreadable files skipped" if data.get("skipped_files") else ""),
+        f"- statistics: `{report['stats']['file']}`"
+        + (" (reused from cache, the model was not run again)" if report["stats"]["reused"] else " (collected now)"),
+        f"- created {report['created']}, {report['seconds']:.1f} s ("
+        + ", ".join(f"{k} {v:.1f} s" for k, v in report.get("timings_s", {}).items())
+        + ")",
+        "",
+        "## Agreement with FP32 on held-out images",
+        "",
+        f"{report['evaluation']['holdout_images']} built-in images that were not part of the calibration set.",
+        "",
+        *_agreement_rows(report["evaluation"]),
+        "",
+        "## ONNX Runtime CPU latency (median)",
+        "",
+        *_latency_rows(report["evaluation"]),
+        "",
+    ]
+    if "fp16" in report:
+        islands = report["fp16"]["fp32_islands"]
+        lines += [
+            "## FP16 graph: FP32 islands",
+            "",
+            f"{len(islands)} nodes stay FP32.",
+            "",
+            "| node | op | reason |",
+            "|---|---|---|",
+        ]
+        lines += [f"| `{i['node']}` | {i['op_type']} | {i['reason']} |" for i in islands]
+        lines.append("")
+    if "int8" in report:
+        int8 = report["int8"]
+        ranges = sorted(int8["activation_ranges"].items(), key=lambda kv: -kv[1]["clipped_share"])
+        lines += [
+            "## INT8 graph",
+            "",
+            f"{int8['quantized_nodes']} Conv/MatMul/Gemm nodes quantized; weights {int8['weights']}; "
+            f"activations {int8['activations']}. {len(int8['float_nodes'])} stay float:",
+            "",
+        ]
+        reasons: dict[str, int] = {}
+        for reason in int8["float_nodes"].values():
+            reasons[reason] = reasons.get(reason, 0) + 1
+        lines += [f"- {count} x {reason}" for reason, count in reasons.items()]
+        if int8.get("guarded_ranges"):
+            lines += [
+                "",
+                f"{int8['guarded_ranges']} entropy thresholds would have clipped more than 0.1% of the calibration "
+                "values (spiky histograms: saturated or constant regions) and were raised to clip at most 0.1%; "
+                "`raised_from` in calibration.json gives the KL threshold each replaced.",
+            ]
+        lines += [
+            "",
+            f"Activation ranges (top {min(MAX_RANGE_ROWS, len(ranges))} of {len(ranges)} by share clipped; "
+            "all of them in calibration.json):",
+            "",
+            "| tensor | threshold | scale | max abs seen | clipped |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{name}` | {r['threshold']:.4g} | {r['scale']:.4g} | {r['absmax']:.4g} | {r['clipped_share']:.3%} |"
+            for name, r in ranges[:MAX_RANGE_ROWS]
+        ]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""Small ONNX graph helpers shared by the export, calibration and lint code."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import onnx
+
+
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """Tensor name -> the node that computes it."""
+    return {out: node for node in graph.node for out in node.output if out}
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it."""
+    users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            if name:
+                users[name].append(node)
+    return dict(users)
+
+
+def constant_names(graph: onnx.GraphProto) -> set[str]:
+    """Initializers and Constant-node outputs."""
+    names = {init.name for init in graph.initializer}
+    names.update(out for node in graph.node if node.op_type == "Constant" for out in node.output)
+    return names
+
+
+def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Reorder the nodes so every node comes after the producers of its inputs (stable otherwise).
+
+    Some rewriters (ONNX Runtime's float16 converter) append nodes at the end; onnx.checker and
+    TensorRT's parser both need topological order.
+    """
+    graph = model.graph
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        progressed = []
+        for node in pending:
+            if all(name in available for name in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                progressed.append(node)
+        if len(progressed) == len(pending):
+            raise ValueError(f"graph has a cycle or a missing input near {pending[0].name}")
+        pending = progressed
+    nodes = [onnx.NodeProto() for _ in ordered]
+    for target, source in zip(nodes, ordered):
+        target.CopyFrom(source)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model

@@ -1,0 +1,210 @@
+"""Unlabelled image sets (calibration data, parity inputs): a folder of images, a preprocessed .npy/.npz
+array, or built-in photographs.
+
+Every source ends as one float32 NCHW array preprocessed the way the artifact's manifest says, plus a
+sha256 of that array, so a result names exactly the data it was computed on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mfdeploy.console import progress, warn
+from mfdeploy.errors import UserError
+from mfdeploy.preprocess import IMAGE_EXTENSIONS, Preprocessing, is_image_file, load_image
+from mfdeploy.sample_images import builtin_images
+
+BUILTIN = "builtin"
+MIN_IMAGES = 8
+IMAGE_SET_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray  # float32 [N, C, H, W], preprocessed
+    source: str  # "builtin", a folder or an array file
+    sha256: str  # of the preprocessed array (shape and bytes)
+    skipped: list[str] = field(default_factory=list)  # unreadable files that were left out
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def describe(self) -> dict:
+        return {
+            "source": self.source,
+            "images": len(self),
+            "shape": list(self.images.shape),
+            "sha256": self.sha256,
+            "skipped_files": len(self.skipped),
+        }
+
+
+def array_sha256(array: np.ndarray) -> str:
+    digest = hashlib.sha256(str((array.shape, str(array.dtype))).encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _evenly_spaced(items: list, count: int) -> list:
+    """``count`` items spread over the whole (sorted) list, so a subset still covers every folder."""
+    if len(items) <= count:
+        return items
+    index = np.linspace(0, len(items) - 1, count).round().astype(int)
+    return [items[i] for i in index]
+
+
+def _from_folder(folder: Path, preprocessing: Preprocessing, size: int, in_chans: int) -> ImageSet:
+    try:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p, IMAGE_SET_EXTENSIONS))
+    except OSError as exc:
+        raise UserError(f"cannot read image folder {folder}: {exc.strerror or exc}") from None
+    if not files:
+        raise UserError(
+            f"image folder {folder} has no images ({', '.join(IMAGE_SET_EXTENSIONS)}, searched recursively)"
+        )
+    if len(files) < size:
+        warn(
+            f"{size} images were asked for, more than the {len(files)} images in {folder}: using all "
+            f"{len(files)} (only builtin data is expanded with crops and flips)"
+        )
+    chosen = _evenly_spaced(files, size)
+    arrays, skipped = [], []
+    with progress() as bar:
+        task = bar.add_task("load images", total=len(chosen), status="")
+        for path in chosen:
+            try:
+                arrays.append(preprocessing(load_image(path)))
+            except UserError:
+                skipped.append(str(path))
+            bar.update(task, advance=1)
+    if skipped:
+        warn(f"skipped {len(skipped)} unreadable or corrupt image(s) in {folder}, e.g. {skipped[0]}")
+    if len(arrays) < MIN_IMAGES:
+        raise UserError(f"only {len(arrays)} readable image(s) in {folder}; at least {MIN_IMAGES} are needed")
+    images = np.stack(arrays)
+    if in_chans != 3:
+        images = np.repeat(images.mean(axis=1, keepdims=True), in_chans, axis=1)
+    return ImageSet(images, str(folder), array_sha256(images), skipped)
+
+
+def _resize(array: np.ndarray, side: int) -> np.ndarray:
+    """Bilinear resize of preprocessed NCHW data to side x side (for arrays made at another size)."""
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return torch.nn.functional.interpolate(tensor, size=(side, side), mode="bilinear", align_corners=False).numpy()
+
+
+def _from_array(path: Path, preprocessing: Preprocessing, size: int, in_chans: int, resize: bool = False) -> ImageSet:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            keys = list(loaded.keys())
+            if not keys:
+                raise UserError(f"{path} holds no arrays")
+            key = next((k for k in ("images", "calib", "data", "x") if k in keys), keys[0])
+            array = loaded[key]
+    else:
+        array = loaded
+    expected = (in_chans, preprocessing.imgsz, preprocessing.imgsz)
+    if resize and array.ndim == 4 and array.shape[1] == in_chans and tuple(array.shape[2:]) != expected[1:]:
+        warn(
+            f"{path.name} holds {array.shape[2]}x{array.shape[3]} images; resizing them to the artifact's "
+            f"{preprocessing.imgsz}x{preprocessing.imgsz}"
+        )
+        array = _resize(array.astype(np.float32), preprocessing.imgsz)
+    if array.ndim != 4 or tuple(array.shape[1:]) != expected:
+        raise UserError(
+            f"{path.name} has shape {list(array.shape)}; arrays must be preprocessed "
+            f"(N, {', '.join(map(str, expected))}) float32 for this model"
+        )
+    if array.dtype != np.float32:
+        raise UserError(f"{path.name} is {array.dtype}; arrays must be float32 (array.astype('float32'))")
+    if not np.isfinite(array).all():
+        raise UserError(f"{path.name} contains NaN or Inf values")
+    if len(array) < MIN_IMAGES:
+        raise UserError(f"{path.name} has {len(array)} images; at least {MIN_IMAGES} are needed")
+    if len(array) < size:
+        warn(f"{size} images were asked for, more than the {len(array)} images in {path.name}: using all of them")
+    images = np.ascontiguousarray(array[:size])
+    return ImageSet(images, str(path), array_sha256(images))
+
+
+def _from_builtin(preprocessing: Preprocessing, size: int, in_chans: int) -> ImageSet:
+    with progress() as bar:
+        task = bar.add_task("builtin images", total=size, status="")
+        arrays = []
+        for image in builtin_images(size):
+            arrays.append(preprocessing(image))
+            bar.update(task, advance=1)
+    images = np.stack(arrays)
+    if in_chans != 3:
+        images = np.repeat(images.mean(axis=1, keepdims=True), in_chans, axis=1)
+    return ImageSet(images, BUILTIN, array_sha256(images))
+
+
+def fingerprint(spec: str | os.PathLike[str], preprocessing: Preprocessing, size: int, in_chans: int) -> str | None:
+    """A cheap identity of the data a spec would load (file names, sizes and times; or the builtin set's
+    version), so a repeated calibration finds its cached statistics without decoding a single image.
+    None when the spec cannot be fingerprinted (it is then loaded and hashed as usual)."""
+    from importlib import metadata
+
+    parts: list[str] = [str(size), str(in_chans), repr(sorted(preprocessing.to_dict().items()))]
+    if str(spec) == BUILTIN:
+        versions = []
+        for dist in ("scikit-image", "scikit-learn"):
+            try:
+                versions.append(f"{dist}={metadata.version(dist)}")
+            except metadata.PackageNotFoundError:
+                versions.append(f"{dist}=none")
+        parts += ["builtin-v1", *versions]
+    else:
+        path = Path(spec)
+        try:
+            if path.is_dir():
+                files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p, IMAGE_SET_EXTENSIONS))
+            elif path.is_file():
+                files = [path]
+            else:
+                return None
+            for file in files:
+                info = file.stat()
+                parts.append(f"{file.resolve()}|{info.st_size}|{info.st_mtime_ns}")
+        except OSError:
+            return None
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def load_image_set(
+    spec: str | os.PathLike[str],
+    preprocessing: Preprocessing,
+    size: int = 512,
+    in_chans: int = 3,
+    resize_arrays: bool = False,
+) -> ImageSet:
+    """``builtin``, a folder of images (searched recursively) or a preprocessed .npy/.npz array.
+
+    ``resize_arrays``: resize an array made at another image size (with a warning) instead of refusing it.
+    """
+    if size < 1:
+        raise UserError(f"the number of images must be at least 1, got {size}")
+    if str(spec) == BUILTIN:
+        return _from_builtin(preprocessing, size, in_chans)
+    path = Path(spec)
+    if not path.exists():
+        raise UserError(f"image data {path} does not exist; pass a folder of images, a .npy/.npz or builtin")
+    if path.is_dir():
+        return _from_folder(path, preprocessing, size, in_chans)
+    if path.suffix.lower() in (".npy", ".npz"):
+        return _from_array(path, preprocessing, size, in_chans, resize_arrays)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        raise UserError(f"{path} is a single image; pass the folder that holds the calibration images")
+    raise UserError(f"unsupported image data {path.name}: pass a folder of images, a .npy/.npz or builtin")

@@ -1,0 +1,318 @@
+"""INT8 (Q/DQ) and FP16 graphs for TensorRT, proven with ONNX Runtime on the CPU, on a model trained
+on real labelled data (scikit-learn's digits) and on real photographs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+from PIL import Image
+
+from mfdeploy.calibration import pipeline as calibration_pipeline
+from mfdeploy.calibration.int8 import check_tensorrt_qdq
+from mfdeploy.calibration.ranges import entropy_threshold
+from mfdeploy.export.pipeline import ExportOptions, export
+from mfdeploy.model import build_model
+from mfdeploy.model.weights import save_checkpoint
+
+
+def accuracy(path, images, labels):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return float((session.run(None, {"images": images})[0].argmax(1) == labels).mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_int8_and_fp16_accuracy_on_real_labelled_data(cli, digits, method):
+    """INT8 within 1 point of FP32 and FP16 within 0.2 points, on the digits validation split."""
+    result = cli(
+        "calibrate",
+        digits["root"],
+        "--calib-data",
+        digits["train"],
+        "--method",
+        method,
+        "--calib-size",
+        "512",
+        "--no-latency",
+        "--json",
+    )
+    assert result.code == 0, result.err
+    report = result.json()
+    assert report["method"] == method and report["data"]["images"] == 512
+    fp32 = accuracy(digits["root"] / "model.onnx", digits["val"], digits["labels"])
+    int8 = accuracy(digits["root"] / "model.int8.onnx", digits["val"], digits["labels"])
+    fp16 = accuracy(digits["root"] / "model.fp16.onnx", digits["val"], digits["labels"])
+    assert fp32 >= 0.9
+    assert fp32 - int8 <= 0.01, (method, fp32, int8)
+    assert abs(fp32 - fp16) <= 0.002, (method, fp32, fp16)
+
+
+def test_int8_graph_follows_tensorrt_rules(cli, digits):
+    result = cli("calibrate", digits["root"], "--calib-data", digits["train"], "--precision", "int8", "--no-latency")
+    assert result.code == 0, result.err
+    model = onnx.load(str(digits["root"] / "model.int8.onnx"))
+    graph = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) > 50
+    # Every zero point is int8 0: symmetric quantization.
+    for node in qdq:
+        zero_point = inits[node.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
+    # Every Conv is quantized: activation and weight come through DequantizeLinear; weights per channel.
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs
+    for conv in convs:
+        act, weight = producer[conv.input[0]], producer[conv.input[1]]
+        assert act.op_type == "DequantizeLinear" and producer[act.input[0]].op_type == "QuantizeLinear"
+        assert weight.op_type == "DequantizeLinear" and weight.input[0] in inits
+        scale = inits[weight.input[1]]
+        assert scale.shape == (inits[weight.input[0]].shape[0],), "per-output-channel weight scales"
+        assert inits[weight.input[0]].dtype == np.int8
+    # LayerNorm and Softmax outputs stay float: nothing quantizes them, even through reshapes/transposes.
+    users = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+
+    def quantized_downstream(name, depth=0):
+        for user in users.get(name, []):
+            if user.op_type == "QuantizeLinear":
+                return True
+            if user.op_type in ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze") and depth < 8:
+                if quantized_downstream(user.output[0], depth + 1):
+                    return True
+        return False
+
+    norms = [n for n in graph.node if n.op_type in ("LayerNormalization", "Softmax")]
+    assert norms
+    assert not any(quantized_downstream(n.output[0]) for n in norms)
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert check_tensorrt_qdq(model) == []
+
+
+def test_tensorrt_rule_check_catches_broken_graphs(digits, tmp_path):
+    model = onnx.load(str(digits["root"] / "model.int8.onnx"))
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized"))
+    zero = next(i for i in model.graph.initializer if i.name == dq.input[2])
+    zero.CopyFrom(numpy_helper.from_array(np.ones(numpy_helper.to_array(zero).shape, np.int8), zero.name))
+    problems = check_tensorrt_qdq(model)
+    assert any("zero point must be int8 0" in p for p in problems)
+
+
+def test_onnxruntime_runs_both_graphs_at_batch_1_and_8(digits):
+    if not (digits["root"] / "model.fp16.onnx").exists():
+        pytest.skip("needs the graphs written by the accuracy test")
+    for name in ("model.int8.onnx", "model.fp16.onnx"):
+        session = ort.InferenceSession(str(digits["root"] / name), providers=["CPUExecutionProvider"])
+        assert session.get_inputs()[0].type == "tensor(float)" and session.get_outputs()[0].type == "tensor(float)"
+        for batch in (1, 8):
+            logits = session.run(None, {"images": digits["val"][:batch]})[0]
+            assert logits.shape == (batch, 10) and np.isfinite(logits).all()
+
+
+def test_statistics_cache_reuse_and_invalidation(cli, tmp_path, monkeypatch):
+    out = tmp_path / "art"
+    root = export(ExportOptions(size="26m", imgsz=64, num_classes=10, out=out)).artifact
+    args = ("calibrate", root, "--calib-size", "24", "--calib-batch", "8", "--no-latency", "--json")
+    first = cli(*args, "--method", "minmax")
+    assert first.code == 0, first.err
+    assert not first.json()["stats"]["reused"]
+
+    def must_not_run(*_args, **_kwargs):
+        raise AssertionError("the model was run again although cached statistics exist")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(calibration_pipeline, "collect_stats", must_not_run)
+        for method in ("entropy", "percentile"):
+            again = cli(*args, "--method", method)
+            assert again.code == 0, again.err
+            assert again.json()["stats"]["reused"] and again.json()["stats"]["key"] == first.json()["stats"]["key"]
+
+    # Other data: new statistics, never the cached ones.
+    other = cli(*args, "--calib-size", "16")
+    assert other.code == 0 and not other.json()["stats"]["reused"]
+    assert other.json()["stats"]["key"] != first.json()["stats"]["key"]
+
+    # A changed model (same name, new weights, manifest updated): new statistics.
+    shutil.rmtree(root)
+    root = export(ExportOptions(size="26m", imgsz=64, num_classes=10, seed=7, out=out)).artifact
+    changed = cli(*args)
+    assert changed.code == 0 and not changed.json()["stats"]["reused"]
+    assert changed.json()["stats"]["key"] != first.json()["stats"]["key"]
+
+
+def test_fp32_islands_come_from_the_statistics(cli, tmp_path):
+    """A model whose block-2 conv output is large: that node stays FP32, named with the measured value."""
+    model = build_model("26m", num_classes=10, seed=3)
+    with torch.no_grad():
+        model.blocks[2].mobile.pw2.bn.weight.mul_(2000.0)
+    ckpt = save_checkpoint(model, tmp_path / "loud.safetensors")
+    root = export(ExportOptions(weights=str(ckpt), imgsz=64, out=tmp_path / "art")).artifact
+    result = cli("calibrate", root, "--calib-size", "16", "--precision", "fp16", "--no-latency", "--json")
+    assert result.code == 0, result.err
+    islands = result.json()["fp16"]["fp32_islands"]
+    measured = [i for i in islands if "output reaches |x|" in i["reason"]]
+    assert any(i["node"].startswith("/blocks.2/mobile/pw2") for i in measured), islands
+    assert {"LayerNormalization", "Softmax"} <= {i["op_type"] for i in islands}
+    agreement = result.json()["evaluation"]["graphs"]["fp16"]["vs_fp32"]
+    assert agreement["top1_agreement"] >= 0.95 and agreement["nan_count"] == agreement["inf_count"] == 0
+    markdown = (root / "calibration.md").read_text()
+    assert "output reaches |x|" in markdown and "FP32 islands" in markdown
+
+
+def test_entropy_search_matches_a_literal_implementation():
+    """Our vectorised KL search picks exactly the threshold a literal per-candidate loop picks."""
+    from collections import Counter
+
+    def literal(hist, edges, levels=128, start=128):
+        bins = hist.astype(np.float64).copy()
+        bins[0] = bins[1]
+        scores = []
+        for i in range(start, len(bins) + 1):
+            space = np.linspace(0, i, levels + 1)
+            digitized = np.digitize(range(i), space) - 1
+            digitized[bins[:i] == 0] = -1
+            density = np.zeros(levels)
+            for idx, d in enumerate(digitized):
+                if d != -1:
+                    density[d] += bins[idx]
+            for key, value in Counter(digitized).items():
+                if key != -1:
+                    density[key] /= value
+            candidate = np.array([density[d] if d != -1 else 0.0 for d in digitized])
+            reference = bins[:i].copy()
+            reference[-1] += bins[i:].sum()
+            reference, candidate = reference / reference.sum(), candidate / candidate.sum()
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scores.append(np.sum(np.where(reference > 0, reference * np.log(reference / candidate), 0.0)))
+        scores = np.array(scores)
+        return edges[len(scores) - 1 - int(np.argmin(scores[::-1])) + start]
+
+    rng = np.random.default_rng(0)
+    for values in (np.abs(rng.laplace(size=200_000)), np.maximum(rng.normal(1, 2, 200_000), 0)):
+        hist, edges = np.histogram(values, bins=400, range=(0, values.max()))
+        assert entropy_threshold(hist, edges) == pytest.approx(literal(hist, edges))
+
+
+def make_image_folder(root, count=12):
+    rng = np.random.default_rng(0)
+    modes = ["RGB", "L", "RGBA", "P", "CMYK"]
+    for i in range(count):
+        pixels = rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels).convert(modes[i % len(modes)])
+        folder = root / ("nested" if i % 2 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = {"RGB": "jpg", "L": "png", "RGBA": "png", "P": "bmp", "CMYK": "jpg"}[image.mode]
+        if i % 5 == 4:
+            suffix = "webp"
+            image = image.convert("RGB")
+        image.save(folder / f"img{i}.{suffix}")
+
+
+def test_folder_calibration_data_with_every_format_and_a_corrupt_file(cli, tmp_path):
+    root = export(ExportOptions(size="26m", imgsz=64, num_classes=10, out=tmp_path / "art")).artifact
+    make_image_folder(tmp_path / "photos")
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    result = cli(
+        "calibrate", root, "--calib-data", tmp_path / "photos", "--calib-size", "100", "--no-latency", "--json"
+    )
+    assert result.code == 0, result.err
+    assert "skipped 1 unreadable" in result.err and "more than the 13 images" in result.err
+    data = result.json()["data"]
+    assert data["images"] == 12 and data["skipped_files"] == 1 and len(data["sha256"]) == 64
+
+
+@pytest.mark.parametrize(
+    "case,fragment",
+    [
+        ("empty", "has no images"),
+        ("corrupt-only", "only 0 readable image(s)"),
+        ("wrong-shape", "arrays must be preprocessed"),
+        ("wrong-dtype", "must be float32"),
+        ("percentile", "--percentile must be in (0, 100]"),
+        ("method", "unknown calibration method 'kl'"),
+        ("missing", "does not exist"),
+    ],
+)
+def test_bad_calibration_input(cli, tmp_path, case, fragment):
+    root = tmp_path / "art" / "mobileformer_26m"
+    if case in ("empty", "corrupt-only", "wrong-shape", "wrong-dtype"):
+        root = export(ExportOptions(size="26m", imgsz=64, num_classes=10, out=tmp_path / "art")).artifact
+    data = tmp_path / "data"
+    extra: list[str] = []
+    if case == "empty":
+        data.mkdir()
+    elif case == "corrupt-only":
+        data.mkdir()
+        for i in range(3):
+            (data / f"{i}.png").write_bytes(b"garbage")
+    elif case == "wrong-shape":
+        data = tmp_path / "x.npy"
+        np.save(data, np.zeros((10, 3, 32, 32), np.float32))
+    elif case == "wrong-dtype":
+        data = tmp_path / "x.npy"
+        np.save(data, np.zeros((10, 3, 64, 64), np.float64))
+    elif case == "percentile":
+        data, extra = "builtin", ["--method", "percentile", "--percentile", "100.5"]
+    elif case == "method":
+        data, extra = "builtin", ["--method", "kl"]
+    else:
+        data = tmp_path / "nowhere"
+    result = cli("calibrate", root, "--calib-data", data, *extra)
+    assert result.code != 0 and "Traceback" not in result.err
+    assert fragment in result.err
+    if root.exists():
+        assert not (root / "model.int8.onnx").exists() and not (root / "model.fp16.onnx").exists()
+
+
+def test_npz_and_builtin_sources(cli, tmp_path):
+    root = export(ExportOptions(size="26m", imgsz=64, num_classes=10, out=tmp_path / "art")).artifact
+    images = np.random.default_rng(0).standard_normal((12, 3, 64, 64)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", images=images)
+    result = cli("calibrate", root, "--calib-data", tmp_path / "calib.npz", "--no-latency", "--json")
+    assert result.code == 0, result.err
+    assert result.json()["data"]["images"] == 12
+    result = cli("calibrate", root, "--calib-size", "40", "--precision", "int8", "--json")
+    assert result.code == 0, result.err
+    report = result.json()
+    assert report["data"]["source"] == "builtin" and report["data"]["images"] == 40
+    latency = report["evaluation"]["ort_cpu_latency_ms"]
+    assert set(latency) == {"fp32", "int8"} and all(v > 0 for row in latency.values() for v in row.values())
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["calibration"]["method"] == "minmax" and "model.int8.onnx" in manifest["files"]
+
+
+def test_export_target_trt_writes_the_precision_graph(cli, tmp_path):
+    result = cli(
+        "export",
+        "--size",
+        "26m",
+        "--imgsz",
+        "64",
+        "--target",
+        "trt",
+        "--precision",
+        "int8",
+        "--calib-size",
+        "16",
+        "--out",
+        tmp_path,
+        "--json",
+    )
+    assert result.code in (0, 3), result.err
+    root = tmp_path / "mobileformer_26m"
+    assert (root / "model.int8.onnx").exists() and (root / "calibration.json").exists()
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["tensorrt"]["precision"] == "int8" and manifest["calibration"]["graphs"] == {
+        "int8": "model.int8.onnx"
+    }
+    assert check_tensorrt_qdq(onnx.load(str(root / "model.int8.onnx"))) == []
