@@ -1,0 +1,147 @@
+"""Build a TensorRT engine from a precision graph with TensorRT's Python API (10.x and 11.x).
+
+Strongly typed networks only: every layer runs in the type the ONNX graph gives its tensors (FP16 from
+model.fp16.onnx's casts, INT8 from model.int8.onnx's Q/DQ pairs), so neither the weak-typing builder
+flags (FP16/INT8/OBEY_PRECISION_CONSTRAINTS) nor the INT8 calibrators are used: TensorRT 11 removed both.
+The plan is written raw (no header), so `trtexec --loadEngine` and Polygraphy load it as it is.
+
+This module cannot run on the project's CPU machines (no TensorRT wheel, no GPU); it is kept thin and
+written against the documented API, and the GPU tests exercise it where the hardware exists.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mfdeploy.artifacts import utc_now
+from mfdeploy.errors import UserError
+from mfdeploy.fileio import atomic_path, sha256_file
+from mfdeploy.runtime.tensorrt_env import ENGINE_SIDECAR, host_info, read_sidecar
+
+GRAPH_FOR_PRECISION = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+PLAN_FOR_PRECISION = {p: f"model.{p}.plan" for p in GRAPH_FOR_PRECISION}
+EXIT_NO_TENSORRT = 3
+
+
+@dataclass
+class BatchProfile:
+    min: int = 1
+    opt: int = 8
+    max: int = 32
+
+    def check(self) -> "BatchProfile":
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise UserError(f"batch profile must satisfy 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
+        return self
+
+    @classmethod
+    def static(cls, batch: int) -> "BatchProfile":
+        return cls(batch, batch, batch).check()
+
+
+@dataclass
+class EngineOptions:
+    precision: str = "fp16"
+    profile: BatchProfile | None = None  # None: a static graph's batch, or 1/8/32 for a dynamic one
+    workspace_gib: float = 4.0
+    timing_cache: Path | None = None  # default: <artifact>/timing.cache, reused by every build here
+
+
+def build_command(artifact_root: Path, options: EngineOptions) -> str:
+    """The command that builds this engine, as a user would type it on a GPU host."""
+    parts = ["mfdeploy", "build-engine", str(Path(artifact_root).resolve()), "--precision", options.precision]
+    if options.profile is not None:
+        p = options.profile
+        parts += ["--min-batch", str(p.min), "--opt-batch", str(p.opt), "--max-batch", str(p.max)]
+    if options.workspace_gib != 4.0:
+        parts += ["--workspace", f"{options.workspace_gib:g}"]
+    return " ".join(parts)
+
+
+def _profile_for(artifact, options: EngineOptions) -> BatchProfile:
+    batch = artifact.manifest["inputs"][0]["shape"][0]
+    if isinstance(batch, int):
+        if options.profile is not None and (options.profile.min, options.profile.max) != (batch, batch):
+            raise UserError(f"the graph has a static batch of {batch}; re-export with --dynamic-batch for a range")
+        return BatchProfile.static(batch)
+    return (options.profile or BatchProfile()).check()
+
+
+def build_engine(artifact, options: EngineOptions) -> dict[str, Any]:
+    """Parse, build and serialize one engine into the artifact; record it in engine.json and the manifest."""
+    import tensorrt as trt
+
+    if options.precision not in GRAPH_FOR_PRECISION:
+        raise UserError(f"unknown precision {options.precision!r}; choose one of {', '.join(GRAPH_FOR_PRECISION)}")
+    graph_name = GRAPH_FOR_PRECISION[options.precision]
+    graph = artifact.require(
+        graph_name, f"make it with `mfdeploy calibrate {artifact.root} --precision {options.precision}`"
+    )
+    profile = _profile_for(artifact, options)
+    started = time.perf_counter()
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(graph)):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise UserError(f"TensorRT could not parse {graph_name}: {errors}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    cache_path = Path(options.timing_cache or artifact.path("timing.cache"))
+    cache_bytes = cache_path.read_bytes() if cache_path.exists() else b""
+    timing_cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(timing_cache, ignore_mismatch=False)
+
+    image = network.get_input(0)
+    _, channels, height, width = tuple(image.shape)
+    optimization = builder.create_optimization_profile()
+    optimization.set_shape(
+        image.name,
+        (profile.min, channels, height, width),
+        (profile.opt, channels, height, width),
+        (profile.max, channels, height, width),
+    )
+    config.add_optimization_profile(optimization)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UserError(
+            f"TensorRT failed to build the {options.precision} engine from {graph_name} (see its log above)"
+        )
+    plan_name = PLAN_FOR_PRECISION[options.precision]
+    with atomic_path(artifact.path(plan_name)) as tmp:
+        tmp.write_bytes(bytes(serialized))
+    with atomic_path(cache_path) as tmp:
+        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+
+    entry = {
+        "file": plan_name,
+        "precision": options.precision,
+        **host_info(),
+        "strongly_typed": True,
+        "profile": {"input": image.name, "min": profile.min, "opt": profile.opt, "max": profile.max},
+        "workspace_gib": options.workspace_gib,
+        "timing_cache": str(cache_path),
+        "timing_cache_reused": bool(cache_bytes),
+        "build_seconds": round(time.perf_counter() - started, 2),
+        "source_graph": graph_name,
+        "source_sha256": sha256_file(graph),
+        "created": utc_now(),
+    }
+    sidecar = read_sidecar(artifact.root)
+    sidecar["engines"][options.precision] = entry
+    with atomic_path(artifact.path(ENGINE_SIDECAR)) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+    for name in (plan_name, ENGINE_SIDECAR):
+        artifact.record_file(name)
+    artifact.manifest.setdefault("tensorrt", {}).setdefault("engines", {})[options.precision] = entry
+    artifact.save()
+    return entry

@@ -1,0 +1,95 @@
+"""The `--target trt` stage of `mfdeploy export`: the precision graph TensorRT's strongly typed builder
+consumes (FP32: model.onnx; FP16: model.fp16.onnx; INT8: model.int8.onnx), calibrated and linted here
+on the CPU, then the engine where TensorRT and a GPU exist.
+
+On a host without them the graphs are still written and verified; `--target trt` then exits with code 3
+and one message saying what is missing, where the graphs are and the command to run on a GPU host;
+`--target all` lists the engine as skipped with the same instructions and exits 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mfdeploy.calibration.pipeline import CalibrationOptions, calibrate_artifact
+from mfdeploy.errors import UserError
+from mfdeploy.export.tensorrt_build import (
+    EXIT_NO_TENSORRT,
+    GRAPH_FOR_PRECISION,
+    EngineOptions,
+    build_command,
+    build_engine,
+)
+from mfdeploy.export.tensorrt_lint import lint_graph
+from mfdeploy.runtime.tensorrt_env import tensorrt_unavailable_reason
+
+TRT_PRECISIONS = tuple(GRAPH_FOR_PRECISION)
+
+
+@dataclass
+class TensorRTOptions:
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    engine: EngineOptions = field(default_factory=EngineOptions)
+
+    @property
+    def precision(self) -> str:
+        return self.engine.precision
+
+
+def check_stage_options(options: TensorRTOptions | None) -> None:
+    """Reject bad TensorRT/calibration options before the export does any work."""
+    from mfdeploy.calibration.pipeline import check_options as check_calibration
+
+    options = options or TensorRTOptions()
+    if options.precision not in TRT_PRECISIONS:
+        raise UserError(f"unknown TensorRT precision {options.precision!r}; choose one of {', '.join(TRT_PRECISIONS)}")
+    if options.engine.profile is not None:
+        options.engine.profile.check()
+    if options.engine.workspace_gib <= 0:
+        raise UserError(f"--workspace must be a positive number of GiB, got {options.engine.workspace_gib}")
+    check_calibration(options.calibration)
+
+
+def lint_or_fail(artifact, graph: str, allow_fp16_norms: bool) -> dict:
+    """Run the readiness lint on one graph; a graph TensorRT would reject stops here."""
+    import onnx
+
+    report = lint_graph(onnx.load(str(artifact.require(graph, "re-export it"))), graph, allow_fp16_norms)
+    if not report.ok:
+        raise UserError(
+            f"{graph} is not ready for TensorRT {report.tensorrt_version}: " + "; ".join(report.problems[:5])
+        )
+    return report.to_dict()
+
+
+def run_stage(ctx) -> None:
+    """Calibrate (FP16/INT8), lint, and build the engine if this host can."""
+    options: TensorRTOptions = ctx.options.stage_options.get("trt") or TensorRTOptions()
+    check_stage_options(options)
+    precision = options.precision
+    if precision != "fp32":
+        calibration = CalibrationOptions(**{**options.calibration.__dict__, "precisions": (precision,)})
+        calibrate_artifact(ctx.artifact, calibration)
+    graph = GRAPH_FOR_PRECISION[precision]
+    section = ctx.manifest.setdefault("tensorrt", {})
+    section.update({"precision": precision, "graph": graph})
+    section["lint"] = lint_or_fail(ctx.artifact, graph, not options.calibration.keep_norms_fp32)
+
+    reason = tensorrt_unavailable_reason()
+    if reason is None:
+        entry = build_engine(ctx.artifact, options.engine)
+        ctx.notes.append(
+            f"built {entry['file']} ({precision}) in {entry['build_seconds']:.1f} s on {entry['gpu_name']}"
+        )
+        return
+    message = (
+        f"TensorRT engine not built: {reason}. The TensorRT-ready {precision.upper()} graph is "
+        f"{ctx.final_root / graph} (linted for TensorRT {section['lint']['tensorrt_version']}). On a GPU host with "
+        f"TensorRT 10 or 11, run: {build_command(ctx.final_root, options.engine)}"
+    )
+    section["engine"] = {"skipped": reason, "command": build_command(ctx.final_root, options.engine)}
+    if ctx.options.target == "trt":
+        ctx.notes.append(message)
+        ctx.exit_code = EXIT_NO_TENSORRT
+    else:
+        ctx.notes.append("skipped: " + message)

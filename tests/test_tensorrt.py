@@ -1,0 +1,202 @@
+"""TensorRT: the CPU-side readiness lint on every size's graphs, the no-TensorRT behaviour, the engine
+sidecar refusal, and (where TensorRT and a GPU exist) real engine builds checked against PyTorch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from mfdeploy.artifacts import Artifact
+from mfdeploy.calibration.pipeline import CalibrationOptions, calibrate_artifact
+from mfdeploy.errors import UserError
+from mfdeploy.export.pipeline import ExportOptions, export
+from mfdeploy.export.tensorrt_lint import lint_graph, operator_table
+from mfdeploy.runtime.tensorrt_env import check_engine_compatible, tensorrt_unavailable_reason
+
+NO_TENSORRT = tensorrt_unavailable_reason()
+needs_tensorrt = pytest.mark.skipif(NO_TENSORRT is not None, reason=f"needs TensorRT and an NVIDIA GPU: {NO_TENSORRT}")
+
+
+def test_operator_table_names_its_version_and_source():
+    table = operator_table()
+    assert table["tensorrt_version"] and "onnx-tensorrt" in table["source"]
+    assert {"Conv", "MatMul", "LayerNormalization", "QuantizeLinear"} <= set(table["supported"])
+    assert "QLinearConv" in table["unsupported"]
+
+
+@pytest.mark.slow
+def test_lint_passes_on_every_size_fp32_fp16_int8(exported_size):
+    artifact = Artifact.open(exported_size.artifact)
+    calibrate_artifact(artifact, CalibrationOptions(size=8, batch=8, holdout=4, measure_latency=False))
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
+        report = lint_graph(onnx.load(str(artifact.path(name))), name)
+        assert report.ok, (artifact.size, name, report.problems)
+
+
+def tiny_graph(nodes, inputs, outputs, initializers=(), opset=17):
+    graph = helper.make_graph(nodes, "broken", inputs, outputs, list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_lint_rejects_graphs_broken_on_purpose():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    # An operator TensorRT's parser does not have.
+    det = tiny_graph([helper.make_node("Det", ["x"], ["y"], name="det")], [x], [y])
+    assert any("Det det: not supported" in p for p in lint_graph(det).problems)
+    # A custom-domain op.
+    custom = tiny_graph([helper.make_node("Mystery", ["x"], ["y"], name="m", domain="com.example")], [x], [y])
+    custom.opset_import.append(helper.make_opsetid("com.example", 1))
+    assert any("custom" in p for p in lint_graph(custom).problems)
+    # A rank-5 tensor.
+    shape5 = numpy_helper.from_array(np.array([1, 1, 1, 2, 2], np.int64), "shape5")
+    shape2 = numpy_helper.from_array(np.array([1, 4], np.int64), "shape2")
+    rank5 = tiny_graph(
+        [
+            helper.make_node("Reshape", ["x", "shape5"], ["t"], name="r5"),
+            helper.make_node("Reshape", ["t", "shape2"], ["y"], name="r2"),
+        ],
+        [x],
+        [y],
+        [shape5, shape2],
+    )
+    assert any("rank 5" in p for p in lint_graph(rank5).problems)
+    # Asymmetric quantization (zero point 3).
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    zero = numpy_helper.from_array(np.array(3, np.int8), "z")
+    qdq = tiny_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q"),
+            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="dq"),
+        ],
+        [x],
+        [y],
+        [scale, zero],
+    )
+    assert any("zero point must be int8 0" in p for p in lint_graph(qdq).problems)
+    # LayerNorm computed in FP16 without the user allowing it.
+    x16 = helper.make_tensor_value_info("x16", TensorProto.FLOAT16, [1, 4])
+    y16 = helper.make_tensor_value_info("y16", TensorProto.FLOAT16, [1, 4])
+    gamma = numpy_helper.from_array(np.ones(4, np.float16), "g")
+    beta = numpy_helper.from_array(np.zeros(4, np.float16), "b")
+    ln16 = tiny_graph(
+        [helper.make_node("LayerNormalization", ["x16", "g", "b"], ["y16"], name="ln")], [x16], [y16], [gamma, beta]
+    )
+    assert any("runs in FP16" in p for p in lint_graph(ln16).problems)
+    assert lint_graph(ln16, allow_fp16_norms=True).ok
+    # Reduce axes that are not an initializer, and an opset TensorRT does not read.
+    axes = helper.make_tensor_value_info("axes", TensorProto.INT64, [1])
+    y1 = helper.make_tensor_value_info("y1", TensorProto.FLOAT, None)
+    reduce = tiny_graph([helper.make_node("ReduceMean", ["x", "axes"], ["y1"], name="rm")], [x, axes], [y1], opset=18)
+    assert any("axes must be an initializer" in p for p in lint_graph(reduce).problems)
+    old = tiny_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], [x], [y], opset=8)
+    assert any("opset 8 outside" in p for p in lint_graph(old).problems)
+
+
+def test_check_command(cli, tmp_path):
+    root = export(ExportOptions(size="26m", imgsz=64, out=tmp_path)).artifact
+    result = cli("check", "--target", "trt", root, "--json")
+    assert result.code == 0, result.err
+    assert [r["graph"] for r in result.json()] == ["model.onnx"] and result.json()[0]["ok"]
+    # Break the graph (a Det node) and re-record it: the lint names the node and exits non-zero.
+    model = onnx.load(str(root / "model.onnx"))
+    model.graph.node[0].op_type = "Det"
+    onnx.save(model, str(root / "model.onnx"))
+    artifact = Artifact.open(root)
+    artifact.record_file("model.onnx")
+    artifact.save()
+    result = cli("check", "--target", "trt", root)
+    assert result.code == 1 and "not supported by TensorRT" in result.out
+
+
+@pytest.mark.skipif(NO_TENSORRT is None, reason="this host has TensorRT and a GPU: the no-TensorRT path cannot run")
+def test_no_tensorrt_host_writes_verified_graphs_and_exits_3(cli, tmp_path):
+    result = cli(
+        "export",
+        "--size",
+        "26m",
+        "--imgsz",
+        "64",
+        "--target",
+        "trt",
+        "--precision",
+        "int8",
+        "--calib-size",
+        "16",
+        "--out",
+        tmp_path,
+    )
+    assert result.code == 3, result.err
+    root = (tmp_path / "mobileformer_26m").resolve()
+    notes = [line for line in result.err.splitlines() if "TensorRT engine not built" in line]
+    assert len(notes) == 1 and "Traceback" not in result.err
+    assert str(root / "model.int8.onnx") in notes[0]
+    assert f"mfdeploy build-engine {root} --precision int8" in notes[0]
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["verification"]["onnx"]["passed"] and manifest["tensorrt"]["lint"]["ok"]
+    assert manifest["tensorrt"]["engine"]["skipped"] == NO_TENSORRT
+    assert not list(root.glob("*.plan"))
+    # build-engine on the same host says the same thing, with the same exit code.
+    again = cli("build-engine", root, "--precision", "int8")
+    assert again.code == 3 and "passed the TensorRT" in again.err
+
+
+def test_engine_sidecar_refuses_another_tensorrt_or_gpu():
+    entry = {
+        "file": "model.fp16.plan",
+        "tensorrt_version": "10.8.0",
+        "gpu_name": "NVIDIA A100",
+        "compute_capability": "8.0",
+    }
+    command = "mfdeploy build-engine art --precision fp16"
+    check_engine_compatible(entry, dict(entry), command)  # same host: accepted
+    with pytest.raises(UserError, match=r"another TensorRT version.*rebuild it with `mfdeploy build-engine"):
+        check_engine_compatible(entry, dict(entry, tensorrt_version="10.9.0"), command)
+    with pytest.raises(UserError, match="another GPU"):
+        check_engine_compatible(entry, dict(entry, gpu_name="NVIDIA H100", compute_capability="9.0"), command)
+
+
+def test_bad_profiles_are_refused(cli, tmp_path):
+    result = cli(
+        "export", "--size", "26m", "--target", "trt", "--min-batch", "8", "--max-batch", "4", "--out", tmp_path / "o"
+    )
+    assert result.code == 1 and "min <= opt <= max" in result.err
+    result = cli("export", "--size", "26m", "--target", "trt", "--precision", "int4", "--out", tmp_path / "o")
+    assert result.code == 1 and "unknown TensorRT precision" in result.err
+    assert not (tmp_path / "o").exists()
+
+
+@needs_tensorrt
+@pytest.mark.gpu
+@pytest.mark.trt
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_engines_build_run_and_match_pytorch(cli, tmp_path, precision):
+    """Real engines: batch 1 static and a dynamic profile, parity per precision, timing cache, reload."""
+    from mfdeploy.export.tensorrt_build import BatchProfile, EngineOptions, build_engine
+    from mfdeploy.metrics import compare_logits
+    from mfdeploy.runtime.registry import create_runner
+
+    tolerances = {"fp32": (1e-3, 1.0), "fp16": (5e-2, 0.99), "int8": (None, 0.9)}
+    root = export(ExportOptions(size="52m", out=tmp_path)).artifact
+    artifact = Artifact.open(root)
+    if precision != "fp32":
+        calibrate_artifact(artifact, CalibrationOptions(size=64, measure_latency=False, precisions=(precision,)))
+    cache = tmp_path / "timing.cache"
+    first = build_engine(artifact, EngineOptions(precision, BatchProfile(1, 8, 32), timing_cache=cache))
+    second = build_engine(artifact, EngineOptions(precision, BatchProfile(1, 8, 32), timing_cache=cache))
+    assert not first["timing_cache_reused"] and second["timing_cache_reused"]
+    images = artifact.preprocessing.batch(__import__("mfdeploy.sample_images").sample_images.builtin_images(32))
+    with create_runner("torch", artifact) as reference, create_runner(f"trt-{precision}", artifact) as engine:
+        for batch in (1, 7, 32):
+            figures = compare_logits(reference.infer(images[:batch]), engine.infer(images[:batch]))
+            atol, top1 = tolerances[precision]
+            assert figures["top1_agreement"] >= top1 and figures["nan_count"] == 0
+            if atol is not None:
+                assert figures["max_abs_error"] <= atol
+        assert engine.gpu_compute_ms() > 0
+    static = build_engine(artifact, EngineOptions(precision, BatchProfile.static(1), timing_cache=cache))
+    assert static["profile"]["max"] == 1
