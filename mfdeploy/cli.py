@@ -23,6 +23,23 @@ app = typer.Typer(
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Write machine-readable JSON on stdout.")]
+CalibDataOption = Annotated[
+    str, typer.Option("--calib-data", help="builtin, a folder of images, or a preprocessed .npy/.npz.")
+]
+MinBatchOption = Annotated[Optional[int], typer.Option("--min-batch", help="TensorRT profile: smallest batch.")]
+OptBatchOption = Annotated[Optional[int], typer.Option("--opt-batch", help="TensorRT profile: batch to tune for.")]
+MaxBatchOption = Annotated[Optional[int], typer.Option("--max-batch", help="TensorRT profile: largest batch.")]
+WorkspaceOption = Annotated[float, typer.Option("--workspace", help="TensorRT workspace pool limit, GiB.")]
+TimingCacheOption = Annotated[
+    Optional[Path], typer.Option("--timing-cache", help="TensorRT timing cache file, reused across builds.")
+]
+CalibSizeOption = Annotated[int, typer.Option("--calib-size", help="Calibration images.")]
+CalibBatchOption = Annotated[int, typer.Option("--calib-batch", help="Batch size of the calibration run.")]
+MethodOption = Annotated[str, typer.Option("--method", help="minmax, entropy or percentile.")]
+PercentileOption = Annotated[float, typer.Option("--percentile", help="For --method percentile, in (0, 100].")]
+Fp16NormOption = Annotated[
+    bool, typer.Option("--fp16-norm", help="Allow LayerNorm/Softmax in FP16 (kept FP32 by default).")
+]
 SizeOption = Annotated[Optional[str], typer.Option("--size", help="Model size: 26m, 52m, 96m, 151m, 214m, 294m, 508m.")]
 
 
@@ -164,14 +181,40 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Folder that receives mobileformer_<size>/.")] = Path("artifacts"),
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
     simplifier: Annotated[str, typer.Option("--simplifier", help="onnxslim (default), onnxsim or none.")] = "onnxslim",
+    precision: Annotated[
+        Optional[str], typer.Option("--precision", help="TensorRT: fp16 (default), int8 or fp32.")
+    ] = None,
+    calib_data: CalibDataOption = "builtin",
+    calib_size: CalibSizeOption = 512,
+    calib_batch: CalibBatchOption = 32,
+    method: MethodOption = "minmax",
+    percentile: PercentileOption = 99.99,
+    fp16_norm: Fp16NormOption = False,
+    min_batch: MinBatchOption = None,
+    opt_batch: OptBatchOption = None,
+    max_batch: MaxBatchOption = None,
+    workspace: WorkspaceOption = 4.0,
+    timing_cache: TimingCacheOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Export a verified artifact: custom-op-free ONNX checked against PyTorch on every run."""
+    from mfdeploy.calibration.pipeline import CalibrationOptions
     from mfdeploy.export.pipeline import ExportOptions
     from mfdeploy.export.pipeline import export as run_export
+    from mfdeploy.export.tensorrt_stage import TensorRTOptions
 
     if batch is not None and dynamic_batch:
         raise UserError("pass either --batch N (static) or --dynamic-batch, not both")
+    calibration = CalibrationOptions(
+        data=calib_data,
+        size=calib_size,
+        batch=calib_batch,
+        method=method,
+        percentile=percentile,
+        keep_norms_fp32=not fp16_norm,
+    )
+    engine = _engine_options(precision or "fp16", batch, min_batch, opt_batch, max_batch, workspace, timing_cache)
+    stage_options = {"trt": TensorRTOptions(calibration=calibration, engine=engine)}
     options = ExportOptions(
         size=size,
         target=target,
@@ -184,6 +227,7 @@ def export(
         out=out,
         force=force,
         simplifier=simplifier,
+        stage_options=stage_options,
     )
     result = run_export(options)
     if as_json:
@@ -223,6 +267,308 @@ def verify(
             console.out.print(f"{report.candidate} matches {report.reference} (limit {report.atol:.0e})")
     if not report.passed:
         raise VerificationError(report.failure_message())
+
+
+@app.command()
+def calibrate(
+    artifact_dir: Annotated[Optional[Path], typer.Argument(help="An artifact folder (or use --size).")] = None,
+    size: SizeOption = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="With --size: the checkpoint.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="With --size: where the artifact is (or goes).")] = Path(
+        "artifacts"
+    ),
+    calib_data: CalibDataOption = "builtin",
+    calib_size: CalibSizeOption = 512,
+    calib_batch: CalibBatchOption = 32,
+    method: MethodOption = "minmax",
+    percentile: PercentileOption = 99.99,
+    precision: Annotated[str, typer.Option("--precision", help="Graphs to write: int8, fp16 or int8,fp16.")] = (
+        "int8,fp16"
+    ),
+    fp16_norm: Fp16NormOption = False,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime intra-op threads.")] = None,
+    no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip the CPU latency measurement.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """INT8 (Q/DQ) and FP16 graphs for TensorRT from one FP32 run over calibration data, with a report."""
+    from mfdeploy.artifacts import Artifact, artifact_dir_name
+    from mfdeploy.calibration.pipeline import CalibrationOptions, calibrate_artifact, check_options
+
+    options = CalibrationOptions(
+        data=calib_data,
+        size=calib_size,
+        batch=calib_batch,
+        method=method,
+        percentile=percentile,
+        precisions=tuple(p.strip() for p in precision.split(",") if p.strip()),
+        keep_norms_fp32=not fp16_norm,
+        threads=threads,
+        measure_latency=not no_latency,
+    )
+    check_options(options)
+    if artifact_dir is not None and (size is not None or weights is not None):
+        raise UserError("pass either an artifact folder or --size/--weights, not both")
+    if artifact_dir is None:
+        from mfdeploy.export.pipeline import ExportOptions, export
+        from mfdeploy.model import get_config
+
+        if weights is None:
+            candidate = out / artifact_dir_name(get_config(size or "52m").name)
+            if (candidate / "manifest.json").exists():
+                artifact_dir = candidate
+        if artifact_dir is None:
+            artifact_dir = export(ExportOptions(size=size, weights=str(weights) if weights else None, out=out)).artifact
+    artifact = Artifact.open(artifact_dir)
+    report = calibrate_artifact(artifact, options)
+    if as_json:
+        console.emit_json(report)
+        return
+    _print_calibration_summary(artifact, report)
+
+
+def _print_calibration_summary(artifact, report) -> None:
+    def say(text: str) -> None:
+        console.out.print(text, soft_wrap=True, markup=False)
+
+    data, stats = report["data"], report["stats"]
+    reused = (
+        "reused cached statistics" if stats["reused"] else f"collected statistics in {stats['collect_seconds']:.1f} s"
+    )
+    say(
+        f"calibrated Mobile-Former {artifact.size} with {report['method']}"
+        + (f" {report['percentile']}" if report.get("percentile") else "")
+        + f" on {data['images']} images from {data['source']} ({reused})"
+    )
+    for precision, entry in report["evaluation"]["graphs"].items():
+        m = entry["vs_fp32"]
+        extra = ""
+        if precision == "fp16":
+            extra = f", {len(report['fp16']['fp32_islands'])} FP32 islands"
+        if precision == "int8":
+            extra = f", {report['int8']['quantized_nodes']} quantized ops"
+        say(
+            f"  {artifact.path(report[precision]['file'])}: vs FP32 on {m['samples']} held-out images "
+            f"cosine {m['cosine']:.5f}, max abs error {m['max_abs_error']:.3g}, top-1 {m['top1_agreement']:.1%}, "
+            f"top-5 {m['top5_agreement']:.1%}{extra}"
+        )
+        if "cpu_slower_than_fp32" in entry:
+            say(f"  note: {precision} is slower than FP32 on this CPU: {entry['cpu_slower_than_fp32']['why']}")
+    latency = report["evaluation"].get("ort_cpu_latency_ms")
+    if latency:
+        say(
+            "  ONNX Runtime CPU median latency: "
+            + "; ".join(
+                f"{p} " + "/".join(f"{v:.2f}" for v in values.values()) + " ms (b1/b8)" for p, values in latency.items()
+            )
+        )
+    say(f"  report: {artifact.path('calibration.md')} and calibration.json ({report['seconds']:.1f} s)")
+
+
+def _engine_options(precision, batch, min_batch, opt_batch, max_batch, workspace, timing_cache):
+    from mfdeploy.export.tensorrt_build import BatchProfile, EngineOptions
+
+    given = [v for v in (min_batch, opt_batch, max_batch) if v is not None]
+    if batch is not None and given:
+        raise UserError("pass either --batch N or --min-batch/--opt-batch/--max-batch, not both")
+    profile = None
+    if batch is not None:
+        profile = BatchProfile.static(batch) if batch >= 1 else None
+    elif given:
+        low = min_batch or 1
+        high = max_batch or max(given)
+        profile = BatchProfile(low, opt_batch or high, high).check()
+    return EngineOptions(precision=precision, profile=profile, workspace_gib=workspace, timing_cache=timing_cache)
+
+
+@app.command("build-engine")
+def build_engine_command(
+    artifact_dir: Annotated[Path, typer.Argument(help="An artifact folder with its TensorRT-ready graph.")],
+    precision: Annotated[str, typer.Option("--precision", help="fp16, int8 or fp32.")] = "fp16",
+    batch: Annotated[Optional[int], typer.Option("--batch", help="A static batch profile.")] = None,
+    min_batch: MinBatchOption = None,
+    opt_batch: OptBatchOption = None,
+    max_batch: MaxBatchOption = None,
+    workspace: WorkspaceOption = 4.0,
+    timing_cache: TimingCacheOption = None,
+    fp16_norm: Fp16NormOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Build a TensorRT engine from graphs already exported (e.g. on a GPU host after exporting elsewhere)."""
+    from mfdeploy.artifacts import Artifact
+    from mfdeploy.export.tensorrt_build import EXIT_NO_TENSORRT, GRAPH_FOR_PRECISION, build_command, build_engine
+    from mfdeploy.export.tensorrt_stage import lint_or_fail
+    from mfdeploy.runtime.tensorrt_env import tensorrt_unavailable_reason
+
+    if precision not in GRAPH_FOR_PRECISION:
+        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(GRAPH_FOR_PRECISION)}")
+    options = _engine_options(precision, batch, min_batch, opt_batch, max_batch, workspace, timing_cache)
+    artifact = Artifact.open(artifact_dir)
+    lint = lint_or_fail(artifact, GRAPH_FOR_PRECISION[precision], fp16_norm)
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        raise UserError(
+            f"TensorRT engine not built: {reason}. {artifact.path(GRAPH_FOR_PRECISION[precision])} passed the "
+            f"TensorRT {lint['tensorrt_version']} lint; run `{build_command(artifact.root, options)}` on a GPU host "
+            "with TensorRT 10 or 11",
+            exit_code=EXIT_NO_TENSORRT,
+        )
+    entry = build_engine(artifact, options)
+    if as_json:
+        console.emit_json(entry)
+        return
+    batches = f"{entry['profile']['min']}-{entry['profile']['max']}"
+    console.out.print(
+        f"built {artifact.path(entry['file'])} ({precision}, batch {batches}) in {entry['build_seconds']:.1f} s "
+        f"with TensorRT {entry['tensorrt_version']} on {entry['gpu_name']}",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def check(
+    artifact_dir: Annotated[Path, typer.Argument(help="An artifact folder.")],
+    target: Annotated[str, typer.Option("--target", help="What to check readiness for: trt.")] = "trt",
+    fp16_norm: Fp16NormOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Readiness lint, on the CPU: will TensorRT parse and build every graph of this artifact?"""
+    from mfdeploy.artifacts import Artifact
+    from mfdeploy.export.tensorrt_lint import lint_artifact
+
+    if target != "trt":
+        raise UserError(f"unknown check target {target!r}; only trt is available")
+    reports = lint_artifact(Artifact.open(artifact_dir), allow_fp16_norms=fp16_norm or None)
+    if not reports:
+        raise UserError(f"{artifact_dir} has no ONNX graph to check; export it first")
+    if as_json:
+        console.emit_json([r.to_dict() for r in reports])
+    else:
+        for report in reports:
+            verdict = "ready" if report.ok else f"{len(report.problems)} problem(s)"
+            console.out.print(f"{report.graph}: {report.nodes} nodes, TensorRT {report.tensorrt_version}: {verdict}")
+            for problem in report.problems:
+                console.out.print(f"  - {problem}", soft_wrap=True, markup=False)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
+
+
+def _artifact_for(artifact_dir: Optional[Path], size: Optional[str], out: Path, targets: list[str]):
+    """The artifact a report runs on: the folder given, or (with --size) <out>/mobileformer_<size>, exported
+    and calibrated first when it or the precision graphs the targets need are missing."""
+    from mfdeploy.artifacts import Artifact, artifact_dir_name
+    from mfdeploy.model import get_config
+
+    if artifact_dir is not None:
+        if size is not None:
+            raise UserError("pass either an artifact folder or --size, not both")
+        return Artifact.open(artifact_dir)
+    from mfdeploy.export.pipeline import ExportOptions, export
+
+    root = out / artifact_dir_name(get_config(size or "52m").name)
+    if not (root / "manifest.json").exists():
+        root = export(ExportOptions(size=size, out=out)).artifact
+    artifact = Artifact.open(root)
+    wanted = tuple(p for p in ("int8", "fp16") if f"onnx-{p}" in targets)
+    missing = tuple(p for p in wanted if f"model.{p}.onnx" not in artifact.manifest.get("files", {}))
+    if missing:
+        from mfdeploy.calibration.pipeline import CalibrationOptions, calibrate_artifact
+
+        calibrate_artifact(artifact, CalibrationOptions(precisions=missing, measure_latency=False))
+    return artifact
+
+
+def _write_text(path: Optional[Path], text: str) -> None:
+    if path is None:
+        return
+    from mfdeploy.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+@app.command()
+def parity(
+    artifact_dir: Annotated[Optional[Path], typer.Argument(help="An artifact folder (or use --size).")] = None,
+    size: SizeOption = None,
+    out: Annotated[Path, typer.Option("--out", help="With --size: where the artifact is (or goes).")] = Path(
+        "artifacts"
+    ),
+    targets: Annotated[str, typer.Option("--targets", help="Comma-separated targets (see mfdeploy bench).")] = (
+        "onnx,onnx-fp16,onnx-int8"
+    ),
+    data: Annotated[str, typer.Option("--data", help="builtin, a folder of images, or a .npy/.npz.")] = "builtin",
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 64,
+    batch: Annotated[int, typer.Option("--batch", help="Batch size.")] = 8,
+    layers: Annotated[
+        bool, typer.Option("--layers", help="Compare stage by stage even when a backend passes.")
+    ] = False,
+    provider: Annotated[str, typer.Option("--provider", help="ONNX Runtime provider: cpu, cuda, tensorrt.")] = "cpu",
+    atol: Annotated[Optional[float], typer.Option("--atol", help="Override: max abs error on logits.")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Override: min cosine.")] = None,
+    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Override: min top-1 agreement.")] = None,
+    min_top5: Annotated[Optional[float], typer.Option("--min-top5", help="Override: min top-5 agreement.")] = None,
+    stage_tol: Annotated[Optional[float], typer.Option("--stage-tol", help="Override: stage relative error.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here.")] = None,
+    md_path: Annotated[Optional[Path], typer.Option("--md", help="Write a Markdown report here.")] = None,
+    html_path: Annotated[Optional[Path], typer.Option("--html", help="Write an HTML report (with a plot).")] = None,
+) -> None:
+    """Every backend against PyTorch on the same images, and where a failing one first parts from it."""
+    import json
+
+    from mfdeploy.parity import report as parity_report
+    from mfdeploy.parity.harness import ParityOptions, check_options, run_parity
+
+    overrides = {
+        "max_abs_error": atol,
+        "min_cosine": min_cosine,
+        "min_top1": min_top1,
+        "min_top5": min_top5,
+        "stage_rel_error": stage_tol,
+    }
+    options = ParityOptions(
+        targets=targets.split(","), data=data, n=n, batch=batch, layers=layers, provider=provider, overrides=overrides
+    )
+    names = check_options(options)
+    artifact = _artifact_for(artifact_dir, size, out, names)
+    report = run_parity(artifact, options)
+    _write_text(json_path, json.dumps(report, indent=2) + "\n")
+    _write_text(md_path, parity_report.markdown(report))
+    _write_text(html_path, parity_report.html_report(report))
+    for line in parity_report.terminal_lines(report):
+        console.out.print(line, soft_wrap=True, markup=False, highlight=False)
+    if not report["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+def evaluate(
+    artifact_dir: Annotated[Path, typer.Argument(help="An artifact folder.")],
+    data: Annotated[str, typer.Option("--data", help="builtin-digits, or an ImageFolder (class sub-folders).")] = (
+        "builtin-digits"
+    ),
+    targets: Annotated[str, typer.Option("--targets", help="Comma-separated targets.")] = "onnx,onnx-fp16,onnx-int8",
+    batch: Annotated[int, typer.Option("--batch", help="Batch size.")] = 32,
+    provider: Annotated[str, typer.Option("--provider", help="ONNX Runtime provider: cpu, cuda, tensorrt.")] = "cpu",
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here.")] = None,
+) -> None:
+    """Top-1 and top-5 accuracy per backend on labelled data, and agreement with FP32."""
+    import json
+
+    from mfdeploy.artifacts import Artifact
+    from mfdeploy.parity.evaluate import run_eval
+
+    report = run_eval(Artifact.open(artifact_dir), data, targets, batch, provider)
+    _write_text(json_path, json.dumps(report, indent=2) + "\n")
+    console.out.print(f"accuracy on {report['data']['source']} ({report['data']['images']} labelled images):")
+    for row in report["results"]:
+        if row["status"] == "skipped":
+            console.out.print(f"  {row['target']:<10} skipped: {row['reason']}", soft_wrap=True, markup=False)
+            continue
+        console.out.print(
+            f"  {row['target']:<10} {row['precision']:<5} top-1 {row['top1']:.2%}  top-5 {row['top5']:.2%}  "
+            f"agrees with FP32 {row['agreement_with_fp32']:.2%}  ({row['delta_top1_points']:+.2f} points)",
+            markup=False,
+        )
 
 
 def _print_export_summary(result) -> None:

@@ -1,0 +1,1 @@
+"""The parity harness: every backend against PyTorch, where they part, and accuracy on labelled data."""

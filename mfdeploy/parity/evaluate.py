@@ -1,0 +1,118 @@
+"""`mfdeploy eval`: accuracy of every backend on labelled data, and how often it agrees with FP32.
+
+builtin-digits evaluates on the digits validation split (the images `mfdeploy train` held out); an
+ImageFolder is evaluated whole. Folder class names must be classes the model has (the class names a
+checkpoint from `mfdeploy train` carries into the manifest).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from mfdeploy.artifacts import Artifact, utc_now
+from mfdeploy.console import progress
+from mfdeploy.datasets import BUILTIN_DIGITS, LabelledSplit, load_labelled
+from mfdeploy.errors import UserError
+from mfdeploy.runtime.registry import TARGETS, TargetUnavailable, create_runner, parse_targets
+
+SCHEMA_VERSION = 1
+
+
+def _labelled_images(artifact: Artifact, spec: str) -> tuple[np.ndarray, np.ndarray, str]:
+    data = load_labelled(spec)
+    split = data.val
+    if spec != BUILTIN_DIGITS:  # a user's evaluation folder: every image counts
+        split = LabelledSplit(
+            data.train.sources + data.val.sources, np.concatenate([data.train.labels, data.val.labels])
+        )
+    classes = artifact.manifest["model"].get("classes")
+    if classes is None:
+        if len(data.classes) > artifact.num_classes or any(not c.isdigit() for c in data.classes):
+            raise UserError(
+                f"the model in {artifact.root} has no class names, so the classes of {spec} cannot be matched; "
+                "evaluate a model trained with `mfdeploy train` (its checkpoint carries them)"
+            )
+        classes = [str(i) for i in range(artifact.num_classes)]
+    unknown = [c for c in data.classes if c not in classes]
+    if unknown:
+        raise UserError(
+            f"{spec} has classes the model does not have: {', '.join(unknown[:5])}"
+            + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            + f" (the model's classes: {', '.join(classes[:10])}{'...' if len(classes) > 10 else ''})"
+        )
+    to_model = np.array([classes.index(c) for c in data.classes])
+    pre = artifact.preprocessing
+    with progress() as bar:
+        task = bar.add_task("load labelled images", total=len(split), status="")
+        arrays = []
+        for i in range(len(split)):
+            arrays.append(pre(split.image(i)))
+            bar.update(task, advance=1)
+    return np.stack(arrays), to_model[split.labels], data.name
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    ranked = np.argsort(-logits, axis=1)
+    top1 = float(np.mean(ranked[:, 0] == labels))
+    top5 = float(np.mean([label in row[:5] for label, row in zip(labels, ranked)]))
+    return top1, top5
+
+
+def run_eval(
+    artifact: Artifact, data: str, targets: list[str] | str, batch: int = 32, provider: str = "cpu"
+) -> dict[str, Any]:
+    names = parse_targets(targets)
+    if batch < 1:
+        raise UserError(f"--batch must be at least 1, got {batch}")
+    started = time.perf_counter()
+    images, labels, source = _labelled_images(artifact, data)
+    with create_runner("torch", artifact) as reference:
+        reference_logits = reference.infer_all(images, batch)
+    reference_top1 = reference_logits.argmax(1)
+    fp32_top1, fp32_top5 = _accuracy(reference_logits, labels)
+    rows: list[dict[str, Any]] = [
+        {
+            "target": "torch",
+            "backend": "torch",
+            "precision": "fp32",
+            "status": "ok",
+            "top1": fp32_top1,
+            "top5": fp32_top5,
+            "agreement_with_fp32": 1.0,
+            "delta_top1_points": 0.0,
+        }
+    ]
+    for name in names:
+        if name == "torch":
+            continue
+        spec = TARGETS[name]
+        row: dict[str, Any] = {"target": name, "backend": spec.backend, "precision": spec.precision}
+        try:
+            runner = create_runner(name, artifact, provider=provider)
+        except TargetUnavailable as exc:
+            rows.append(row | {"status": "skipped", "reason": exc.reason})
+            continue
+        with runner:
+            logits = runner.infer_all(images, batch)
+            top1, top5 = _accuracy(logits, labels)
+            row.update(
+                status="ok",
+                label=runner.label,
+                precision=runner.precision,
+                top1=top1,
+                top5=top5,
+                agreement_with_fp32=float(np.mean(logits.argmax(1) == reference_top1)),
+                delta_top1_points=round((top1 - fp32_top1) * 100, 3),
+            )
+        rows.append(row)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": utc_now(),
+        "artifact": str(artifact.root),
+        "data": {"source": source, "images": int(len(labels))},
+        "results": rows,
+        "seconds": round(time.perf_counter() - started, 2),
+    }

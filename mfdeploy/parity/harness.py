@@ -1,0 +1,152 @@
+"""`mfdeploy parity`: every backend against PyTorch on the same images, with verdicts, and for ONNX
+graphs the stage where a backend first parts from PyTorch.
+
+The harness only talks to runners from the registry, so a new backend is one runner there, not a change
+here. A backend that cannot run on this host is reported as skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mfdeploy.artifacts import Artifact, utc_now
+from mfdeploy.console import err, progress
+from mfdeploy.environment import library_versions
+from mfdeploy.errors import UserError
+from mfdeploy.image_sets import ImageSet, load_image_set
+from mfdeploy.metrics import compare_logits
+from mfdeploy.parity.stages import map_stages, stage_errors, torch_stage_outputs
+from mfdeploy.parity.thresholds import DEFAULT_THRESHOLDS, judge, thresholds_for
+from mfdeploy.runtime.registry import TARGETS, TargetUnavailable, create_runner, parse_targets
+
+SCHEMA_VERSION = 1
+STAGE_BATCH = 4  # images used for the stage-by-stage comparison
+LOCALIZABLE_BACKENDS = ("onnxruntime",)
+
+
+@dataclass
+class ParityOptions:
+    targets: list[str]
+    data: str = "builtin"
+    n: int = 64
+    batch: int = 8
+    layers: bool = False
+    provider: str = "cpu"
+    overrides: dict[str, float | None] = field(default_factory=dict)
+
+
+def check_options(options: ParityOptions) -> list[str]:
+    targets = parse_targets(options.targets)
+    if options.n < 1:
+        raise UserError(f"--n must be at least 1, got {options.n}")
+    if options.batch < 1:
+        raise UserError(f"--batch must be at least 1, got {options.batch}")
+    return targets
+
+
+def _first_parting(errors: dict[str, float], stages: list[str], limit: float) -> dict[str, Any] | None:
+    ordered = [s for s in stages if s in errors]
+    for i, stage in enumerate(ordered):
+        if errors[stage] > limit:
+            return {
+                "stage": stage,
+                "rel_error": errors[stage],
+                "limit": limit,
+                "growth": [{"stage": s, "rel_error": errors[s]} for s in ordered[i:]],
+            }
+    return None
+
+
+def run_parity(artifact: Artifact, options: ParityOptions) -> dict[str, Any]:
+    """Compare every requested target with PyTorch; the report dict (see docs in parity.report)."""
+    targets = check_options(options)
+    started = time.perf_counter()
+    in_chans = int(artifact.manifest["model"].get("in_chans", 3))
+    images: ImageSet = load_image_set(options.data, artifact.preprocessing, options.n, in_chans, resize_arrays=True)
+    data = images.images[: options.n]
+
+    reference_runner = create_runner("torch", artifact)
+    with reference_runner:
+        reference = reference_runner.infer_all(data, options.batch)
+    stage_images = data[:STAGE_BATCH]
+    stages, stage_reference = torch_stage_outputs(reference_runner.model, stage_images)
+    stage_names = [s.name for s in stages]
+    mapping: dict[str, str] | None = None
+
+    results: list[dict[str, Any]] = []
+    with progress() as bar:
+        task = bar.add_task("parity", total=len(targets), status="")
+        for name in targets:
+            spec = TARGETS[name]
+            bar.update(task, status=name)
+            entry: dict[str, Any] = {"target": name, "backend": spec.backend, "precision": spec.precision}
+            try:
+                runner = create_runner(name, artifact, provider=options.provider)
+            except TargetUnavailable as exc:
+                entry.update(status="skipped", reason=exc.reason)
+                results.append(entry)
+                bar.update(task, advance=1)
+                continue
+            with runner:
+                precision = runner.precision
+                limits = thresholds_for(precision, options.overrides)
+                t0 = time.perf_counter()
+                logits = runner.infer_all(data, options.batch)
+                figures = compare_logits(reference, logits)
+                failures = judge(figures, limits)
+                entry.update(
+                    label=runner.label,
+                    precision=precision,
+                    thresholds=limits.to_dict(),
+                    figures=figures,
+                    seconds=round(time.perf_counter() - t0, 3),
+                    status="passed" if not failures else "failed",
+                    failures=[
+                        {"metric": f.metric, "value": f.value, "limit": f.limit, "text": f.describe()} for f in failures
+                    ],
+                )
+                notes = getattr(runner, "report_note", None)
+                if notes:
+                    entry["note"] = notes
+            localizable = spec.backend in LOCALIZABLE_BACKENDS
+            if (failures or options.layers) and localizable:
+                if mapping is None:
+                    mapping = map_stages(artifact.path("model.onnx"), stages, stage_reference, stage_images)
+                errors = stage_errors(runner.path, mapping, stage_reference, stage_images, options.provider)
+                entry["stages"] = {
+                    "rel_error": {s: errors[s] for s in stage_names if s in errors},
+                    "limit": limits.stage_rel_error,
+                    "first_parting": _first_parting(errors, stage_names, limits.stage_rel_error),
+                }
+            elif failures or options.layers:
+                entry["stages"] = {"unavailable": f"stage outputs are only exposed for ONNX graphs, not {spec.backend}"}
+            results.append(entry)
+            bar.update(task, advance=1)
+
+    failed = [r["target"] for r in results if r["status"] == "failed"]
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "created": utc_now(),
+        "artifact": str(artifact.root),
+        "model": {k: artifact.manifest["model"].get(k) for k in ("size", "num_classes", "imgsz", "source")},
+        "data": images.describe() | {"used": int(len(data))},
+        "batch": options.batch,
+        "reference": "torch (PyTorch eager, FP32, CPU)",
+        "default_thresholds": {p: t.to_dict() for p, t in DEFAULT_THRESHOLDS.items()},
+        "overrides": {k: v for k, v in options.overrides.items() if v is not None},
+        "stage_comparison": (
+            f"stage outputs compared on {len(stage_images)} images; only the stage outputs are exposed as extra "
+            "graph outputs, because marking every tensor as an output changes what a backend fuses"
+        ),
+        "stage_mapping": mapping,
+        "results": results,
+        "passed": not failed,
+        "failed_targets": failed,
+        "seconds": round(time.perf_counter() - started, 2),
+        "versions": library_versions(),
+    }
+    if failed:
+        err.print(f"parity failed for {', '.join(failed)}", markup=False)
+    return report

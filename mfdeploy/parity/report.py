@@ -1,0 +1,160 @@
+"""Parity reports: JSON (the dict from the harness, ``schema_version`` 1), Markdown, HTML with a plot of
+the error per stage, and the terminal summary.
+
+JSON schema (version 1), top level: schema_version, created, artifact, model {size, num_classes, imgsz,
+source}, data {source, images, shape, sha256, skipped_files, used}, batch, reference,
+default_thresholds {fp32|fp16|int8: {max_abs_error, min_cosine, min_top1, min_top5, stage_rel_error}},
+overrides, stage_comparison, stage_mapping {stage: onnx tensor}, results [...], passed, failed_targets,
+seconds, versions. Each result: target, backend, precision, status (passed | failed | skipped); skipped
+ones have reason; the others label, thresholds, figures {max_abs_error, mean_abs_error, max_rel_error,
+cosine, top1_agreement, top5_agreement, nan_count, inf_count, samples}, failures [{metric, value, limit,
+text}], seconds, and (when localised) stages {rel_error {stage: value}, limit, first_parting {stage,
+rel_error, limit, growth [{stage, rel_error}]}} or stages {unavailable: reason}.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+
+def _row(result: dict[str, Any]) -> list[str]:
+    if result["status"] == "skipped":
+        return [result["target"], result["precision"], "skipped", "", "", "", "", "", result["reason"]]
+    f = result["figures"]
+    verdict = "PASS" if result["status"] == "passed" else "FAIL"
+    detail = "; ".join(x["text"] for x in result["failures"])
+    parting = (result.get("stages") or {}).get("first_parting")
+    if parting:
+        detail = (detail + "; " if detail else "") + f"first parts at {parting['stage']}"
+    return [
+        result["target"],
+        result["precision"],
+        verdict,
+        f"{f['max_abs_error']:.3g}",
+        f"{f['mean_abs_error']:.3g}",
+        f"{f['cosine']:.6f}",
+        f"{f['top1_agreement']:.1%}",
+        f"{f['top5_agreement']:.1%}",
+        detail or result.get("label", ""),
+    ]
+
+
+HEADER = ["target", "precision", "verdict", "max abs err", "mean abs err", "cosine", "top-1", "top-5", "details"]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    model = report["model"]
+    lines = [
+        f"# Parity report: Mobile-Former {model['size']} ({report['artifact']})",
+        "",
+        f"Reference: {report['reference']}. Data: {report['data']['source']}, {report['data']['used']} images "
+        f"(sha256 `{report['data']['sha256'][:16]}...`), batch {report['batch']}. "
+        f"Overall: **{'PASS' if report['passed'] else 'FAIL'}**.",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+    ]
+    lines += ["| " + " | ".join(_row(r)) + " |" for r in report["results"]]
+    staged = [r for r in report["results"] if (r.get("stages") or {}).get("rel_error")]
+    if staged:
+        stage_names = list(next(iter(staged))["stages"]["rel_error"])
+        lines += ["", "## Error per stage (relative L2 against PyTorch)", "", report["stage_comparison"] + ".", ""]
+        lines.append("| stage | " + " | ".join(r["target"] for r in staged) + " |")
+        lines.append("|---|" + "---|" * len(staged))
+        for stage in stage_names:
+            cells = [f"{r['stages']['rel_error'].get(stage, float('nan')):.3g}" for r in staged]
+            lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+        for r in staged:
+            parting = r["stages"]["first_parting"]
+            if parting:
+                growth = ", ".join(f"{g['stage']} {g['rel_error']:.3g}" for g in parting["growth"][:6])
+                lines.append("")
+                lines.append(
+                    f"- {r['target']} first parts from PyTorch at **{parting['stage']}** (relative error "
+                    f"{parting['rel_error']:.3g} > {parting['limit']:.3g}); from there: {growth}"
+                )
+    lines += ["", "Thresholds per precision:", ""]
+    for precision, t in report["default_thresholds"].items():
+        lines.append(
+            f"- {precision}: max abs error {t['max_abs_error'] if t['max_abs_error'] is not None else 'not checked'}, "
+            f"cosine >= {t['min_cosine']}, top-1 >= {t['min_top1']}, top-5 >= {t['min_top5']}, "
+            f"stage relative error <= {t['stage_rel_error']}"
+        )
+    if report["overrides"]:
+        lines.append(f"- overridden for this run: {report['overrides']}")
+    return "\n".join(lines) + "\n"
+
+
+def stage_plot_png(report: dict[str, Any]) -> bytes | None:
+    """Relative error per stage, one line per localised backend (log scale); None if nothing to plot."""
+    staged = [r for r in report["results"] if (r.get("stages") or {}).get("rel_error")]
+    if not staged:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(10, 4.5), dpi=100)
+    for result in staged:
+        errors = result["stages"]["rel_error"]
+        values = [max(v, 1e-12) if v != float("inf") else 1e3 for v in errors.values()]
+        axis.plot(range(len(values)), values, marker="o", label=f"{result['target']} ({result['precision']})")
+        axis.axhline(result["stages"]["limit"], linestyle=":", linewidth=1, color=axis.lines[-1].get_color())
+    names = list(staged[0]["stages"]["rel_error"])
+    axis.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    axis.set_yscale("log")
+    axis.set_ylabel("relative L2 error vs PyTorch")
+    axis.set_title(f"Mobile-Former {report['model']['size']}: error per stage (dotted: each backend's limit)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def html_report(report: dict[str, Any]) -> str:
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in _row(r)) + "</tr>" for r in report["results"]
+    )
+    png = stage_plot_png(report)
+    plot = (
+        f"<h2>Error per stage</h2><p>{html.escape(report['stage_comparison'])}.</p>"
+        f'<img alt="relative error per stage" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        if png
+        else "<p>No stage comparison in this run (use --layers).</p>"
+    )
+    verdict = "PASS" if report["passed"] else "FAIL"
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>mfdeploy parity</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}</style></head><body>"
+        f"<h1>Parity: Mobile-Former {html.escape(str(report['model']['size']))} &mdash; {verdict}</h1>"
+        f"<p>Reference: {html.escape(report['reference'])}; data: {html.escape(str(report['data']['source']))}, "
+        f"{report['data']['used']} images.</p>"
+        "<table><tr>" + "".join(f"<th>{h}</th>" for h in HEADER) + f"</tr>{rows}</table>{plot}"
+        "</body></html>\n"
+    )
+
+
+def terminal_lines(report: dict[str, Any]) -> list[str]:
+    lines = [f"parity of {report['artifact']} against {report['reference']} on {report['data']['used']} images:"]
+    for result in report["results"]:
+        row = _row(result)
+        if result["status"] == "skipped":
+            lines.append(f"  {row[0]:<10} skipped: {result['reason']}")
+            continue
+        lines.append(
+            f"  {row[0]:<10} {row[2]:<4} {row[1]:<5} max abs {row[3]:<9} cosine {row[5]} top-1 {row[6]} "
+            f"top-5 {row[7]}  {row[8]}"
+        )
+        parting = (result.get("stages") or {}).get("first_parting")
+        if parting:
+            growth = " -> ".join(f"{g['stage']} {g['rel_error']:.2g}" for g in parting["growth"][:5])
+            lines.append(f"             error grows from {growth}")
+    lines.append("overall: " + ("PASS" if report["passed"] else f"FAIL ({', '.join(report['failed_targets'])})"))
+    return lines

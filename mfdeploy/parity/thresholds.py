@@ -1,0 +1,79 @@
+"""The pass/fail thresholds of the parity harness: one table, per numeric precision.
+
+A backend passes when, against PyTorch FP32 on the same inputs:
+- max_abs_error (on logits) <= max_abs_error (None: not checked; absolute logit errors of FP16 and INT8
+  scale with the model's logit range, so those precisions are judged on cosine and agreement);
+- mean cosine similarity of the logit vectors >= min_cosine;
+- top-1 agreement (the reference's top class is the backend's top class) >= min_top1, and the reference's
+  top class is in the backend's top 5 for >= min_top5 of the images;
+- no NaN or Inf.
+stage_rel_error is the relative L2 error ||backend - torch|| / ||torch|| above which a stage output
+"parts" from PyTorch in the layer-by-layer localisation.
+
+Every value can be overridden from the command line (--atol, --min-cosine, --min-top1, --min-top5,
+--stage-tol); an override applies to every backend in the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_abs_error: float | None
+    min_cosine: float
+    min_top1: float
+    min_top5: float
+    stage_rel_error: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
+    # FP32 backends (ONNX Runtime, TensorRT with TF32 matmuls, the Core ML evaluator in FP32).
+    "fp32": Thresholds(max_abs_error=1e-3, min_cosine=0.99999, min_top1=0.99, min_top5=0.99, stage_rel_error=1e-3),
+    # FP16 graphs, Core ML FP16 compute.
+    "fp16": Thresholds(max_abs_error=None, min_cosine=0.999, min_top1=0.97, min_top5=0.99, stage_rel_error=3e-2),
+    # INT8 Q/DQ graphs and int8-weight Core ML packages.
+    "int8": Thresholds(max_abs_error=None, min_cosine=0.99, min_top1=0.90, min_top5=0.97, stage_rel_error=0.25),
+}
+
+
+@dataclass(frozen=True)
+class Failure:
+    metric: str
+    value: float
+    limit: float
+
+    def describe(self) -> str:
+        if self.metric in ("max_abs_error", "nan_inf"):
+            return f"{self.metric} {self.value:.4g} > {self.limit:.4g} (over by {self.value - self.limit:.3g})"
+        return f"{self.metric} {self.value:.5g} < {self.limit:.5g} (short by {self.limit - self.value:.3g})"
+
+
+def thresholds_for(precision: str, overrides: dict[str, float | None] | None = None) -> Thresholds:
+    """The default thresholds of ``precision`` with any command-line overrides applied."""
+    base = DEFAULT_THRESHOLDS.get(precision, DEFAULT_THRESHOLDS["fp32"])
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return replace(base, **given) if given else base
+
+
+def judge(figures: dict[str, float], limits: Thresholds) -> list[Failure]:
+    """Every threshold ``figures`` (from compare_logits) breaks."""
+    failures = []
+    bad_values = figures["nan_count"] + figures["inf_count"]
+    if bad_values:
+        failures.append(Failure("nan_inf", bad_values, 0))
+    if limits.max_abs_error is not None and figures["max_abs_error"] > limits.max_abs_error:
+        failures.append(Failure("max_abs_error", figures["max_abs_error"], limits.max_abs_error))
+    for metric, limit in (
+        ("cosine", limits.min_cosine),
+        ("top1_agreement", limits.min_top1),
+        ("top5_agreement", limits.min_top5),
+    ):
+        if figures[metric] < limit:
+            failures.append(Failure(metric, figures[metric], limit))
+    return failures
