@@ -164,14 +164,49 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Folder that receives mobileformer_<size>/.")] = Path("artifacts"),
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
     simplifier: Annotated[str, typer.Option("--simplifier", help="onnxslim (default), onnxsim or none.")] = "onnxslim",
+    precision: Annotated[
+        Optional[str], typer.Option("--precision", help="Compute precision; Core ML: fp16 (default) or fp32.")
+    ] = None,
+    compress: Annotated[
+        str, typer.Option("--compress", help="Core ML weights: none, int8, palettize4, palettize6 or palettize8.")
+    ] = "none",
+    batches: Annotated[
+        Optional[str], typer.Option("--batches", help="Core ML batch sizes (enumerated shapes), e.g. 1,4,8.")
+    ] = None,
+    deployment_target: Annotated[
+        str, typer.Option("--deployment-target", help="Core ML minimum target: iOS16, iOS17 or iOS18.")
+    ] = "iOS16",
+    image_input: Annotated[
+        bool, typer.Option("--image-input", help="Core ML: an RGB image input (0-255), normalisation inside.")
+    ] = False,
+    labels: Annotated[
+        Optional[Path], typer.Option("--labels", help="Core ML: class names, one per line; makes a classifier.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Export a verified artifact: custom-op-free ONNX checked against PyTorch on every run."""
-    from mfdeploy.export.pipeline import ExportOptions
+    from mfdeploy.export.pipeline import TARGET_STAGES, TARGETS, ExportOptions
     from mfdeploy.export.pipeline import export as run_export
 
     if batch is not None and dynamic_batch:
         raise UserError("pass either --batch N (static) or --dynamic-batch, not both")
+    stage_options = {}
+    coreml_flags = {
+        "--compress": compress != "none",
+        "--batches": batches is not None,
+        "--deployment-target": deployment_target != "iOS16",
+        "--image-input": image_input,
+        "--labels": labels is not None,
+    }
+    if target in TARGETS and "coreml" in TARGET_STAGES[target]:
+        from mfdeploy.export.coreml_export import CoreMLOptions
+
+        stage_options["coreml"] = CoreMLOptions.from_cli(
+            precision, compress, batches, deployment_target, image_input, labels
+        )
+    elif target in TARGETS and any(coreml_flags.values()):
+        used = ", ".join(flag for flag, given in coreml_flags.items() if given)
+        raise UserError(f"{used}: Core ML options; use them with --target coreml")
     options = ExportOptions(
         size=size,
         target=target,
@@ -184,6 +219,7 @@ def export(
         out=out,
         force=force,
         simplifier=simplifier,
+        stage_options=stage_options,
     )
     result = run_export(options)
     if as_json:

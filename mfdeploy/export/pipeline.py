@@ -106,6 +106,13 @@ def _stage_function(name: str):
     return getattr(module, function)
 
 
+def _stage_check(name: str):
+    """A stage module's optional ``check_stage(options, loaded)``: refuses bad stage options (and a
+    missing library) once the model is loaded, before any export work."""
+    module_name = STAGES[name].split(":")[0]
+    return getattr(importlib.import_module(module_name), "check_stage", None)
+
+
 def check_options(options: ExportOptions) -> None:
     """Reject bad options before any work is done."""
     if options.target not in TARGETS:
@@ -139,6 +146,10 @@ def _preprocessing(loaded: LoadedModel, imgsz: int | None) -> Preprocessing:
 def export(options: ExportOptions) -> ExportResult:
     check_options(options)
     loaded = load_model(options.size, options.weights, options.num_classes, seed=options.seed)
+    for stage in TARGET_STAGES[options.target]:
+        stage_check = _stage_check(stage)
+        if stage_check is not None:
+            stage_check(options, loaded)
     model = loaded.model
     preprocessing = _preprocessing(loaded, options.imgsz)
     imgsz = preprocessing.imgsz
