@@ -6,6 +6,7 @@ and bad input that leaves nothing behind."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import coremltools as ct
@@ -124,6 +125,20 @@ def test_registry_runs_the_package_with_the_evaluator(default_52m):
         assert coreml.inputs()[0].fixed_batch == 1 and coreml.precision == "fp16"
         figures = compare_logits(reference.infer(images), coreml.infer_all(images, 4))
     assert figures["top1_agreement"] == 1.0 and figures["cosine"] > 0.999
+
+
+def test_a_changed_package_is_refused(default_52m, tmp_path):
+    out, _, _ = default_52m
+    copy = tmp_path / "mobileformer_52m"
+    shutil.copytree(out / "mobileformer_52m", copy)
+    weights = next((copy / "model.mlpackage").rglob("weight.bin"))
+    with weights.open("r+b") as handle:
+        handle.seek(4096)
+        byte = handle.read(1)
+        handle.seek(4096)
+        handle.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(coreml_export.UserError, match="model.mlpackage changed since it was written"):
+        create_runner("coreml", Artifact.open(copy))
 
 
 @pytest.mark.macos
@@ -247,7 +262,7 @@ def int8_ios18(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "compress, target, weight_op, spec_version",
-    [("int8", "iOS18", "constexpr_blockwise_shift_scale", 9), ("palettize6", "iOS17", "constexpr_lut_to_dense", 8)],
+    [("int8", "iOS18", "constexpr_blockwise_shift_scale", 9), ("palettize4", "iOS17", "constexpr_lut_to_dense", 8)],
 )
 def test_compression_for_newer_targets_is_evaluated_too(
     int8_ios18, tmp_path, compress, target, weight_op, spec_version
