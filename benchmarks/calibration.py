@@ -45,7 +45,8 @@ def main() -> None:
         results["latency_ms"] = report["evaluation"]["ort_cpu_latency_ms"]
         results["agreement"] = {p: e["vs_fp32"] for p, e in report["evaluation"]["graphs"].items()}
         results["cpu_notes"] = {
-            p: e["cpu_slower_than_fp32"]["why"] for p, e in report["evaluation"]["graphs"].items()
+            p: e["cpu_slower_than_fp32"]["why"]
+            for p, e in report["evaluation"]["graphs"].items()
             if "cpu_slower_than_fp32" in e
         }
         for method in ("entropy", "percentile", "minmax"):
@@ -55,13 +56,17 @@ def main() -> None:
 
     first = results["first_calibration"]
     print(f"Mobile-Former {args.size}, {args.calib_size} built-in images, ONNX Runtime CPU {args.threads} threads")
-    print(f"first calibration (FP32 statistics run + INT8 and FP16 graphs + report): {first['wall_s']:.1f} s "
-          f"{first['timings_s']}")
+    print(
+        f"first calibration (FP32 statistics run + INT8 and FP16 graphs + report): {first['wall_s']:.1f} s "
+        f"{first['timings_s']}"
+    )
     for method in ("entropy", "percentile", "minmax"):
         row = results[f"recalibration_{method}"]
         print(f"re-calibration from cache, {method:<10}: {row['wall_s']:.1f} s {row['timings_s']}")
-    print("median latency (ms): " + "; ".join(
-        f"{p} b1 {v['b1']:.2f} b8 {v['b8']:.2f}" for p, v in results["latency_ms"].items()))
+    print(
+        "median latency (ms): "
+        + "; ".join(f"{p} b1 {v['b1']:.2f} b8 {v['b8']:.2f}" for p, v in results["latency_ms"].items())
+    )
     for precision, agreement in results["agreement"].items():
         print(f"{precision} vs fp32: cosine {agreement['cosine']:.5f}, top-1 {agreement['top1_agreement']:.1%}")
     for precision, why in results["cpu_notes"].items():

@@ -95,7 +95,8 @@ class Artifact:
         entry = self.manifest.get("files", {}).get(name)
         if entry is None or not path.exists():
             raise UserError(f"{self.root} has no {name}; {hint}")
-        if path.is_file() and sha256_file(path) != entry["sha256"]:
+        digest = _folder_digest(path)[0] if path.is_dir() else sha256_file(path)
+        if digest != entry["sha256"]:
             raise UserError(f"{path} changed since it was written (sha256 differs from the manifest); re-export it")
         return path
 
@@ -104,13 +105,8 @@ class Artifact:
         """Hash a file (or every file of a folder, e.g. an .mlpackage) into the manifest."""
         path = self.path(name)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file())
-            digest = {str(p.relative_to(path)): sha256_file(p) for p in files}
-            entry = {
-                "sha256": _hash_text(json.dumps(digest, sort_keys=True)),
-                "bytes": sum(p.stat().st_size for p in files),
-                "kind": "directory",
-            }
+            digest, size = _folder_digest(path)
+            entry = {"sha256": digest, "bytes": size, "kind": "directory"}
         else:
             entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         self.manifest.setdefault("files", {})[name] = entry
@@ -121,6 +117,13 @@ class Artifact:
         self.manifest["updated"] = utc_now()
         with atomic_path(self.path(MANIFEST_NAME)) as tmp:
             tmp.write_text(json.dumps(self.manifest, indent=2) + "\n")
+
+
+def _folder_digest(path: Path) -> tuple[str, int]:
+    """(sha256 over every file's relative path and sha256, total bytes) of a folder."""
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    digest = {str(p.relative_to(path)): sha256_file(p) for p in files}
+    return _hash_text(json.dumps(digest, sort_keys=True)), sum(p.stat().st_size for p in files)
 
 
 def _hash_text(text: str) -> str:

@@ -182,7 +182,8 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
     simplifier: Annotated[str, typer.Option("--simplifier", help="onnxslim (default), onnxsim or none.")] = "onnxslim",
     precision: Annotated[
-        Optional[str], typer.Option("--precision", help="TensorRT: fp16 (default), int8 or fp32.")
+        Optional[str],
+        typer.Option("--precision", help="TensorRT: fp16 (default), int8 or fp32. Core ML: fp16 (default) or fp32."),
     ] = None,
     calib_data: CalibDataOption = "builtin",
     calib_size: CalibSizeOption = 512,
@@ -195,26 +196,73 @@ def export(
     max_batch: MaxBatchOption = None,
     workspace: WorkspaceOption = 4.0,
     timing_cache: TimingCacheOption = None,
+    compress: Annotated[
+        str, typer.Option("--compress", help="Core ML weights: none, int8, palettize4, palettize6 or palettize8.")
+    ] = "none",
+    batches: Annotated[
+        Optional[str], typer.Option("--batches", help="Core ML batch sizes (enumerated shapes), e.g. 1,4,8.")
+    ] = None,
+    deployment_target: Annotated[
+        str, typer.Option("--deployment-target", help="Core ML minimum target: iOS16, iOS17 or iOS18.")
+    ] = "iOS16",
+    image_input: Annotated[
+        bool, typer.Option("--image-input", help="Core ML: an RGB image input (0-255), normalisation inside.")
+    ] = False,
+    labels: Annotated[
+        Optional[Path], typer.Option("--labels", help="Core ML: class names, one per line; makes a classifier.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Export a verified artifact: custom-op-free ONNX checked against PyTorch on every run."""
-    from mfdeploy.calibration.pipeline import CalibrationOptions
-    from mfdeploy.export.pipeline import ExportOptions
+    from mfdeploy.export.pipeline import TARGET_STAGES, ExportOptions
     from mfdeploy.export.pipeline import export as run_export
-    from mfdeploy.export.tensorrt_stage import TensorRTOptions
 
     if batch is not None and dynamic_batch:
         raise UserError("pass either --batch N (static) or --dynamic-batch, not both")
-    calibration = CalibrationOptions(
-        data=calib_data,
-        size=calib_size,
-        batch=calib_batch,
-        method=method,
-        percentile=percentile,
-        keep_norms_fp32=not fp16_norm,
-    )
-    engine = _engine_options(precision or "fp16", batch, min_batch, opt_batch, max_batch, workspace, timing_cache)
-    stage_options = {"trt": TensorRTOptions(calibration=calibration, engine=engine)}
+    stages = TARGET_STAGES.get(target)  # None: an unknown target, refused by the export's own check
+    trt_flags = {
+        "--calib-data": calib_data != "builtin",
+        "--calib-size": calib_size != 512,
+        "--calib-batch": calib_batch != 32,
+        "--method": method != "minmax",
+        "--percentile": percentile != 99.99,
+        "--fp16-norm": fp16_norm,
+        "--min-batch/--opt-batch/--max-batch": any(v is not None for v in (min_batch, opt_batch, max_batch)),
+        "--workspace": workspace != 4.0,
+        "--timing-cache": timing_cache is not None,
+    }
+    coreml_flags = {
+        "--compress": compress != "none",
+        "--batches": batches is not None,
+        "--deployment-target": deployment_target != "iOS16",
+        "--image-input": image_input,
+        "--labels": labels is not None,
+    }
+    _refuse_flags_without_stage(target, stages, "trt", "TensorRT", trt_flags)
+    _refuse_flags_without_stage(target, stages, "coreml", "Core ML", coreml_flags)
+    if precision is not None and stages is not None and not {"trt", "coreml"} & set(stages):
+        _refuse_flags_without_stage(target, stages, "trt", "TensorRT or Core ML", {"--precision": True})
+    stage_options: dict[str, object] = {}
+    if stages and "trt" in stages:
+        from mfdeploy.calibration.pipeline import CalibrationOptions
+        from mfdeploy.export.tensorrt_stage import TensorRTOptions
+
+        calibration = CalibrationOptions(
+            data=calib_data,
+            size=calib_size,
+            batch=calib_batch,
+            method=method,
+            percentile=percentile,
+            keep_norms_fp32=not fp16_norm,
+        )
+        engine = _engine_options(precision or "fp16", batch, min_batch, opt_batch, max_batch, workspace, timing_cache)
+        stage_options["trt"] = TensorRTOptions(calibration=calibration, engine=engine)
+    if stages and "coreml" in stages:
+        from mfdeploy.export.coreml_export import CoreMLOptions
+
+        stage_options["coreml"] = CoreMLOptions.from_cli(
+            precision, compress, batches, deployment_target, image_input, labels
+        )
     options = ExportOptions(
         size=size,
         target=target,
@@ -238,6 +286,17 @@ def export(
         console.err.print(note, soft_wrap=True, markup=False)
     if result.exit_code:
         raise typer.Exit(result.exit_code)
+
+
+def _refuse_flags_without_stage(
+    target: str, stages: tuple[str, ...] | None, stage: str, what: str, flags: dict[str, bool]
+) -> None:
+    """A flag for a stage the chosen --target does not run would be silently ignored: refuse it."""
+    used = [flag for flag, given in flags.items() if given]
+    if used and stages is not None and stage not in stages:
+        raise UserError(
+            f"{', '.join(used)}: {what} options, not used by --target {target}; drop them or pick that target"
+        )
 
 
 @app.command()

@@ -71,6 +71,11 @@ class Preprocessing:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """PIL image -> float32 array [3, imgsz, imgsz]."""
+        return self.normalize(self.pixels(image))
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """The geometry alone: RGB, resize, center crop -> uint8 [imgsz, imgsz, 3] (what a model with
+        an image input, such as Core ML's, is fed)."""
         image = to_rgb(image)
         width, height = image.size
         scale = self.resize / min(width, height)
@@ -79,7 +84,11 @@ class Preprocessing:
         left = (new_size[0] - self.imgsz) // 2
         top = (new_size[1] - self.imgsz) // 2
         image = image.crop((left, top, left + self.imgsz, top + self.imgsz))
-        array = np.asarray(image, dtype=np.float32) / 255.0
+        return np.asarray(image, dtype=np.uint8)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (or 0-255 float) [H, W, 3] -> float32 [3, H, W]: / 255, minus mean, divided by std."""
+        array = np.asarray(pixels, dtype=np.float32) / 255.0
         array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(array.transpose(2, 0, 1))
 

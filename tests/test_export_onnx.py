@@ -220,13 +220,6 @@ def test_bad_inputs_give_clear_errors_and_no_files(cli, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("target", ["coreml"])
-def test_targets_not_available_yet_exit_2(cli, tmp_path, target):
-    result = bad(cli, "export", "--target", target, "--out", tmp_path / "o")
-    assert result.code == 2 and "not available yet" in result.err
-    assert not (tmp_path / "o").exists()
-
-
 def test_non_empty_output_needs_force(cli, tmp_path):
     target = tmp_path / "mobileformer_26m"
     target.mkdir()

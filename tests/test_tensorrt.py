@@ -170,6 +170,20 @@ def test_bad_profiles_are_refused(cli, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    "target, flags, message",
+    [
+        ("coreml", ["--method", "entropy"], "--method: TensorRT options, not used by --target coreml"),
+        ("onnx", ["--workspace", "2", "--min-batch", "2"], "--min-batch/--opt-batch/--max-batch, --workspace"),
+        ("onnx", ["--precision", "int8"], "--precision: TensorRT or Core ML options, not used by --target onnx"),
+    ],
+)
+def test_trt_options_without_the_trt_target_are_refused(cli, tmp_path, target, flags, message):
+    result = cli("export", "--size", "26m", "--target", target, *flags, "--out", tmp_path / "o")
+    assert result.code == 1 and message in result.err and len(result.err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
 @needs_tensorrt
 @pytest.mark.gpu
 @pytest.mark.trt

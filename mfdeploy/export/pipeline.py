@@ -29,7 +29,6 @@ from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from mfdeploy.runtime.torch_runner import TorchRunner
 
 TARGETS = ("onnx", "trt", "coreml", "all")
-EXIT_NOT_AVAILABLE = 2
 
 # Every target starts from the verified ONNX graph and the stored weights; these stages then add
 # their files to the same staged folder. Each is "module:function(ctx: ExportContext) -> None".
@@ -97,30 +96,15 @@ class ExportResult:
 
 
 def _stage_function(name: str, function: str | None = None):
-    """A stage's run function (or another function of its module, e.g. its option check), or None if
-    the stage's module is not part of this version."""
+    """A stage's run function, or another function of its module (``check_stage``), or None."""
     module_name, run = STAGES[name].split(":")
-    function = function or run
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return None
-        raise
-    return getattr(module, function, None)
+    return getattr(importlib.import_module(module_name), function or run, None)
 
 
 def check_options(options: ExportOptions) -> None:
     """Reject bad options before any work is done."""
     if options.target not in TARGETS:
         raise UserError(f"unknown target {options.target!r}; choose one of {', '.join(TARGETS)}")
-    missing = [stage for stage in TARGET_STAGES[options.target] if _stage_function(stage) is None]
-    if missing:
-        raise UserError(
-            f"--target {options.target} is not available yet ({', '.join(missing)} export is not part of this "
-            "version); use --target onnx",
-            exit_code=EXIT_NOT_AVAILABLE,
-        )
     if options.batch is not None and options.batch < 1:
         raise UserError(f"--batch must be a positive batch size, got {options.batch}; or use --dynamic-batch")
     if options.simplifier not in onnx_export.SIMPLIFIERS:
@@ -130,10 +114,6 @@ def check_options(options: ExportOptions) -> None:
     onnx_export.check_opset(options.opset)
     if options.imgsz is not None:
         check_imgsz(options.imgsz)
-    for stage in TARGET_STAGES[options.target]:
-        checker = _stage_function(stage, "check_stage_options")
-        if checker is not None:
-            checker(options.stage_options.get(stage))
 
 
 def _preprocessing(loaded: LoadedModel, imgsz: int | None) -> Preprocessing:
@@ -147,6 +127,11 @@ def _preprocessing(loaded: LoadedModel, imgsz: int | None) -> Preprocessing:
 def export(options: ExportOptions) -> ExportResult:
     check_options(options)
     loaded = load_model(options.size, options.weights, options.num_classes, seed=options.seed)
+    for stage in TARGET_STAGES[options.target]:
+        # each stage refuses its bad options (and a missing library) before any export work
+        stage_check = _stage_function(stage, "check_stage")
+        if stage_check is not None:
+            stage_check(options, loaded)
     model = loaded.model
     preprocessing = _preprocessing(loaded, options.imgsz)
     imgsz = preprocessing.imgsz

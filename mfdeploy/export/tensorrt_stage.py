@@ -36,8 +36,12 @@ class TensorRTOptions:
         return self.engine.precision
 
 
-def check_stage_options(options: TensorRTOptions | None) -> None:
-    """Reject bad TensorRT/calibration options before the export does any work."""
+def check_stage(export_options, loaded=None) -> None:
+    """Reject bad TensorRT/calibration options before the export does any work (called by the pipeline)."""
+    check_trt_options(export_options.stage_options.get("trt"))
+
+
+def check_trt_options(options: TensorRTOptions | None) -> None:
     from mfdeploy.calibration.pipeline import check_options as check_calibration
 
     options = options or TensorRTOptions()
@@ -65,7 +69,7 @@ def lint_or_fail(artifact, graph: str, allow_fp16_norms: bool) -> dict:
 def run_stage(ctx) -> None:
     """Calibrate (FP16/INT8), lint, and build the engine if this host can."""
     options: TensorRTOptions = ctx.options.stage_options.get("trt") or TensorRTOptions()
-    check_stage_options(options)
+    check_trt_options(options)
     precision = options.precision
     if precision != "fp32":
         calibration = CalibrationOptions(**{**options.calibration.__dict__, "precisions": (precision,)})

@@ -71,5 +71,5 @@ class ToMobile(nn.Module):
         q = feature_heads(feature_map, self.heads)  # [B, h, d, L]
         attn = (k @ q).softmax(dim=-2)  # [B, h, M, L], normalised over tokens
         z = v.transpose(-1, -2) @ attn  # [B, h, d, L]
-        z = z.flatten(1, 2).view_as(feature_map)
+        z = z.flatten(1, 2).reshape_as(feature_map)
         return feature_map + self.drop_path(self.drop(z))

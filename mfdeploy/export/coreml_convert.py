@@ -1,0 +1,227 @@
+"""PyTorch Mobile-Former -> Core ML ML program, with coremltools (torch.jit.trace, the stable path).
+
+What is decided here: the input (a float tensor like the ONNX graph, or an RGB ImageType with the
+normalisation folded into the model), enumerated batch shapes, FP16 or FP32 compute, weight compression
+inside the conversion pipeline, an optional classifier head, and the metadata Xcode shows.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mfdeploy import __version__
+from mfdeploy.export import coreml_passes
+from mfdeploy.export.coreml_program import target_enum
+from mfdeploy.preprocess import Preprocessing
+from mfdeploy.runtime.mil_evaluator import import_coremltools, quiet_coremltools
+
+TENSOR_INPUT = "images"  # the ONNX graph's input name
+IMAGE_INPUT = "image"
+LOGITS = "logits"
+PROBABILITIES = "probabilities"
+CLASS_LABEL = "classLabel"
+COMPRESSIONS = ("none", "int8", "palettize4", "palettize6", "palettize8")
+# Core ML's image-classifier preview in Xcode (drag an image onto the model page).
+_PREVIEW_TYPE_KEY = "com.apple.coreml.model.preview.type"
+
+
+@dataclass(frozen=True)
+class ConversionSpec:
+    """Everything the conversion needs besides the model."""
+
+    imgsz: int
+    in_chans: int
+    preprocessing: Preprocessing
+    precision: str = "fp16"
+    compress: str = "none"
+    batches: tuple[int, ...] = (1,)
+    deployment_target: str = "iOS16"
+    image_input: bool = False
+    labels: tuple[str, ...] | None = None
+
+    @property
+    def input_name(self) -> str:
+        return IMAGE_INPUT if self.image_input else TENSOR_INPUT
+
+
+class _LogitsAndProbabilities(nn.Module):
+    """A classifier exposes class probabilities (for Core ML's class-label output) and keeps its logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, logits.softmax(dim=-1)
+
+
+def fold_std_into_stem(model: nn.Module, std: Sequence[float]) -> nn.Module:
+    """A copy of ``model`` that takes ``(x - mean)`` instead of ``(x - mean) / std``.
+
+    Core ML's ImageType applies one scale to all channels plus a per-channel bias, so it can deliver
+    ``pixel / 255 - mean`` but not the division by a per-channel std. The stem convolution is linear
+    and pads with zeros, so dividing its weights by std per input channel is the same model.
+    """
+    folded = copy.deepcopy(model).eval()
+    conv = folded.stem.conv_bn.conv
+    with torch.no_grad():
+        conv.weight.div_(torch.tensor(std, dtype=conv.weight.dtype).view(1, -1, 1, 1))
+    return folded
+
+
+def image_scale_and_bias(preprocessing: Preprocessing) -> tuple[float, list[float]]:
+    """ImageType parameters: pixel * scale + bias = pixel / 255 - mean."""
+    return 1.0 / 255.0, [-float(m) for m in preprocessing.mean]
+
+
+def _input_type(ct, spec: ConversionSpec):
+    shapes = [(batch, spec.in_chans, spec.imgsz, spec.imgsz) for batch in spec.batches]
+    if spec.image_input:
+        scale, bias = image_scale_and_bias(spec.preprocessing)
+        return ct.ImageType(name=IMAGE_INPUT, shape=shapes[0], scale=scale, bias=bias, color_layout=ct.colorlayout.RGB)
+    shape: Any = shapes[0] if len(shapes) == 1 else ct.EnumeratedShapes(shapes=shapes, default=shapes[0])
+    return ct.TensorType(name=TENSOR_INPUT, shape=shape, dtype=np.float32)
+
+
+def _compression_config(compress: str) -> tuple[str, Any] | None:
+    """(compression pass, its OptimizationConfig) for a --compress mode, None for "none"."""
+    from coremltools.optimize.coreml import (
+        OpLinearQuantizerConfig,
+        OpPalettizerConfig,
+        OptimizationConfig,
+    )
+
+    if compress == "none":
+        return None
+    if compress == "int8":
+        op_config = OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
+        return "compression::linear_quantize_weights", OptimizationConfig(global_config=op_config)
+    bits = int(compress.removeprefix("palettize"))
+    op_config = OpPalettizerConfig(mode="kmeans", nbits=bits, granularity="per_tensor")
+    return "compression::palettize_weights", OptimizationConfig(global_config=op_config)
+
+
+def pass_pipeline(spec: ConversionSpec, compress: bool = True):
+    """coremltools' default pipeline + mfdeploy's graph passes (+ weight compression at the end).
+
+    Compression runs on the finished (FP16 or FP32) program, as ``coremltools.optimize.coreml`` does
+    after a conversion, followed by the cleanup passes it needs (e.g. merging dequantization into
+    linear ops). Doing it inside the conversion rather than on the saved model also works for
+    classifiers, which coremltools 9 cannot reload for compression (its class-label list does not
+    survive the round trip).
+    """
+    import coremltools as ct
+
+    pipeline = coreml_passes.pipeline(classifier=spec.labels is not None)
+    config = _compression_config(spec.compress) if compress else None
+    if config is not None:
+        name, optimization = config
+        pipeline.append_pass(name)
+        pipeline.set_options(name, {"config": optimization})
+        for cleanup in ct.PassPipeline.CLEANUP.passes:
+            pipeline.append_pass(cleanup)
+    return pipeline
+
+
+def convert(model: nn.Module, spec: ConversionSpec, compress: bool = True):
+    """Trace ``model`` and convert it to an ML program (an unsaved ``MLModel``); returns it and the
+    seconds the trace and conversion took."""
+    ct = import_coremltools()
+    model = model.eval()
+    if spec.image_input:
+        model = fold_std_into_stem(model, spec.preprocessing.std)
+    outputs = [ct.TensorType(name=LOGITS, dtype=np.float32)]
+    classifier = None
+    if spec.labels is not None:
+        model = _LogitsAndProbabilities(model).eval()
+        outputs.append(ct.TensorType(name=PROBABILITIES, dtype=np.float32))
+        classifier = ct.ClassifierConfig(
+            list(spec.labels), predicted_feature_name=CLASS_LABEL, predicted_probabilities_output=PROBABILITIES
+        )
+    started = time.perf_counter()
+    # Traced at batch 2: the model reads no batch size, so the trace runs at every enumerated batch.
+    example = torch.zeros(2, spec.in_chans, spec.imgsz, spec.imgsz)
+    with torch.inference_mode(False), torch.no_grad(), quiet_coremltools():
+        traced = torch.jit.trace(model, example)
+        mlmodel = ct.convert(
+            traced,
+            inputs=[_input_type(ct, spec)],
+            outputs=outputs,
+            classifier_config=classifier,
+            convert_to="mlprogram",
+            compute_precision=ct.precision.FLOAT16 if spec.precision == "fp16" else ct.precision.FLOAT32,
+            minimum_deployment_target=target_enum(spec.deployment_target),
+            pass_pipeline=pass_pipeline(spec, compress),
+            skip_model_load=True,
+        )
+    return mlmodel, time.perf_counter() - started
+
+
+def describe(
+    mlmodel, spec: ConversionSpec, size: str, num_classes: int, complexity: dict[str, Any], source: Any
+) -> None:
+    """The metadata Xcode shows on the model page, plus mfdeploy's own keys (read back by the runner)."""
+    p = spec.preprocessing
+    mean = ", ".join(f"{m:g}" for m in p.mean)
+    std = ", ".join(f"{s:g}" for s in p.std)
+    classes = f"{num_classes} classes" + (" with labels" if spec.labels else "")
+    mlmodel.short_description = (
+        f"Mobile-Former {size} image classifier ({classes}, {spec.imgsz}x{spec.imgsz} RGB), "
+        f"{complexity['madds'] / 1e6:.1f}M MAdds, {complexity['params'] / 1e6:.2f}M parameters; "
+        f"{spec.precision.upper()} compute, weights {spec.compress}. Exported by mfdeploy {__version__}."
+    )
+    mlmodel.author = "mfdeploy; Mobile-Former architecture by Chen et al. (CVPR 2022)"
+    mlmodel.license = "Apache-2.0 (mfdeploy); the weights carry their own terms"
+    mlmodel.version = __version__
+    geometry = f"resize shorter side to {p.resize} ({p.interpolation}), center crop {p.imgsz}"
+    if spec.image_input:
+        mlmodel.input_description[IMAGE_INPUT] = (
+            f"RGB image, {spec.imgsz}x{spec.imgsz}, 8-bit values 0-255 (e.g. a camera frame; {geometry}). "
+            f"Normalisation is inside the model: x / 255 - mean ({mean}), the division by std ({std}) folded "
+            "into the first convolution."
+        )
+    else:
+        batches = ", ".join(map(str, spec.batches))
+        mlmodel.input_description[TENSOR_INPUT] = (
+            f"Float32 NCHW batch [N, {spec.in_chans}, {spec.imgsz}, {spec.imgsz}], N in {{{batches}}}: RGB images, "
+            f"{geometry}, x / 255, minus mean ({mean}), divided by std ({std}). The ONNX graph's input."
+        )
+    mlmodel.output_description[LOGITS] = f"Class scores before softmax, [N, {num_classes}] (the ONNX graph's output)."
+    if spec.labels is not None:
+        mlmodel.output_description[CLASS_LABEL] = "The most likely class label."
+        mlmodel.output_description[f"{CLASS_LABEL}_probs"] = "Softmax probability of every class label."
+    metadata = {
+        "mfdeploy.version": __version__,
+        "mfdeploy.size": size,
+        "mfdeploy.num_classes": str(num_classes),
+        "mfdeploy.params": str(complexity["params"]),
+        "mfdeploy.madds": str(complexity["madds"]),
+        "mfdeploy.imgsz": str(spec.imgsz),
+        "mfdeploy.preprocessing": json.dumps(p.to_dict()),
+        "mfdeploy.precision": spec.precision,
+        "mfdeploy.compression": spec.compress,
+        "mfdeploy.batches": ",".join(map(str, spec.batches)),
+        "mfdeploy.deployment_target": spec.deployment_target,
+        "mfdeploy.input": "image" if spec.image_input else "tensor",
+        "mfdeploy.weights": json.dumps(source),
+    }
+    if spec.image_input and spec.labels is not None:
+        metadata[_PREVIEW_TYPE_KEY] = "imageClassifier"
+    mlmodel.user_defined_metadata.update(metadata)
+
+
+def package_bytes(path: str | os.PathLike[str]) -> int:
+    """Total size of the files of an .mlpackage."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

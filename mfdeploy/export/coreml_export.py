@@ -1,0 +1,467 @@
+"""`mfdeploy export --target coreml`: a verified Core ML ML program next to the ONNX graph.
+
+The stage converts the same PyTorch model the ONNX graph came from (see :mod:`coreml_convert`), writes
+``model.mlpackage`` into the staged artifact folder, checks every op against the deployment target,
+and verifies the saved package against PyTorch on real photographs by evaluating its MIL program with
+numpy, in FP32 and in FP16 (:mod:`mfdeploy.runtime.mil_evaluator`; on macOS also with the real
+``MLModel.predict``). If anything fails the whole staged folder is discarded, so there is never a
+partial package.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mfdeploy.artifacts import artifact_dir_name
+from mfdeploy.errors import UserError
+from mfdeploy.export.coreml_convert import COMPRESSIONS, ConversionSpec, convert, describe, image_scale_and_bias
+from mfdeploy.export.coreml_program import DEPLOYMENT_TARGETS, OFFICIAL_52M_COMPUTE_OPS, inspect_program
+from mfdeploy.export.verify import VerificationError, verification_inputs
+from mfdeploy.fileio import atomic_path
+from mfdeploy.metrics import compare_logits
+from mfdeploy.runtime.coreml_runner import INSTALL_HINT, CoreMLRunner, coremltools_installed, predict_unavailable_reason
+
+PACKAGE_FILE = "model.mlpackage"
+PRECISIONS = ("fp16", "fp32")
+MAX_BATCH_SHAPES = 128  # Core ML's limit for enumerated shapes
+VERIFY_IMAGES = 100
+FP32_ATOL = 1e-3  # FP32 ML program against PyTorch, max abs error on logits
+# Top-1 agreement with PyTorch that the deployed numerics must reach, per weight compression. 6- and
+# 4-bit palettization are lossy by choice (52m, random weights: cosine 0.92 for 4 bits, top-1 agreement
+# 82-88%): their figures are reported and a warning is printed below LOSSY_WARN_TOP1, but only
+# non-finite outputs fail them.
+MIN_TOP1: dict[str, float | None] = {
+    "none": 0.99,
+    "int8": 0.98,
+    "palettize8": 0.98,
+    "palettize6": None,
+    "palettize4": None,
+}
+LOSSY_WARN_TOP1 = 0.98
+
+
+@dataclass(frozen=True)
+class CoreMLOptions:
+    """The Core ML stage's options (``ExportOptions.stage_options["coreml"]``)."""
+
+    precision: str = "fp16"
+    compress: str = "none"
+    batches: tuple[int, ...] = (1,)
+    deployment_target: str = "iOS16"
+    image_input: bool = False
+    labels: tuple[str, ...] | None = None
+    labels_file: str | None = None  # where ``labels`` came from, for messages and the manifest
+    verify_images: int = VERIFY_IMAGES
+
+    @classmethod
+    def from_cli(
+        cls,
+        precision: str | None = None,
+        compress: str = "none",
+        batches: str | None = None,
+        deployment_target: str = "iOS16",
+        image_input: bool = False,
+        labels: str | Path | None = None,
+    ) -> "CoreMLOptions":
+        """Parse the command-line values; a UserError names the first bad one."""
+        options = cls(
+            precision=parse_precision(precision),
+            compress=parse_compress(compress),
+            batches=parse_batches(batches),
+            deployment_target=parse_deployment_target(deployment_target),
+            image_input=image_input,
+            labels=read_labels(labels) if labels is not None else None,
+            labels_file=str(labels) if labels is not None else None,
+        )
+        options.validate()
+        return options
+
+    def validate(self) -> None:
+        parse_precision(self.precision)
+        parse_compress(self.compress)
+        parse_deployment_target(self.deployment_target)
+        parse_batches(",".join(map(str, self.batches)))
+        if self.image_input and self.batches != (1,):
+            raise UserError(
+                "--image-input takes one image per prediction (a Core ML image input has batch 1); "
+                "leave out --batches, or use the tensor input for batches"
+            )
+        if self.labels is not None and self.batches != (1,):
+            raise UserError(
+                "--labels makes a classifier, which Core ML runs on one image per prediction; "
+                "leave out --batches, or leave out --labels"
+            )
+        if self.verify_images < 1:
+            raise UserError(f"verify_images must be at least 1, got {self.verify_images}")
+
+
+def parse_precision(value: str | None) -> str:
+    precision = (value or "fp16").lower()
+    if precision == "int8":
+        raise UserError("Core ML computes in fp16 or fp32; for int8 weights use --compress int8")
+    if precision not in PRECISIONS:
+        raise UserError(f"Core ML computes in fp16 or fp32, not {value!r}; pass --precision fp16 or fp32")
+    return precision
+
+
+def parse_compress(value: str) -> str:
+    if value not in COMPRESSIONS:
+        raise UserError(f"unknown --compress {value!r}; choose one of {', '.join(COMPRESSIONS)}")
+    return value
+
+
+def parse_deployment_target(value: str) -> str:
+    for target in DEPLOYMENT_TARGETS:
+        if value.lower() == target.lower():
+            return target
+    raise UserError(
+        f"unknown deployment target {value!r}; choose one of {', '.join(DEPLOYMENT_TARGETS)} "
+        "(ML programs need iOS16 or newer here)"
+    )
+
+
+def parse_batches(value: str | None) -> tuple[int, ...]:
+    """``"1,4,8"`` -> (1, 4, 8): positive, distinct, at most 128 of them (Core ML's enumerated shapes)."""
+    if value is None or not value.strip():
+        return (1,)
+    parts = [p.strip() for p in value.split(",")]
+    batches = []
+    for part in parts:
+        try:
+            batch = int(part)
+        except ValueError:
+            raise UserError(f"--batches takes comma-separated batch sizes such as 1,4,8; {part!r} is not one") from None
+        if batch < 1:
+            raise UserError(f"--batches: batch sizes must be positive, got {batch}")
+        batches.append(batch)
+    distinct = tuple(sorted(set(batches)))
+    if len(distinct) > MAX_BATCH_SHAPES:
+        raise UserError(
+            f"--batches lists {len(distinct)} batch sizes; Core ML takes at most {MAX_BATCH_SHAPES} enumerated shapes"
+        )
+    return distinct
+
+
+def read_labels(path: str | Path) -> tuple[str, ...]:
+    """One class name per line (trailing blank lines ignored); empty or repeated names are refused."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"labels file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"labels file {path} is a folder; pass a text file with one class name per line") from None
+    except UnicodeDecodeError:
+        raise UserError(f"labels file {path} is not UTF-8 text; write one class name per line") from None
+    except OSError as exc:
+        raise UserError(f"cannot read labels file {path}: {exc.strerror or exc}") from None
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    if not lines:
+        raise UserError(f"labels file {path} is empty; write one class name per line")
+    if "" in lines:
+        raise UserError(f"labels file {path}: line {lines.index('') + 1} is empty; write one class name per line")
+    seen: dict[str, int] = {}
+    for number, label in enumerate(lines, start=1):
+        if label in seen:
+            raise UserError(
+                f"labels file {path}: {label!r} is on lines {seen[label]} and {number}; class names must be unique"
+            )
+        seen[label] = number
+    return tuple(lines)
+
+
+def stage_options(export_options) -> CoreMLOptions:
+    options = export_options.stage_options.get("coreml") or CoreMLOptions()
+    if not isinstance(options, CoreMLOptions):
+        raise TypeError(f"stage_options['coreml'] must be a CoreMLOptions, got {type(options).__name__}")
+    return options
+
+
+def check_stage(export_options, loaded) -> None:
+    """Everything that can be refused before any export work: called by the pipeline after the model
+    is loaded, and again by :func:`run_stage`."""
+    options = stage_options(export_options)
+    options.validate()
+    if not coremltools_installed():
+        raise UserError(f"--target coreml needs coremltools, which is not installed; {INSTALL_HINT}")
+    if options.image_input and loaded.in_chans != 3:
+        raise UserError(
+            f"--image-input needs a model with 3 input channels (an RGB image); this {loaded.size} takes "
+            f"{loaded.in_chans}; leave out --image-input to get a tensor input"
+        )
+    if options.labels is not None and len(options.labels) != loaded.num_classes:
+        source = options.labels_file or "the labels"
+        raise UserError(
+            f"labels file {source} has {len(options.labels)} lines but the model has {loaded.num_classes} "
+            "classes; write one class name per line"
+        )
+
+
+def _labels(options: CoreMLOptions, loaded) -> tuple[tuple[str, ...] | None, str | None, str | None]:
+    """(labels, where they came from, a note for the user)."""
+    if options.labels is not None:
+        return options.labels, "file", None
+    classes = loaded.metadata.get("classes")
+    if isinstance(classes, list) and len(classes) == loaded.num_classes and all(isinstance(c, str) for c in classes):
+        if options.batches != (1,):
+            return (
+                None,
+                None,
+                (
+                    "Core ML: the checkpoint names its classes, but a classifier takes one image per prediction, "
+                    "so with --batches the package outputs logits only"
+                ),
+            )
+        return (
+            tuple(classes),
+            "checkpoint",
+            (
+                f"Core ML: class labels from the checkpoint ({len(classes)} classes) make the package a classifier; "
+                "pass --labels FILE to use other names"
+            ),
+        )
+    return None, None, None
+
+
+@dataclass
+class CoreMLVerification:
+    """Evaluations of the saved package against PyTorch on the same real photographs."""
+
+    images: int
+    deployed: str  # which evaluation the gate applies to: "fp16", "fp32" or "predict"
+    gate: str
+    passed: bool
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": "images",
+            "images": self.images,
+            "deployed": self.deployed,
+            "gate": self.gate,
+            "passed": self.passed,
+            "evaluations": self.evaluations,
+        }
+
+
+def verify_package(package: Path, loaded, preprocessing, options: CoreMLOptions) -> CoreMLVerification:
+    """PyTorch against the package's ML program on real photographs: evaluated with numpy in FP32 and
+    FP16 (and with MLModel.predict on macOS); the deployed numerics must pass the gate."""
+    from mfdeploy.runtime.torch_runner import TorchRunner
+
+    images = verification_inputs(preprocessing, options.verify_images, loaded.in_chans)["images"]
+    step = max(options.batches)
+    with TorchRunner(loaded.model, preprocessing.imgsz) as reference:
+        expected = reference.infer_all(images, 32)
+    evaluations: dict[str, dict[str, Any]] = {}
+    engines = [("fp32", "evaluator", "fp32"), ("fp16", "evaluator", "fp16")]
+    if predict_unavailable_reason() is None:
+        engines.append(("predict", "predict", None))
+    for name, engine, precision in engines:
+        with CoreMLRunner(package, engine=engine, evaluator_precision=precision) as runner:
+            figures = compare_logits(expected, runner.infer_all(images, step))
+            evaluations[name] = {"runner": runner.label, **figures}
+    deployed = "predict" if "predict" in evaluations else options.precision
+    result = evaluations[deployed]
+    finite = result["nan_count"] == 0 and result["inf_count"] == 0
+    if options.precision == "fp32" and options.compress == "none" and deployed == "fp32":
+        gate = f"fp32 max abs error <= {FP32_ATOL:g}"
+        passed = finite and result["max_abs_error"] <= FP32_ATOL
+    elif MIN_TOP1[options.compress] is None:
+        gate = f"{deployed} outputs finite ({options.compress} is lossy by choice: agreement reported, not gated)"
+        passed = finite
+    else:
+        minimum = MIN_TOP1[options.compress]
+        gate = f"{deployed} top-1 agreement >= {minimum:.0%}"
+        passed = finite and result["top1_agreement"] >= minimum
+    return CoreMLVerification(len(images), deployed, gate, passed, evaluations)
+
+
+def run_stage(ctx) -> None:
+    """Convert, compress, save, check the ops and verify; record the ``coreml`` manifest section."""
+    from mfdeploy.export.coreml_convert import package_bytes
+    from mfdeploy.runtime.mil_evaluator import MILEvaluator, load_program
+
+    options = stage_options(ctx.options)
+    check_stage(ctx.options, ctx.loaded)
+    loaded, preprocessing = ctx.loaded, ctx.preprocessing
+    labels, label_source, label_note = _labels(options, loaded)
+    spec = ConversionSpec(
+        imgsz=preprocessing.imgsz,
+        in_chans=loaded.in_chans,
+        preprocessing=preprocessing,
+        precision=options.precision,
+        compress=options.compress,
+        batches=options.batches,
+        deployment_target=options.deployment_target,
+        image_input=options.image_input,
+        labels=labels,
+    )
+    bar = ctx.progress
+    steps = 6 if options.compress == "none" else 7
+    task = bar.add_task(f"  coreml {loaded.size}", total=steps, status="trace and convert (coremltools)")
+    complexity = {"params": ctx.manifest["model"]["params"], "madds": ctx.manifest["model"]["madds"]}
+    source = loaded.source()
+    work = ctx.root / ".coreml-work"
+    timings: dict[str, float] = {}
+    try:
+        mlmodel, timings["convert_s"] = convert(loaded.model, replace(spec, compress="none"))
+        describe(mlmodel, replace(spec, compress="none"), loaded.size, loaded.num_classes, complexity, source)
+        bar.update(task, advance=1)
+        bytes_before = None
+        if options.compress != "none":
+            bar.update(task, status=f"measure the uncompressed package, then convert with {options.compress} weights")
+            mlmodel.save(str(work / "uncompressed.mlpackage"))
+            bytes_before = package_bytes(work / "uncompressed.mlpackage")
+            started = time.perf_counter()
+            mlmodel, _ = convert(loaded.model, spec)
+            timings["compress_s"] = round(time.perf_counter() - started, 3)
+            describe(mlmodel, spec, loaded.size, loaded.num_classes, complexity, source)
+            bar.update(task, advance=1)
+        bar.update(task, status=f"save {PACKAGE_FILE}")
+        started = time.perf_counter()
+        with atomic_path(ctx.root / PACKAGE_FILE) as tmp:
+            mlmodel.save(str(tmp))
+        timings["save_s"] = round(time.perf_counter() - started, 3)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    package = ctx.root / PACKAGE_FILE
+    bytes_after = package_bytes(package)
+    bar.update(task, advance=1, status="check every op against the deployment target")
+
+    program = load_program(package)
+    report = inspect_program(program, options.deployment_target)
+    if report.unsupported:
+        raise UserError(
+            f"the Core ML program uses ops that {options.deployment_target} does not have: "
+            f"{', '.join(report.unsupported)}; choose a newer --deployment-target"
+        )
+    missing = MILEvaluator(program, "fp32").unsupported_ops()
+    if missing:
+        raise VerificationError(
+            f"cannot verify the Core ML program: the MIL evaluator has no implementation of {', '.join(missing)}"
+        )
+    del program
+    bar.update(task, advance=1, status=f"verify on {options.verify_images} photographs (numpy MIL evaluator)")
+    started = time.perf_counter()
+    verification = verify_package(package, loaded, preprocessing, options)
+    timings["verify_s"] = round(time.perf_counter() - started, 3)
+    bar.update(task, advance=2, status="manifest")
+    if not verification.passed:
+        worst = verification.evaluations[verification.deployed]
+        raise VerificationError(
+            f"Core ML verification failed ({verification.gate}): max abs error {worst['max_abs_error']:.3g}, "
+            f"top-1 agreement {worst['top1_agreement']:.1%} on {verification.images} photographs, "
+            f"NaN {worst['nan_count']}, Inf {worst['inf_count']}"
+        )
+
+    section: dict[str, Any] = {
+        "file": PACKAGE_FILE,
+        "format": "mlprogram",
+        "converter": "coremltools (torch.jit.trace)",
+        "precision": options.precision,
+        "deployment_target": options.deployment_target,
+        "specification_version": mlmodel.get_spec().specificationVersion,
+        "batches": list(options.batches),
+        "input": _input_section(spec),
+        "outputs": ["classLabel", "classLabel_probs", "logits"] if labels else ["logits"],
+        "labels": {
+            "classifier": labels is not None,
+            "source": label_source,
+            "count": len(labels) if labels else 0,
+            "file": options.labels_file,
+        },
+        "compression": {
+            "mode": options.compress,
+            "bytes_before": bytes_before if bytes_before is not None else bytes_after,
+            "bytes_after": bytes_after,
+            "ratio": round((bytes_before or bytes_after) / bytes_after, 3),
+        },
+        "graph_passes": list(_pass_names()),
+        **report.to_dict(),
+        "official_52m_compute_ops": OFFICIAL_52M_COMPUTE_OPS,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "verification": verification.to_dict(),
+    }
+    ctx.manifest["coreml"] = section
+    ctx.manifest.setdefault("verification", {})["coreml"] = verification.to_dict()
+    ctx.artifact.record_file(PACKAGE_FILE)
+    bar.update(task, advance=1, status="done")
+    if label_note:
+        ctx.notes.append(label_note)
+    deployed = verification.evaluations[verification.deployed]
+    if MIN_TOP1[options.compress] is None and deployed["top1_agreement"] < LOSSY_WARN_TOP1:
+        ctx.notes.append(
+            f"warning: with {options.compress} weights the package agrees with PyTorch on "
+            f"{deployed['top1_agreement']:.0%} of top-1 classes (cosine {deployed['cosine']:.3f}); "
+            "check it on your own data, or use --compress palettize8 or int8"
+        )
+    ctx.notes.extend(summary_lines(ctx.manifest, Path(ctx.options.out) / artifact_dir_name(loaded.size)))
+
+
+def _pass_names() -> tuple[str, ...]:
+    from mfdeploy.export.coreml_passes import PASSES
+
+    return PASSES
+
+
+def _input_section(spec: ConversionSpec) -> dict[str, Any]:
+    shape = [spec.batches[0] if len(spec.batches) == 1 else "batch", spec.in_chans, spec.imgsz, spec.imgsz]
+    if not spec.image_input:
+        return {
+            "name": spec.input_name,
+            "kind": "tensor",
+            "dtype": "float32",
+            "shape": shape,
+            "enumerated_batches": list(spec.batches),
+        }
+    scale, bias = image_scale_and_bias(spec.preprocessing)
+    return {
+        "name": spec.input_name,
+        "kind": "image",
+        "color_layout": "RGB",
+        "value_range": [0, 255],
+        "shape": shape,
+        "scale": scale,
+        "bias": bias,
+        "folded_mean": list(spec.preprocessing.mean),
+        "folded_std": list(spec.preprocessing.std),
+        "std_folded_into": "stem convolution weights (divided per input channel)",
+    }
+
+
+def summary_lines(manifest: dict[str, Any], folder: str | Path = "") -> list[str]:
+    """What the export summary says about the Core ML package (``folder``: where the artifact ends up)."""
+    c = manifest["coreml"]
+    v = c["verification"]
+    size = manifest["model"]["size"]
+    compression = c["compression"]
+    kind = "image input (RGB 0-255)" if c["input"]["kind"] == "image" else f"tensor input, batches {c['batches']}"
+    labels = f", classifier with {c['labels']['count']} labels" if c["labels"]["classifier"] else ""
+    where = Path(folder) / c["file"] if folder else c["file"]
+    lines = [
+        f"Core ML: {where} ({c['precision']} compute, {c['deployment_target']}, {kind}{labels}), "
+        f"{compression['bytes_after'] / 1e6:.2f} MB"
+        + (
+            f" ({compression['mode']} weights, {compression['bytes_before'] / 1e6:.2f} MB before)"
+            if compression["mode"] != "none"
+            else ""
+        ),
+        f"  ops: {c['compute_ops']} compute ops (official Mobile-Former 52m: {c['official_52m_compute_ops']}), "
+        f"all available on {c['deployment_target']}; converted in {c['timings_s']['convert_s']:.1f} s ({size})",
+    ]
+    for name, figures in v["evaluations"].items():
+        lines.append(
+            f"  verified {name}: {figures['runner']}: max abs error {figures['max_abs_error']:.2e}, "
+            f"top-1 agreement {figures['top1_agreement']:.1%} on {v['images']} photographs"
+        )
+    lines.append(f"  gate: {v['gate']}: passed")
+    if predict_unavailable_reason() is not None:
+        lines.append(f"  ({predict_unavailable_reason()}: the evaluator checks the program's numerics, not a device)")
+    return lines

@@ -1,0 +1,421 @@
+"""`mfdeploy export --target coreml`: ML programs for every size, verified against PyTorch on real
+photographs by evaluating the saved package's MIL program with numpy (and with MLModel.predict on
+macOS); image input, classifier labels, enumerated batches, weight compression, deployment targets,
+and bad input that leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import coremltools as ct
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_subprocess
+from mfdeploy.artifacts import Artifact
+from mfdeploy.datasets import load_digits_data
+from mfdeploy.export import coreml_export
+from mfdeploy.export.coreml_convert import ConversionSpec, convert
+from mfdeploy.export.coreml_export import CoreMLOptions, CoreMLVerification
+from mfdeploy.export.coreml_program import inspect_program
+from mfdeploy.export.pipeline import ExportOptions, export
+from mfdeploy.metrics import compare_logits
+from mfdeploy.model import SIZES, build_model
+from mfdeploy.model.weights import save_checkpoint
+from mfdeploy.preprocess import Preprocessing
+from mfdeploy.runtime.coreml_runner import CoreMLRunner, chunk_sizes, predict_unavailable_reason
+from mfdeploy.runtime.mil_evaluator import MILEvaluator, load_program
+from mfdeploy.runtime.registry import create_runner
+from mfdeploy.sample_images import builtin_images, builtin_photos
+
+EVALUATOR_NOTE = "numerics, not device latency"
+
+
+def spec_of(package):
+    return ct.models.MLModel(str(package), skip_model_load=True).get_spec()
+
+
+def assert_nothing_written(out):
+    """No artifact folder, no staging folder, no stray package under ``out``."""
+    leftovers = sorted(str(p.relative_to(out)) for p in out.rglob("*")) if out.exists() else []
+    assert leftovers == [], leftovers
+
+
+def assert_one_error_line(result):
+    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.err
+    assert "Traceback" not in result.err
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def default_52m(tmp_path_factory):
+    """`mfdeploy export --size 52m --target coreml --json`: the real CLI, in its own process."""
+    out = tmp_path_factory.mktemp("coreml52m")
+    result = run_subprocess("export", "--size", "52m", "--target", "coreml", "--out", out, "--json")
+    assert result.code == 0, result.err
+    return out, json.loads(result.out), result.err
+
+
+def test_default_export_is_a_verified_fp16_ml_program(default_52m):
+    out, manifest, err = default_52m
+    folder = out / "mobileformer_52m"
+    coreml = manifest["coreml"]
+    assert (coreml["precision"], coreml["deployment_target"], coreml["batches"]) == ("fp16", "iOS16", [1])
+    assert coreml["compression"]["mode"] == "none"
+    assert coreml["input"] == {
+        "name": "images",
+        "kind": "tensor",
+        "dtype": "float32",
+        "shape": [1, 3, 224, 224],
+        "enumerated_batches": [1],
+    }
+    # Every op exists on iOS16; far fewer compute ops than the official model's 767.
+    assert coreml["unsupported_ops"] == []
+    assert coreml["compute_ops"] <= 500 < coreml["official_52m_compute_ops"] == 767
+    assert coreml["op_histogram"]["gelu"] == 16 and "erf" not in coreml["op_histogram"]
+    # Verified on 100 real photographs, FP16 (what the package computes) and FP32, against PyTorch.
+    verification = coreml["verification"]
+    assert verification["passed"] and verification["images"] == 100 and verification["deployed"] == "fp16"
+    evaluations = verification["evaluations"]
+    assert set(evaluations) >= {"fp16", "fp32"}
+    assert evaluations["fp16"]["top1_agreement"] >= 0.99
+    assert evaluations["fp16"]["nan_count"] == evaluations["fp16"]["inf_count"] == 0
+    assert all(EVALUATOR_NOTE in e["runner"] for name, e in evaluations.items() if name != "predict")
+    assert manifest["verification"]["coreml"] == verification
+    # The package is recorded (hashed as a folder) and the summary says what was checked, and how.
+    artifact = Artifact.open(folder)
+    assert artifact.require("model.mlpackage", "re-export").is_dir()
+    assert artifact.manifest["files"]["model.mlpackage"]["kind"] == "directory"
+    assert "Core ML:" in err and "767" in err and "top-1 agreement" in err
+    assert sorted(p.name for p in out.iterdir()) == ["mobileformer_52m"]
+
+
+def test_package_carries_the_metadata_xcode_shows(default_52m):
+    out, manifest, _ = default_52m
+    spec = spec_of(out / "mobileformer_52m" / "model.mlpackage")
+    description = spec.description
+    meta = description.metadata
+    assert "Mobile-Former 52m" in meta.shortDescription and "MAdds" in meta.shortDescription
+    assert meta.author and meta.license and meta.versionString
+    user = dict(meta.userDefined)
+    assert user["mfdeploy.size"] == "52m"
+    assert int(user["mfdeploy.madds"]) == manifest["model"]["madds"]
+    assert json.loads(user["mfdeploy.preprocessing"]) == manifest["preprocessing"]
+    (image_input,) = description.input
+    assert image_input.name == "images" and "mean" in image_input.shortDescription
+    array = image_input.type.multiArrayType
+    assert list(array.shape) == [1, 3, 224, 224]
+    assert array.dataType == ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
+    (logits,) = description.output
+    assert logits.name == "logits" and logits.shortDescription
+    assert logits.type.multiArrayType.dataType == ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
+
+
+def test_registry_runs_the_package_with_the_evaluator(default_52m):
+    out, _, _ = default_52m
+    artifact = Artifact.open(out / "mobileformer_52m")
+    images = artifact.preprocessing.batch(builtin_images(6))
+    with create_runner("coreml", artifact) as coreml, create_runner("torch", artifact) as reference:
+        if predict_unavailable_reason() is not None:
+            assert EVALUATOR_NOTE in coreml.label
+        assert coreml.inputs()[0].fixed_batch == 1 and coreml.precision == "fp16"
+        figures = compare_logits(reference.infer(images), coreml.infer_all(images, 4))
+    assert figures["top1_agreement"] == 1.0 and figures["cosine"] > 0.999
+
+
+def test_a_changed_package_is_refused(default_52m, tmp_path):
+    out, _, _ = default_52m
+    copy = tmp_path / "mobileformer_52m"
+    shutil.copytree(out / "mobileformer_52m", copy)
+    weights = next((copy / "model.mlpackage").rglob("weight.bin"))
+    with weights.open("r+b") as handle:
+        handle.seek(4096)
+        byte = handle.read(1)
+        handle.seek(4096)
+        handle.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(coreml_export.UserError, match="model.mlpackage changed since it was written"):
+        create_runner("coreml", Artifact.open(copy))
+
+
+@pytest.mark.macos
+def test_real_core_ml_prediction_matches_pytorch(default_52m):
+    reason = predict_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    out, _, _ = default_52m
+    artifact = Artifact.open(out / "mobileformer_52m")
+    images = artifact.preprocessing.batch(builtin_images(32))
+    with CoreMLRunner(artifact.path("model.mlpackage"), engine="predict") as coreml:
+        with create_runner("torch", artifact) as reference:
+            figures = compare_logits(reference.infer(images), coreml.infer_all(images, 1))
+    assert figures["top1_agreement"] >= 0.99
+
+
+def test_fp32_program_with_enumerated_batches(tmp_path):
+    options = CoreMLOptions(precision="fp32", batches=(1, 4, 8), verify_images=32)
+    result = export(ExportOptions(size="52m", target="coreml", out=tmp_path, stage_options={"coreml": options}))
+    coreml = result.manifest["coreml"]
+    fp32 = coreml["verification"]["evaluations"]["fp32"]
+    assert coreml["verification"]["gate"] == "fp32 max abs error <= 0.001"
+    assert fp32["max_abs_error"] <= 1e-3 and fp32["top1_agreement"] == 1.0
+    assert coreml["compute_ops"] <= 500  # enumerated shapes add no ops
+    package = result.artifact / "model.mlpackage"
+    shapes = spec_of(package).description.input[0].type.multiArrayType.enumeratedShapes.shapes
+    assert [list(s.shape) for s in shapes] == [[1, 3, 224, 224], [4, 3, 224, 224], [8, 3, 224, 224]]
+    # Seven images run as a batch of 4 and three of 1, each at a shape the package accepts.
+    assert chunk_sizes(7, (1, 4, 8)) == [(4, 4), (1, 1), (1, 1), (1, 1)]
+    assert chunk_sizes(3, (4, 8)) == [(4, 3)]
+    images = Artifact.open(result.artifact).preprocessing.batch(builtin_images(7))
+    with torch.no_grad():
+        expected = build_model("52m")(torch.from_numpy(images)).numpy()
+    with CoreMLRunner(package, engine="evaluator", evaluator_precision="fp32") as runner:
+        assert runner.inputs()[0].shape[0] == "batch"
+        np.testing.assert_allclose(runner.infer_all(images, 8), expected, atol=1e-3)
+
+
+def test_int8_weights_halve_the_package_and_keep_top1(tmp_path, cli):
+    result = cli("export", "--size", "52m", "--target", "coreml", "--compress", "int8", "--out", tmp_path, "--json")
+    assert result.code == 0, result.err
+    coreml = result.json()["coreml"]
+    compression = coreml["compression"]
+    assert compression["mode"] == "int8" and compression["bytes_after"] < 0.6 * compression["bytes_before"]
+    assert coreml["op_histogram"]["constexpr_affine_dequantize"] > 50  # iOS16's int8 weight op
+    fp16 = coreml["verification"]["evaluations"]["fp16"]
+    assert coreml["verification"]["gate"] == "fp16 top-1 agreement >= 98%"
+    assert fp16["top1_agreement"] >= 0.98 and "int8 weights" in fp16["runner"]
+
+
+def test_image_input_classifier_labels_a_real_photo_like_pytorch(tmp_path, cli):
+    labels = [f"class {i}" for i in range(10)]
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("\n".join(labels) + "\n")
+    out = tmp_path / "out"
+    args = ["--size", "52m", "--num-classes", "10", "--imgsz", "128", "--image-input", "--labels", labels_file]
+    result = cli("export", "--target", "coreml", *args, "--out", out, "--json")
+    assert result.code == 0, result.err
+    manifest = result.json()
+    coreml = manifest["coreml"]
+    assert coreml["labels"] == {"classifier": True, "source": "file", "count": 10, "file": str(labels_file)}
+    image = coreml["input"]
+    assert image["kind"] == "image" and image["scale"] == pytest.approx(1 / 255)
+    assert image["bias"] == pytest.approx([-m for m in manifest["preprocessing"]["mean"]])
+    assert image["folded_std"] == pytest.approx(manifest["preprocessing"]["std"])
+    package = out / "mobileformer_52m" / "model.mlpackage"
+    description = spec_of(package).description
+    assert description.input[0].type.imageType.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.RGB
+    assert [o.name for o in description.output] == ["classLabel", "classLabel_probs", "logits"]
+    assert description.predictedFeatureName == "classLabel"
+    assert dict(description.metadata.userDefined)["com.apple.coreml.model.preview.type"] == "imageClassifier"
+
+    # Real photographs, as an app would send them: the manifest's resize and crop, then raw 0-255 RGB.
+    preprocessing = Preprocessing.from_dict(manifest["preprocessing"])
+    model = build_model("52m", num_classes=10)
+    photos = [photo for _, photo in builtin_photos()[:8]]
+    for precision in ("fp32", "fp16"):
+        evaluator = MILEvaluator.from_package(package, precision)
+        for photo in photos:
+            with torch.no_grad():
+                logits = model(torch.from_numpy(preprocessing(photo)[None])).numpy()[0]
+            pixels = preprocessing.pixels(photo).transpose(2, 0, 1)[None].astype(np.float32)
+            outputs = evaluator.run({"image": pixels})
+            assert outputs["classLabel"] == labels[int(np.argmax(logits))]
+            assert sum(outputs["classLabel_probs"].values()) == pytest.approx(1.0, abs=1e-2)
+            assert compare_logits(logits[None], outputs["logits"])["cosine"] > 0.999
+
+
+def test_trained_checkpoint_keeps_its_class_names_and_predictions(digits_checkpoint, tmp_path, cli):
+    result = cli("export", "--weights", digits_checkpoint, "--target", "coreml", "--out", tmp_path, "--json")
+    assert result.code == 0, result.err
+    manifest = result.json()
+    coreml = manifest["coreml"]
+    assert "class labels from the checkpoint" in result.err
+    assert coreml["labels"]["source"] == "checkpoint" and coreml["labels"]["count"] == 10
+    # Trained weights: no LayerNorm happens to equal another, so this is the structural op count.
+    assert coreml["compute_ops"] <= 500
+    assert coreml["verification"]["evaluations"]["fp16"]["top1_agreement"] >= 0.99
+    # And on the handwritten digits it was trained on, the package predicts what PyTorch predicts.
+    artifact = Artifact.open(tmp_path / "mobileformer_26m")
+    val = load_digits_data().val
+    digits = artifact.preprocessing.batch(val.image(i) for i in range(0, len(val), 3))
+    with create_runner("coreml", artifact) as coreml_runner, create_runner("torch", artifact) as reference:
+        expected = reference.infer(digits)
+        figures = compare_logits(expected, coreml_runner.infer_all(digits, 1))
+    assert figures["top1_agreement"] >= 0.99
+    truth = val.labels[::3]
+    assert (expected.argmax(1) == truth).mean() >= 0.85
+
+
+def _small_compressed_export(out, compress, target):
+    options = CoreMLOptions(compress=compress, deployment_target=target, verify_images=24)
+    stage = {"coreml": options}
+    return export(ExportOptions(size="26m", imgsz=64, num_classes=10, target="coreml", out=out, stage_options=stage))
+
+
+@pytest.fixture(scope="module")
+def int8_ios18(tmp_path_factory):
+    return _small_compressed_export(tmp_path_factory.mktemp("int8ios18"), "int8", "iOS18")
+
+
+@pytest.mark.parametrize(
+    "compress, target, weight_op, spec_version",
+    [("int8", "iOS18", "constexpr_blockwise_shift_scale", 9), ("palettize4", "iOS17", "constexpr_lut_to_dense", 8)],
+)
+def test_compression_for_newer_targets_is_evaluated_too(
+    int8_ios18, tmp_path, compress, target, weight_op, spec_version
+):
+    result = int8_ios18 if compress == "int8" else _small_compressed_export(tmp_path, compress, target)
+    coreml = result.manifest["coreml"]
+    assert coreml["op_histogram"][weight_op] > 50 and coreml["unsupported_ops"] == []
+    package_version = spec_of(result.artifact / "model.mlpackage").specificationVersion
+    assert coreml["specification_version"] == spec_version == package_version
+    assert coreml["compression"]["bytes_after"] < coreml["compression"]["bytes_before"]
+    fp16 = coreml["verification"]["evaluations"]["fp16"]
+    assert fp16["nan_count"] == 0 and fp16["cosine"] > 0.9
+
+
+def test_op_check_names_ops_the_target_lacks(int8_ios18):
+    program = load_program(int8_ios18.artifact / "model.mlpackage")
+    assert inspect_program(program, "iOS18").unsupported == []
+    unsupported = inspect_program(program, "iOS16").unsupported
+    assert "constexpr_blockwise_shift_scale (needs iOS18)" in unsupported
+    assert "the program's opset (needs iOS18)" in unsupported
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", SIZES)
+def test_every_size_converts_and_evaluates(size):
+    model = build_model(size)
+    preprocessing = Preprocessing.for_size(224)
+    mlmodel, _ = convert(model, ConversionSpec(imgsz=224, in_chans=3, preprocessing=preprocessing))
+    program = mlmodel._mil_program
+    report = inspect_program(program, "iOS16")
+    assert report.unsupported == [] and report.compute_ops > 0
+    images = preprocessing.batch(builtin_images(2))
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images)).numpy()
+    for precision in ("fp16", "fp32"):
+        evaluator = MILEvaluator(program, precision)
+        assert evaluator.unsupported_ops() == []
+        got = np.concatenate([evaluator.run({"images": image[None]})["logits"] for image in images])
+        figures = compare_logits(expected, got)
+        assert figures["top1_agreement"] == 1.0 and figures["cosine"] > 0.999, (precision, figures)
+
+
+# -- bad input: one line, non-zero exit, nothing written ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batches", ",".join(str(b) for b in range(1, 130))], "at most 128 enumerated shapes"),
+        (["--batches", "1,0"], "batch sizes must be positive"),
+        (["--batches", "1,four"], "'four' is not one"),
+        (["--deployment-target", "iOS15"], "unknown deployment target 'iOS15'; choose one of iOS16, iOS17, iOS18"),
+        (["--precision", "int8"], "Core ML computes in fp16 or fp32; for int8 weights use --compress int8"),
+        (["--precision", "bf16"], "Core ML computes in fp16 or fp32"),
+        (["--compress", "int4"], "unknown --compress 'int4'"),
+        (["--image-input", "--batches", "1,4"], "--image-input takes one image per prediction"),
+        (["--labels", "missing.txt"], "labels file missing.txt does not exist"),
+    ],
+)
+def test_bad_options_fail_before_any_work(cli, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = cli("export", "--size", "26m", "--target", "coreml", "--out", tmp_path / "out", *args)
+    assert result.code == 1
+    assert message in assert_one_error_line(result)
+    assert_nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (["cat", "dog"], "has 2 lines but the model has 10 classes"),
+        (["cat", "", "dog"], "line 2 is empty"),
+        (["cat", "dog", "cat"], "'cat' is on lines 1 and 3; class names must be unique"),
+    ],
+)
+def test_bad_labels_file(cli, tmp_path, lines, message):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(lines) + "\n")
+    args = ["--size", "26m", "--num-classes", "10", "--target", "coreml", "--labels", labels]
+    result = cli("export", *args, "--out", tmp_path / "out")
+    assert result.code == 1
+    assert message in assert_one_error_line(result)
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_image_input_needs_three_channels(cli, tmp_path):
+    weights = save_checkpoint(build_model("26m", num_classes=10, in_chans=1), tmp_path / "gray.safetensors")
+    result = cli("export", "--weights", weights, "--target", "coreml", "--image-input", "--out", tmp_path / "out")
+    assert result.code == 1
+    assert "--image-input needs a model with 3 input channels" in assert_one_error_line(result)
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_core_ml_options_need_the_core_ml_target(cli, tmp_path):
+    result = cli("export", "--size", "26m", "--target", "onnx", "--compress", "int8", "--out", tmp_path / "out")
+    assert result.code == 1
+    assert "--compress: Core ML options, not used by --target onnx" in assert_one_error_line(result)
+    assert_nothing_written(tmp_path / "out")
+
+
+HIDE_COREMLTOOLS = "import sys; sys.modules['coremltools'] = None; "
+
+
+def test_missing_coremltools_names_the_extra(tmp_path):
+    """A Python where coremltools cannot be imported (as when the extra is not installed)."""
+    import subprocess
+
+    code = HIDE_COREMLTOOLS + "from mfdeploy.cli import main; main(sys.argv[1:])"
+    args = ["export", "--size", "26m", "--imgsz", "64", "--target", "coreml", "--out", str(tmp_path / "out")]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "pip install 'mfdeploy[coreml]'" in proc.stderr and "Traceback" not in proc.stderr
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_runner_without_coremltools_is_unavailable_not_broken(default_52m):
+    import subprocess
+
+    out, _, _ = default_52m
+    code = HIDE_COREMLTOOLS + (
+        "from mfdeploy.artifacts import Artifact\n"
+        "from mfdeploy.runtime.registry import TargetUnavailable, create_runner\n"
+        "try:\n"
+        f"    create_runner('coreml', Artifact.open({str(out / 'mobileformer_52m')!r}))\n"
+        "except TargetUnavailable as exc:\n"
+        "    print(exc.reason)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'mfdeploy[coreml]'" in proc.stdout
+
+
+def test_runner_option_errors(default_52m):
+    out, _, _ = default_52m
+    package = out / "mobileformer_52m" / "model.mlpackage"
+    with pytest.raises(coreml_export.UserError, match="unknown Core ML compute units 'GPU'"):
+        CoreMLRunner(package, compute_units="GPU")
+    if predict_unavailable_reason() is not None:
+        with pytest.raises(coreml_export.UserError, match="Core ML prediction needs macOS"):
+            CoreMLRunner(package, engine="predict")
+
+
+def test_a_failing_stage_leaves_no_partial_package(tmp_path, monkeypatch):
+    """Fault injection: the verification reports a failure (which a correct conversion never does)."""
+
+    def failing(package, loaded, preprocessing, options):
+        assert package.is_dir()  # the package was written into the staging folder...
+        figures = {"max_abs_error": 1.0, "top1_agreement": 0.5, "nan_count": 0, "inf_count": 0}
+        return CoreMLVerification(1, "fp16", "fp16 top-1 agreement >= 99%", False, {"fp16": figures})
+
+    monkeypatch.setattr(coreml_export, "verify_package", failing)
+    options = ExportOptions(size="26m", imgsz=64, num_classes=10, target="coreml", out=tmp_path / "out")
+    with pytest.raises(coreml_export.VerificationError, match="Core ML verification failed") as info:
+        export(options)
+    assert info.value.exit_code == 4
+    assert_nothing_written(tmp_path / "out")  # ...and went away with it
