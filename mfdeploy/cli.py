@@ -5,6 +5,7 @@ User mistakes surface as UserError: one line on stderr, a non-zero exit, no trac
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,6 +22,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+# The command line as the user typed it (main() records it; results keep it so a run can be repeated).
+_INVOCATION: list[str] = []
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Write machine-readable JSON on stdout.")]
 SizeOption = Annotated[Optional[str], typer.Option("--size", help="Model size: 26m, 52m, 96m, 151m, 214m, 294m, 508m.")]
@@ -309,7 +313,7 @@ def bench(
         profile=profile,
         top=top,
         device_name=device_name,
-        command=command_line(),
+        command=command_line(_INVOCATION or None),
     )
     if artifact_dir is not None:
         Artifact.open(artifact_dir)  # a bad folder is reported now, not after the first cell
@@ -469,6 +473,7 @@ def _print_export_summary(result) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning UserError into one line and an exit code."""
+    _INVOCATION[:] = ["mfdeploy", *(sys.argv[1:] if argv is None else argv)]
     try:
         app(args=argv, prog_name="mfdeploy")
     except UserError as exc:

@@ -218,8 +218,8 @@ def run_bench(
 
 
 def command_line(argv: list[str] | None = None) -> str:
-    """How this process was invoked, for the record (``mfdeploy bench ...``)."""
+    """How the benchmark was invoked, for the record (``mfdeploy bench ...``)."""
     args = list(sys.argv if argv is None else argv)
     if args and os.path.basename(args[0]) in ("mfdeploy", "__main__.py"):
         args[0] = "mfdeploy"
-    return shlex.join(args)
+    return shlex.join(str(a) for a in args)

@@ -450,14 +450,17 @@ body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; marg
 table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.85rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; vertical-align: top; }
 th { background: #f2f2f2; }
-td:first-child, th:first-child, td.text { text-align: left; }
+td:first-child, th:first-child, .text { text-align: left; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5rem 0 1rem; }
 .warn { color: #8a4b00; } .fail { color: #a00000; } small { color: #555; }
 """
 
 
 def _html_table(header: Sequence[str], body: Sequence[Sequence[Any]], text_columns: Sequence[int] = ()) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    head = "".join(
+        f'<th class="text">{html.escape(str(h))}</th>' if i in text_columns else f"<th>{html.escape(str(h))}</th>"
+        for i, h in enumerate(header)
+    )
     rows = []
     for cells in body:
         tds = "".join(
