@@ -19,8 +19,9 @@ from PIL import Image
 from mfdeploy.artifacts import Artifact
 from mfdeploy.benchmark.cell import CellRequest, measure_cell
 from mfdeploy.benchmark.latency import TimingPlan
-from mfdeploy.benchmark.noop import NOOP_TARGET
+from mfdeploy.benchmark.noop import NOOP_TARGET, NoopRunner
 from mfdeploy.export.pipeline import ExportOptions, export
+from mfdeploy.runtime.base import LayerRecord
 from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from mfdeploy.runtime.registry import TARGETS
 
@@ -101,6 +102,53 @@ def test_the_noop_runner_is_measured_like_a_target(artifact):
     entry = measure_cell(CellRequest(str(artifact.root), NOOP_TARGET, batch=2, plan=QUICK))
     assert entry["status"] == "ok" and "harness" in entry["caveat"]
     assert all(s >= 0 for s in entry["samples_ms"]) and entry["model_file"] is None
+
+
+class HookedRunner(NoopRunner):
+    """Stands in for a backend this host lacks (TensorRT, Core ML) to check how the benchmark consumes the
+    optional runner hooks; the real runners implement the same contract (runtime/base.py)."""
+
+    backend = "hooked"
+    benchmark_caveat = "a stand-in runner"
+
+    def __init__(self, *args, profile: bool = False) -> None:
+        super().__init__(*args)
+        self.profile = profile
+        self.compute_ms: list[float] = []
+
+    def run(self, images):
+        self.compute_ms.append(0.25 * images.shape[0])
+        return super().run(images)
+
+    def pop_device_timings(self):
+        taken, self.compute_ms = self.compute_ms, []
+        return {"gpu_compute": taken}
+
+    def profile_layers(self):
+        if not self.profile:
+            return None
+        return [
+            LayerRecord("/blocks.0/mobile/conv", "conv", estimated_cost=0.6, device="NeuralEngine"),
+            LayerRecord("/head/fc1", "linear", estimated_cost=0.3, device="CPU"),
+            LayerRecord("cast_3", "cast", estimated_cost=0.1, device="CPU"),
+        ]
+
+
+def test_runner_hooks_reach_the_result(artifact):
+    def factory(target, art, profile=False, **_):
+        return HookedRunner(3, art.imgsz, art.num_classes, profile=profile)
+
+    plan = TimingPlan(warmup=4, runs=6)
+    entry = measure_cell(CellRequest(str(artifact.root), "hooked", batch=2, plan=plan, profile=True), factory)
+    assert entry["status"] == "ok" and entry["caveat"] == "a stand-in runner"
+    compute = entry["device_timings_ms"]["gpu_compute"]
+    assert compute["n"] == 6 and compute["p50"] == 0.5  # the timed runs only: warm-up and first run dropped
+    profile = entry["profile"]
+    assert profile["available"] and profile["metric"] == "estimated_cost"
+    assert [(s["stage"], s["share"]) for s in profile["stages"]] == [("blocks.0", 0.6), ("head", 0.3), ("other", 0.1)]
+    assert profile["devices"] == {"NeuralEngine": 0.6, "CPU": 0.4}
+    torch_entry = measure_cell(CellRequest(str(artifact.root), "torch", batch=1, plan=QUICK, profile=True))
+    assert torch_entry["profile"] == {"available": False, "note": "torch has no per-layer profiler in mfdeploy"}
 
 
 @pytest.mark.parametrize("target", ["onnx-fp16", "onnx-int8", "trt-fp16", "coreml"])

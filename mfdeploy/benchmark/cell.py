@@ -12,6 +12,7 @@ import importlib
 import math
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,8 +104,15 @@ def _mb(value: int | None) -> float | None:
     return None if value is None else round(value / MB, 1)
 
 
-def measure_cell(request: CellRequest) -> dict[str, Any]:
-    """Measure one cell; returns a result entry with status "ok", "skipped" (reason) or "failed" (error)."""
+RunnerFactory = Callable[..., Runner]  # (target, artifact, **options) -> Runner, like resolve_runner
+
+
+def measure_cell(request: CellRequest, factory: RunnerFactory = resolve_runner) -> dict[str, Any]:
+    """Measure one cell; returns a result entry with status "ok", "skipped" (reason) or "failed" (error).
+
+    ``factory`` makes the runner; only tests pass another one (a runner for a backend this host lacks,
+    to check how its hooks are consumed).
+    """
     base = {"target": request.target, "batch": request.batch}
     try:
         artifact = Artifact.open(request.artifact)
@@ -117,12 +125,15 @@ def measure_cell(request: CellRequest) -> dict[str, Any]:
     try:
         start = time.perf_counter()
         try:
-            runner = resolve_runner(request.target, artifact, **request.options)
+            runner = factory(request.target, artifact, **request.options)
             runner.load()
         except TargetUnavailable as exc:
             return {**base, "status": "skipped", "reason": exc.reason}
         except UserError as exc:  # e.g. the provider is not in this onnxruntime build, a changed file
             return {**base, "status": "skipped", "reason": exc.message}
+        except (ImportError, OSError) as exc:  # a backend whose native libraries do not load on this host
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return {**base, "status": "skipped", "reason": f"{request.target} cannot be loaded here: {first}"}
         first_load_ms = (time.perf_counter() - start) * 1e3
         spec = runner.inputs()[0]
         if spec.fixed_batch is not None and spec.fixed_batch != request.batch:
@@ -156,10 +167,15 @@ def measure_cell(request: CellRequest) -> dict[str, Any]:
                 "isolation": "process" if request.fresh_process else "shared",
             },
         )
+        has_profiler = type(runner).profile_layers is not Runner.profile_layers
+        backend = runner.backend
         runner.close()
         runner = None
         if request.profile:
-            entry["profile"] = _profile(request, artifact, images)
+            if has_profiler:
+                entry["profile"] = _profile(request, artifact, images, factory)
+            else:
+                entry["profile"] = {"available": False, "note": f"{backend} has no per-layer profiler in mfdeploy"}
         return entry
     except Exception as exc:  # noqa: BLE001 - a backend failing on this host is a result, not a crash
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -201,10 +217,10 @@ def _ok_entry(request, artifact, runner, samples, device_timings) -> dict[str, A
     return entry
 
 
-def _profile(request: CellRequest, artifact: Artifact, images) -> dict[str, Any]:
+def _profile(request: CellRequest, artifact: Artifact, images, factory: RunnerFactory) -> dict[str, Any]:
     """Per-layer profile on a separate runner made with profile=True, so profiling overhead never enters
     the latency figures above."""
-    runner = resolve_runner(request.target, artifact, **{**request.options, "profile": True})
+    runner = factory(request.target, artifact, **{**request.options, "profile": True})
     try:
         runner.load()
         runs = max(10, min(PROFILE_RUNS, request.plan.runs or PROFILE_RUNS))

@@ -34,7 +34,7 @@ _PROFILE = {
         {"type": "null"},
         {
             "type": "object",
-            "required": ["available", "runs"],
+            "required": ["available"],
             "properties": {
                 "available": {"type": "boolean"},
                 "note": {"type": "string"},
