@@ -187,6 +187,8 @@ def run_bench(
                 skipped.setdefault((target, "failed", entry["error"]), []).append(batch)
                 warnings.append(f"{target} batch {batch} failed: {entry['error']}")
     environment["device"] = options.device_name or default_device_name(environment)
+    if hasattr(os, "getloadavg"):  # includes this benchmark's own load; for comparison with the start
+        environment["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "kind": RESULT_KIND,

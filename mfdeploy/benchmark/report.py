@@ -28,8 +28,9 @@ METHOD_NOTES = [
     "(interpreter, numpy, backend library, model, buffers); 'added' is the part added after the backend "
     "library was imported (model, session, buffers). GPU memory: the process's use per the driver (NVML), "
     "CUDA context included, where there is an NVIDIA GPU.",
-    f"Noise flags: p99 over {TAIL_RATIO_LIMIT:g}x p50, std over {CV_LIMIT:.0%} of the mean, or fewer than "
-    f"{MIN_RUNS_FOR_TAIL} timed runs.",
+    f"Notes flag noise: p99 over {TAIL_RATIO_LIMIT:g}x p50, std over {CV_LIMIT:.0%} of the mean, or fewer than "
+    f"{MIN_RUNS_FOR_TAIL} timed runs. On a quiet machine a fixed graph on a fixed input stays well inside these; "
+    "outside them the figures describe the machine's load as much as the backend.",
 ]
 
 
@@ -84,9 +85,9 @@ def _target_order(target: str) -> int:
 def _notes(latency: dict[str, Any]) -> list[str]:
     notes = []
     if latency["p50"] > 0 and latency["p99"] > TAIL_RATIO_LIMIT * latency["p50"]:
-        notes.append(f"tail: p99 {latency['p99'] / latency['p50']:.1f}x p50")
+        notes.append(f"p99 {latency['p99'] / latency['p50']:.1f}x p50")
     if latency["mean"] > 0 and latency["std"] > CV_LIMIT * latency["mean"]:
-        notes.append(f"spread: std {latency['std'] / latency['mean']:.0%} of mean")
+        notes.append(f"std {latency['std'] / latency['mean']:.0%} of mean")
     if latency["n"] < MIN_RUNS_FOR_TAIL:
         notes.append(f"only {latency['n']} runs")
     return notes
@@ -350,7 +351,11 @@ def environment_rows(files: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[
                 + f", {doc['settings']['warmup']} warm-up"
             ),
         ),
-        ("load average at start", lambda env, _: " ".join(str(v) for v in env.get("load_average_at_start", []))),
+        (
+            "load average (1, 5, 15 min) at start",
+            lambda env, _: " ".join(map(str, env.get("load_average_at_start", []))),
+        ),
+        ("load average at end", lambda env, _: " ".join(map(str, env.get("load_average_at_end", [])))),
         ("created", lambda env, doc: doc.get("created")),
         ("command", lambda env, doc: doc.get("command")),
     ]

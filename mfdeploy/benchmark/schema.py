@@ -230,6 +230,7 @@ RESULT_SCHEMA: dict[str, Any] = {
                 "libraries": {"type": "object", "additionalProperties": {"type": "string"}},
                 "threads": {"type": "object"},
                 "load_average_at_start": {"type": "array", "items": {"type": "number"}},
+                "load_average_at_end": {"type": "array", "items": {"type": "number"}},
             },
         },
         "results": {"type": "array", "items": _RESULT},
