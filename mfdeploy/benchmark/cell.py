@@ -1,9 +1,9 @@
 """One target at one batch size, measured in this process: load, warm up, time, read memory, profile.
 
-This is the unit ``bench`` runs in a fresh child process per cell (``worker``), and what
-``benchmarks/harness_overhead.py`` calls directly. It talks to backends only through the registry and the
-runner interface, so targets that land later (fp16/int8 graphs, TensorRT engines, Core ML) are measured
-unchanged, and any target that cannot run here comes back as skipped with its reason.
+This is the unit ``bench`` runs in a fresh child process per cell (``worker``). It talks to backends
+only through the registry and the runner interface, so targets that land later (fp16/int8 graphs,
+TensorRT engines, Core ML) are measured unchanged, and any target that cannot run here comes back as
+skipped with its reason.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from mfdeploy.errors import UserError
 from mfdeploy.runtime.base import Runner
 from mfdeploy.runtime.registry import TARGETS, TargetUnavailable, create_runner
 
+# Python modules of each registry backend, imported before the clock starts (see _import_backend).
+BACKEND_MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "coreml": "coremltools"}
 PROFILE_RUNS = 50  # profiled runs per cell: enough for a stable median per layer, small enough for the trace
 MB = 2**20
 
@@ -67,17 +69,20 @@ def resolve_runner(target: str, artifact: Artifact, **options: Any) -> Runner:
 
 
 def _import_backend(target: str) -> float:
-    """Import the target's runner module ahead of timing, so first-load time is session/engine creation
-    and not a library import (which a server pays once). Returns the import time in ms; an import error
-    is left for ``create_runner`` to turn into a skip reason."""
+    """Import the target's runner module and backend library ahead of timing, so that first-load time is
+    session/engine creation and not a library import (which a server pays once), and so that the memory
+    "added" by the runner excludes the library. Returns the import time in ms; an import that fails is
+    left for ``create_runner`` to turn into a skip reason."""
     spec = TARGETS.get(target)
     if spec is None:
         return 0.0
     start = time.perf_counter()
-    try:
-        importlib.import_module(spec.runner.split(":")[0])
-    except ImportError:
-        pass
+    for module in (BACKEND_MODULES.get(spec.backend), spec.runner.split(":")[0]):
+        if module:
+            try:
+                importlib.import_module(module)
+            except Exception:  # noqa: BLE001 - missing or broken backends are reported by create_runner
+                pass
     return (time.perf_counter() - start) * 1e3
 
 
