@@ -79,12 +79,17 @@ def summarize(samples: Sequence[float]) -> Summary:
     )
 
 
+def fmt_ms(value: float) -> str:
+    """Milliseconds for a message: 3 significant digits, without exponents for large values."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def spread_warnings(summary: Summary, what: str) -> list[str]:
     """Warnings for a distribution too wide (or too small) to be read as the backend's own latency."""
     warnings = []
     if summary.p50 > 0 and summary.p99 > TAIL_RATIO_LIMIT * summary.p50:
         warnings.append(
-            f"{what}: p99 {summary.p99:.3g} ms is {summary.p99 / summary.p50:.1f}x p50 {summary.p50:.3g} ms "
+            f"{what}: p99 {fmt_ms(summary.p99)} ms is {summary.p99 / summary.p50:.1f}x p50 {fmt_ms(summary.p50)} ms "
             f"(limit {TAIL_RATIO_LIMIT:g}x): the machine was noisy; rerun on a quiet machine before trusting the tail"
         )
     if summary.mean > 0 and summary.std > CV_LIMIT * summary.mean:
