@@ -160,6 +160,15 @@ def test_a_target_that_cannot_run_here_is_skipped_with_the_reason(artifact, targ
     assert not entry.get("batch_specific")
 
 
+def test_a_provider_this_onnxruntime_lacks_is_skipped_with_the_reason(artifact):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    entry = measure_cell(CellRequest(str(artifact.root), "onnx", batch=1, plan=QUICK, options={"provider": "cuda"}))
+    assert entry["status"] == "skipped" and "CUDAExecutionProvider is not available here" in entry["reason"]
+
+
 def test_a_fixed_batch_model_skips_other_batches(tmp_path):
     folder = export(ExportOptions(size="26m", imgsz=64, num_classes=10, batch=2, out=tmp_path)).artifact
     entry = measure_cell(CellRequest(str(folder), "onnx", batch=3, plan=QUICK))
