@@ -239,8 +239,9 @@ def bench(
     ] = None,
     imgsz: Annotated[Optional[int], typer.Option("--imgsz", help="With --size: input side (default 224).")] = None,
     targets: Annotated[
-        str, typer.Option("--targets", help="Comma-separated targets; those that cannot run here are skipped.")
-    ] = "torch,onnx,onnx-fp16,onnx-int8,trt-fp32,trt-fp16,trt-int8,coreml",
+        Optional[str],
+        typer.Option("--targets", help="Comma-separated targets (default: all); any that cannot run here is skipped."),
+    ] = None,
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes, e.g. 1,8,32.")] = "1",
     threads: Annotated[
         Optional[int], typer.Option("--threads", help="ONNX Runtime intra-op and torch threads (default: theirs).")
@@ -275,13 +276,13 @@ def bench(
     from mfdeploy.benchmark.latency import TimingPlan
     from mfdeploy.preprocess import check_imgsz
     from mfdeploy.runtime.onnxruntime_runner import PROVIDERS
-    from mfdeploy.runtime.registry import parse_targets
+    from mfdeploy.runtime.registry import TARGETS, parse_targets
 
     if (artifact_dir is None) == (size is None):
         raise UserError("give an artifact folder or --size (to export one for this run), not both and not neither")
     if imgsz is not None and size is None:
         raise UserError("--imgsz applies to --size only; an artifact folder has its own image size")
-    target_names = parse_targets(targets)
+    target_names = parse_targets(targets) if targets is not None else list(TARGETS)
     batches = parse_batches(batch)
     if runs is not None and min_time is not None:
         raise UserError("pass either --runs N or --min-time SECONDS, not both")

@@ -178,7 +178,7 @@ def merge(paths: Sequence[str | Path]) -> Merged:
 def _num(value: float | None, digits: int = 3) -> str:
     if value is None:
         return "-"
-    if value >= 1000:
+    if abs(value) >= 10**digits:  # no exponents: 350 stays 350 at 2 significant digits
         return f"{value:,.0f}"
     return f"{value:.{digits}g}"
 
