@@ -5,6 +5,7 @@ User mistakes surface as UserError: one line on stderr, a non-zero exit, no trac
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,6 +22,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+# The command line as the user typed it (main() records it; results keep it so a run can be repeated).
+_INVOCATION: list[str] = []
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Write machine-readable JSON on stdout.")]
 CalibDataOption = Annotated[
@@ -526,7 +530,11 @@ def _artifact_for(artifact_dir: Optional[Path], size: Optional[str], out: Path, 
     root = out / artifact_dir_name(get_config(size or "52m").name)
     if not (root / "manifest.json").exists():
         root = export(ExportOptions(size=size, out=out)).artifact
-    artifact = Artifact.open(root)
+    return _with_precision_graphs(Artifact.open(root), targets)
+
+
+def _with_precision_graphs(artifact, targets: list[str]):
+    """Calibrate (built-in data, defaults) the INT8/FP16 graphs that ``targets`` need and ``artifact`` lacks."""
     wanted = tuple(p for p in ("int8", "fp16") if f"onnx-{p}" in targets)
     missing = tuple(p for p in wanted if f"model.{p}.onnx" not in artifact.manifest.get("files", {}))
     if missing:
@@ -630,6 +638,226 @@ def evaluate(
         )
 
 
+@app.command()
+def bench(
+    artifact_dir: Annotated[
+        Optional[Path], typer.Argument(help="An artifact folder from `mfdeploy export` (or use --size).")
+    ] = None,
+    size: Annotated[
+        Optional[str],
+        typer.Option(
+            "--size",
+            help="Export (and calibrate, for onnx-fp16/int8) this size in a temporary folder, then measure it.",
+        ),
+    ] = None,
+    imgsz: Annotated[Optional[int], typer.Option("--imgsz", help="With --size: input side (default 224).")] = None,
+    targets: Annotated[
+        Optional[str],
+        typer.Option("--targets", help="Comma-separated targets (default: all); any that cannot run here is skipped."),
+    ] = None,
+    batch: Annotated[str, typer.Option("--batch", help="Batch sizes, e.g. 1,8,32.")] = "1",
+    threads: Annotated[
+        Optional[int], typer.Option("--threads", help="ONNX Runtime intra-op and torch threads (default: theirs).")
+    ] = None,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs before timing.")] = 20,
+    runs: Annotated[
+        Optional[int], typer.Option("--runs", help="Timed runs per target and batch (default 200).")
+    ] = None,
+    min_time: Annotated[
+        Optional[float], typer.Option("--min-time", help="Instead of --runs: time for at least this many seconds.")
+    ] = None,
+    provider: Annotated[
+        Optional[str], typer.Option("--provider", help="ONNX Runtime provider for onnx targets: cpu, cuda, tensorrt.")
+    ] = None,
+    compute_units: Annotated[
+        Optional[str], typer.Option("--compute-units", help="Core ML: ALL, CPU_ONLY, CPU_AND_GPU or CPU_AND_NE.")
+    ] = None,
+    profile: Annotated[bool, typer.Option("--profile", help="Per-layer profile, mapped to model stages.")] = False,
+    top: Annotated[int, typer.Option("--top", help="With --profile: how many layers to list.")] = 10,
+    device_name: Annotated[
+        Optional[str], typer.Option("--device-name", help="How reports name this device (default: CPU/GPU model).")
+    ] = None,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", help="Write the result file here ('-' for stdout).")
+    ] = None,
+) -> None:
+    """Measure latency, throughput, load time and memory of every target on this host."""
+    import tempfile
+
+    from mfdeploy.artifacts import Artifact
+    from mfdeploy.benchmark.bench import BenchOptions, check_compute_units, command_line, parse_batches, run_bench
+    from mfdeploy.benchmark.latency import TimingPlan
+    from mfdeploy.preprocess import check_imgsz
+    from mfdeploy.runtime.onnxruntime_runner import PROVIDERS
+    from mfdeploy.runtime.registry import TARGETS, parse_targets
+
+    if (artifact_dir is None) == (size is None):
+        raise UserError("give an artifact folder or --size (to export one for this run), not both and not neither")
+    if imgsz is not None and size is None:
+        raise UserError("--imgsz applies to --size only; an artifact folder has its own image size")
+    target_names = parse_targets(targets) if targets is not None else list(TARGETS)
+    batches = parse_batches(batch)
+    if runs is not None and min_time is not None:
+        raise UserError("pass either --runs N or --min-time SECONDS, not both")
+    if runs is not None and runs < 1:
+        raise UserError(f"--runs must be at least 1, got {runs}")
+    if min_time is not None and not min_time > 0:
+        raise UserError(f"--min-time must be a positive number of seconds, got {min_time}")
+    if warmup < 0:
+        raise UserError(f"--warmup must be 0 or more, got {warmup}")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+    if top < 1:
+        raise UserError(f"--top must be at least 1, got {top}")
+    if provider is not None and provider not in PROVIDERS:
+        raise UserError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    if json_out is not None and str(json_out) != "-" and json_out.is_dir():
+        raise UserError(f"--json {json_out} is a folder; give a file name such as {json_out / 'bench.json'}")
+    if imgsz is not None:
+        check_imgsz(imgsz)
+    plan = TimingPlan(warmup=warmup, runs=None if min_time is not None else (runs or 200), min_time_s=min_time)
+    options = BenchOptions(
+        artifact=Path(artifact_dir) if artifact_dir else Path(),
+        targets=target_names,
+        batches=batches,
+        plan=plan,
+        threads=threads,
+        provider=provider,
+        compute_units=check_compute_units(compute_units),
+        profile=profile,
+        top=top,
+        device_name=device_name,
+        command=command_line(_INVOCATION or None),
+    )
+    if artifact_dir is not None:
+        Artifact.open(artifact_dir)  # a bad folder is reported now, not after the first cell
+        document = _run_bench_with_progress(run_bench, options)
+    else:
+        from mfdeploy.export.pipeline import ExportOptions
+        from mfdeploy.export.pipeline import export as run_export
+
+        with tempfile.TemporaryDirectory(prefix="mfdeploy-bench-export-") as tmp:
+            exported = run_export(ExportOptions(size=size, imgsz=imgsz, out=Path(tmp)))
+            _with_precision_graphs(Artifact.open(exported.artifact), target_names)
+            options.artifact = exported.artifact
+            options.temporary_artifact = True
+            document = _run_bench_with_progress(run_bench, options)
+    _finish_bench(document, json_out)
+
+
+def _run_bench_with_progress(run_bench, options):
+    cells = len(options.targets) * len(options.batches)
+    with console.progress() as bar:
+        task = bar.add_task("bench", total=cells, status="")
+
+        def on_cell(target: str, batch: int, entry) -> None:
+            if entry is None:
+                bar.update(task, status=f"{target} batch {batch}")
+            else:
+                bar.update(task, advance=1)
+
+        document = run_bench(options, on_cell)
+        bar.update(task, completed=cells, status="done")
+    return document
+
+
+def _finish_bench(document: dict, json_out: Optional[Path]) -> None:
+    import json
+
+    from mfdeploy.benchmark.report import document_rows
+    from mfdeploy.fileio import atomic_path
+
+    to_stdout = json_out is not None and str(json_out) == "-"
+    target_console = console.err if to_stdout else console.out
+    _print_rows(target_console, document_rows(document, "this run"), title=f"{document['device']}")
+    for skip in document["skipped"]:
+        what = "FAILED" if skip["kind"] == "failed" else "skipped"
+        console.err.print(
+            f"{what} {skip['target']} (batch {','.join(map(str, skip['batches']))}): {skip['reason']}",
+            soft_wrap=True,
+            markup=False,
+        )
+    for entry in document["results"]:
+        if entry.get("profile"):
+            _print_profile(target_console, entry)
+    for warning in document["warnings"]:
+        console.warn(warning)
+    if to_stdout:
+        console.emit_json(document)
+    elif json_out is not None:
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps(document, indent=1) + "\n")
+        console.err.print(f"wrote {json_out}", soft_wrap=True, markup=False)
+    failed = [s for s in document["skipped"] if s["kind"] == "failed"]
+    if failed or not document["results"]:
+        raise typer.Exit(3)
+
+
+def _print_rows(target_console, rows, title: str) -> None:
+    """A terminal-width table of measured cells (the reports carry every column)."""
+    from mfdeploy.benchmark.report import terminal_cells
+
+    if not rows:
+        target_console.print("nothing was measured", soft_wrap=True)
+        return
+    header, body, footnotes = terminal_cells(rows)
+    table = Table(title=title)
+    for column in header:
+        table.add_column(column, justify="left" if column in ("device", "model", "target", "notes") else "right")
+    for cells in body:
+        table.add_row(*cells)
+    target_console.print(table)
+    for line in footnotes:
+        target_console.print(line, soft_wrap=True, markup=False)
+
+
+def _print_profile(target_console, entry: dict) -> None:
+    profile = entry["profile"]
+    if not profile.get("available"):
+        target_console.print(f"{entry['target']} batch {entry['batch']}: {profile.get('note')}", markup=False)
+        return
+    unit = "ms" if profile["metric"] == "time_ms" else "est. cost"
+    stages = ", ".join(f"{s['stage']} {s['share']:.0%}" for s in profile["stages"])
+    target_console.print(
+        f"{entry['target']} batch {entry['batch']} per-layer profile ({profile['source']}, {profile['runs']} runs, "
+        f"{profile['mapped_share']:.0%} mapped to stages): {stages}",
+        soft_wrap=True,
+        markup=False,
+    )
+    for layer in profile["top_layers"]:
+        target_console.print(
+            f"  {layer['value']:.4g} {unit} {layer['share']:6.1%}  {layer['stage']:<15} {layer.get('op') or '-':<18} "
+            f"{layer['name']}",
+            soft_wrap=True,
+            markup=False,
+        )
+
+
+@app.command()
+def report(
+    files: Annotated[list[Path], typer.Argument(help="Result files from `mfdeploy bench --json`, any devices.")],
+    md: Annotated[Optional[Path], typer.Option("--md", help="Write Markdown here (chart PNGs beside it).")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Write one self-contained HTML file here.")] = None,
+) -> None:
+    """Merge bench results from several devices into one table with charts."""
+    from mfdeploy.benchmark.report import write_report
+
+    for path in (md, html):
+        if path is not None and path.is_dir():
+            raise UserError(f"{path} is a folder; give a file name such as {path / 'report.md'}")
+    output = write_report(files, md=md, html_path=html)
+    merged = output.merged
+    _print_rows(console.out, merged.rows, title=f"{len(merged.files)} result file(s)")
+    for skip in merged.skipped:
+        console.err.print(
+            f"{skip['device']}: {skip['kind']} {skip['target']} ({skip['model']}): {skip['reason']}",
+            soft_wrap=True,
+            markup=False,
+        )
+    for path in output.written:
+        console.err.print(f"wrote {path}", soft_wrap=True, markup=False)
+
+
 def _print_export_summary(result) -> None:
     m = result.manifest
 
@@ -660,6 +888,7 @@ def _print_export_summary(result) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning UserError into one line and an exit code."""
+    _INVOCATION[:] = ["mfdeploy", *(sys.argv[1:] if argv is None else argv)]
     try:
         app(args=argv, prog_name="mfdeploy")
     except UserError as exc:

@@ -155,6 +155,28 @@ def test_real_core_ml_prediction_matches_pytorch(default_52m):
     assert figures["top1_agreement"] >= 0.99
 
 
+@pytest.mark.macos
+def test_compute_plan_profile_names_devices_and_costs(default_52m):
+    reason = predict_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    out, _, _ = default_52m
+    artifact = Artifact.open(out / "mobileformer_52m")
+    with create_runner("coreml", artifact, profile=True, engine="predict") as coreml:
+        coreml.infer(artifact.preprocessing.batch(builtin_images(1)))
+        layers = coreml.profile_layers()
+    assert layers and {layer.device for layer in layers} <= {"CPU", "GPU", "NeuralEngine", None}
+    assert sum(layer.estimated_cost or 0 for layer in layers) > 0
+
+
+def test_evaluator_runner_says_its_latency_is_not_a_phones(default_52m):
+    out, _, _ = default_52m
+    artifact = Artifact.open(out / "mobileformer_52m")
+    with create_runner("coreml", artifact, engine="evaluator", profile=True) as coreml:
+        assert "not the latency of a phone" in coreml.benchmark_caveat
+        assert coreml.profile_layers() is None  # no compute plan without the Core ML runtime
+
+
 def test_fp32_program_with_enumerated_batches(tmp_path):
     options = CoreMLOptions(precision="fp32", batches=(1, 4, 8), verify_images=32)
     result = export(ExportOptions(size="52m", target="coreml", out=tmp_path, stage_options={"coreml": options}))

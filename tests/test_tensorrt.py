@@ -211,6 +211,11 @@ def test_engines_build_run_and_match_pytorch(cli, tmp_path, precision):
             assert figures["top1_agreement"] >= top1 and figures["nan_count"] == 0
             if atol is not None:
                 assert figures["max_abs_error"] <= atol
-        assert engine.gpu_compute_ms() > 0
+        gpu = engine.pop_device_timings()["gpu_compute"]
+        assert len(gpu) == 3 and min(gpu) > 0 and engine.pop_device_timings() == {}
+    with create_runner(f"trt-{precision}", artifact, profile=True) as profiled:
+        profiled.infer(images[:8])
+        layers = profiled.profile_layers()
+        assert layers and any("/blocks." in layer.name for layer in layers)
     static = build_engine(artifact, EngineOptions(precision, BatchProfile.static(1), timing_cache=cache))
     assert static["profile"]["max"] == 1

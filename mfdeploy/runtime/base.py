@@ -3,6 +3,21 @@
 A runner loads one model (a PyTorch module, an ONNX graph, a TensorRT engine, a Core ML package),
 describes its inputs and outputs, and runs NCHW float32 batches, returning numpy arrays. Verification,
 parity and the latency benchmark only ever talk to this interface, so a new backend is one new runner.
+
+Optional benchmark hooks (``mfdeploy bench``; defaults below do nothing, override what your backend has):
+
+- ``benchmark_caveat``: a class attribute, set when this runner's timings are not those of the real
+  deployment runtime (e.g. a Core ML *evaluator* on Linux is not the latency of a phone). The benchmark
+  copies it next to every figure it reports for the runner.
+- ``pop_device_timings()``: per-``run()`` device-side times the host clock cannot see (TensorRT: CUDA
+  events around ``execute_async_v3`` give GPU compute time apart from host-device copies, as trtexec
+  reports it).
+- ``profile_layers()``: per-layer times (ONNX Runtime's profiler, TensorRT's IProfiler) or per-op device
+  and estimated cost (Core ML's MLComputePlan). The benchmark asks for it by passing ``profile=True`` to
+  the target's ``from_artifact`` and measures latency on a separate, non-profiling runner.
+
+``from_artifact(artifact, spec, **options)`` receives only the options the user set (``threads``,
+``provider``, ``compute_units``, ``profile``) and must ignore the ones that do not concern it.
 """
 
 from __future__ import annotations
@@ -31,6 +46,40 @@ class TensorSpec:
         """The batch size the model requires, or None if the batch axis is dynamic."""
         first = self.shape[0] if self.shape else None
         return first if isinstance(first, int) else None
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """One layer (or fused group of layers) of a per-layer profile, as a backend reports it.
+
+    ``name`` is the backend's own name (ONNX node names keep PyTorch module paths such as
+    ``/blocks.3/to_mobile/MatMul``; TensorRT joins the names of the nodes it fused). ``scope`` is a
+    better locator when the backend renamed the layer (ONNX Runtime's NCHWc rewrite: a tensor name
+    that still carries the module path); None means ``name`` is the best there is.
+    """
+
+    name: str
+    op: str | None = None
+    #: Typical time of this layer in one inference, milliseconds (None where only a cost estimate exists).
+    time_ms: float | None = None
+    #: How many calls ``time_ms`` summarises.
+    calls: int = 0
+    #: Where it ran: "CPU", "GPU", "NeuralEngine", an execution provider name...
+    device: str | None = None
+    #: Relative estimated cost (Core ML MLComputePlan), None where measured times exist.
+    estimated_cost: float | None = None
+    scope: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "op": self.op,
+            "time_ms": self.time_ms,
+            "calls": self.calls,
+            "device": self.device,
+            "estimated_cost": self.estimated_cost,
+            "scope": self.scope,
+        }
 
 
 class Runner(abc.ABC):
@@ -80,6 +129,25 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def outputs(self) -> list[TensorSpec]: ...
+
+    # -- optional benchmark hooks (see the module docstring) ------------------------------------
+    #: Why this runner's latency is not the deployment latency, if it is not (shown beside its figures).
+    benchmark_caveat: str | None = None
+
+    def pop_device_timings(self) -> dict[str, list[float]]:
+        """Device-side milliseconds for each ``run()`` since the previous call, then forgotten.
+
+        Keys: ``"gpu_compute"`` (enqueue of the inference to its end on the device, without host<->device
+        copies: CUDA events recorded around ``execute_async_v3``), and where measured ``"h2d"`` and
+        ``"d2h"`` (the copies). One value per ``run()``, in call order. The benchmark calls it after the
+        warm-up (and discards that) and after the timed runs. Default: no device timings.
+        """
+        return {}
+
+    def profile_layers(self) -> list[LayerRecord] | None:
+        """The per-layer profile of the runs made since ``load()``, for a runner created with
+        ``profile=True``; called once, after those runs. None: this backend has no per-layer profiler."""
+        return None
 
     # -- execution -------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -24,7 +24,7 @@ import numpy as np
 
 from mfdeploy.errors import UserError
 from mfdeploy.preprocess import Preprocessing
-from mfdeploy.runtime.base import Runner, TensorSpec
+from mfdeploy.runtime.base import LayerRecord, Runner, TensorSpec
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 ENGINES = ("auto", "predict", "evaluator")
@@ -113,6 +113,13 @@ def chunk_sizes(count: int, batches: tuple[int, ...]) -> list[tuple[int, int]]:
     return runs
 
 
+_DEVICE_NAMES = {
+    "MLCPUComputeDevice": "CPU",
+    "MLGPUComputeDevice": "GPU",
+    "MLNeuralEngineComputeDevice": "NeuralEngine",
+}
+
+
 class CoreMLRunner(Runner):
     """One .mlpackage. ``engine``: ``predict`` (macOS), ``evaluator`` (anywhere), ``auto`` (predict where
     it can run, else the evaluator). ``evaluator_precision`` defaults to the package's precision."""
@@ -125,6 +132,7 @@ class CoreMLRunner(Runner):
         compute_units: str = "ALL",
         engine: str = "auto",
         evaluator_precision: str | None = None,
+        profile: bool = False,
     ) -> None:
         super().__init__()
         if compute_units not in COMPUTE_UNITS:
@@ -145,6 +153,11 @@ class CoreMLRunner(Runner):
             raise UserError(reason)
         self.engine = engine
         self.compute_units = compute_units
+        self.profile = profile
+        if engine == "evaluator":
+            self.benchmark_caveat = (
+                "numpy MIL evaluator (no Core ML runtime off macOS): a numerics check, not the latency of a phone"
+            )
         self.precision = self.info.precision
         self.evaluator_precision = evaluator_precision or self.info.precision
         if self.info.image_input and self.info.preprocessing is None:
@@ -153,15 +166,15 @@ class CoreMLRunner(Runner):
 
     @classmethod
     def from_artifact(
-        cls, artifact, spec, compute_units: str = "ALL", engine: str = "auto", **_: object
+        cls, artifact, spec, compute_units: str = "ALL", engine: str = "auto", profile: bool = False, **_: object
     ) -> "CoreMLRunner":
         """The artifact's model.mlpackage; TargetUnavailable where coremltools is missing."""
         from mfdeploy.runtime.registry import TargetUnavailable
 
         if not coremltools_installed():
             raise TargetUnavailable(f"Core ML needs coremltools, which is not installed; {INSTALL_HINT}")
-        path = artifact.require(spec.file, f"make it with `{spec.how_to_make}`")
-        return cls(path, compute_units=compute_units, engine=engine)
+        path = artifact.require(spec.file, f"make it with `{spec.make_command(artifact)}`")
+        return cls(path, compute_units=compute_units, engine=engine, profile=profile)
 
     @property
     def label(self) -> str:
@@ -183,6 +196,38 @@ class CoreMLRunner(Runner):
 
     def _close(self) -> None:
         self._model = None
+
+    def profile_layers(self) -> list[LayerRecord] | None:
+        """Core ML's compute plan (macOS): per op, the device it is planned on and its estimated share of
+        the cost. Core ML has no per-op timer, so these are estimates, not measured times."""
+        if not self.profile or self.engine != "predict":
+            return None
+        from coremltools.models.compute_plan import MLComputePlan
+
+        from mfdeploy.runtime.mil_evaluator import import_coremltools
+
+        ct = import_coremltools()
+        self.load()
+        plan = MLComputePlan.load_from_path(
+            self._model.get_compiled_path(), compute_units=ct.ComputeUnit[self.compute_units]
+        )
+        records = []
+        for function in plan.model_structure.program.functions.values():
+            for op in function.block.operations:
+                if op.operator_name == "const" or op.operator_name.startswith("constexpr_"):
+                    continue
+                usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
+                cost = plan.get_estimated_cost_for_mlprogram_operation(op)
+                device = type(usage.preferred_compute_device).__name__ if usage is not None else None
+                records.append(
+                    LayerRecord(
+                        name=op.outputs[0].name if op.outputs else op.operator_name,
+                        op=op.operator_name,
+                        device=_DEVICE_NAMES.get(device, device),
+                        estimated_cost=None if cost is None else float(cost.weight),
+                    )
+                )
+        return records
 
     def inputs(self) -> list[TensorSpec]:
         batch: int | str = self.info.batches[0] if len(self.info.batches) == 1 else "batch"

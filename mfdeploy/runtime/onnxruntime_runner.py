@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import statistics
+import tempfile
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from mfdeploy.errors import UserError
-from mfdeploy.runtime.base import Runner, TensorSpec
+from mfdeploy.runtime.base import LayerRecord, Runner, TensorSpec
 
 # Provider chains: the named provider first, falling back to the CPU for any op it does not take.
 PROVIDERS: dict[str, list[str]] = {
@@ -60,6 +65,7 @@ class OnnxRuntimeRunner(Runner):
         self.optimization = optimization
         self.profile = profile
         self.session = None
+        self._profile_dir: Path | None = None
 
     @classmethod
     def from_artifact(
@@ -91,6 +97,12 @@ class OnnxRuntimeRunner(Runner):
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
         options.enable_profiling = self.profile
+        if self.profile:
+            # The trace and the optimized graph go to a private folder, not the working directory: the
+            # optimized graph is how renamed nodes are traced back to module paths (profile_layers).
+            self._profile_dir = Path(tempfile.mkdtemp(prefix="mfdeploy-ort-profile-"))
+            options.profile_file_prefix = str(self._profile_dir / "trace")
+            options.optimized_model_filepath = str(self._profile_dir / "optimized.onnx")
         model: str | bytes = str(self.path)
         if self.extra_outputs:
             model = _with_outputs(self.path, self.extra_outputs)
@@ -102,6 +114,9 @@ class OnnxRuntimeRunner(Runner):
 
     def _close(self) -> None:
         self.session = None
+        if self._profile_dir is not None:
+            shutil.rmtree(self._profile_dir, ignore_errors=True)
+            self._profile_dir = None
 
     def _specs(self, values) -> list[TensorSpec]:
         return [
@@ -129,6 +144,44 @@ class OnnxRuntimeRunner(Runner):
         """Stop ORT's profiler and return the path of its JSON trace."""
         return self.session.end_profiling() if self.session is not None and self.profile else None
 
+    def profile_layers(self) -> list[LayerRecord] | None:
+        """Per-node kernel times from ORT's profiler trace, for a runner made with ``profile=True``.
+
+        A node's ``time_ms`` is the median of its per-run kernel times, so the first (cold) run does not
+        skew it. Nodes that ORT's layout optimizer created or renamed (``ReorderOutput_token_97``,
+        ``..._nchwc``) get a ``scope``: the first of their input/output tensor names in the optimized graph
+        that carries a module path, so reports can still place them in the model.
+        """
+        if not self.profile:
+            return None
+        self.load()
+        trace = self.end_profiling()
+        if not trace:
+            return None
+        events = json.loads(Path(trace).read_text())
+        durations: dict[str, list[float]] = defaultdict(list)
+        meta: dict[str, tuple[str | None, str | None]] = {}
+        for event in events:
+            name = event.get("name", "")
+            if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+                continue
+            node = name[: -len("_kernel_time")]
+            durations[node].append(float(event.get("dur", 0)) / 1e3)
+            args = event.get("args", {})
+            meta[node] = (args.get("op_name"), args.get("provider"))
+        scopes = _node_scopes(self._profile_dir / "optimized.onnx") if self._profile_dir else {}
+        return [
+            LayerRecord(
+                name=node,
+                op=meta[node][0],
+                time_ms=statistics.median(values),
+                calls=len(values),
+                device=meta[node][1],
+                scope=None if node.startswith("/") else scopes.get(node),
+            )
+            for node, values in durations.items()
+        ]
+
 
 def _with_outputs(path: Path, names: Sequence[str]) -> bytes:
     """The graph with ``names`` added as outputs (shape-inferred types), serialised for a session."""
@@ -145,3 +198,22 @@ def _with_outputs(path: Path, names: Sequence[str]) -> bytes:
             raise UserError(f"{path.name} has no tensor named {name!r}")
         model.graph.output.append(known[name])
     return model.SerializeToString()
+
+
+def _node_scopes(optimized: Path) -> dict[str, str]:
+    """Node name -> the first output (else input) tensor name that carries a module path ("/blocks.3/...")."""
+    import onnx
+
+    if not optimized.is_file():
+        return {}
+    try:
+        graph = onnx.load(str(optimized), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - a graph ORT wrote but onnx cannot parse only costs the scopes
+        return {}
+    scopes = {}
+    for node in graph.node:
+        for tensor in [*node.output, *node.input]:  # its own output first: an input may come from the stage before
+            if tensor.startswith("/"):
+                scopes[node.name] = tensor
+                break
+    return scopes

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mfdeploy.runtime.base import Runner, TensorSpec
+from mfdeploy.runtime.base import LayerRecord, Runner, TensorSpec
 from mfdeploy.runtime.registry import TargetUnavailable
 from mfdeploy.runtime.tensorrt_env import check_engine_compatible, host_info, read_sidecar, tensorrt_unavailable_reason
 
@@ -42,7 +42,9 @@ class _LayerTimes:
 class TensorRTRunner(Runner):
     backend = "tensorrt"
 
-    def __init__(self, plan_path, entry: dict[str, Any], rebuild_command: str, cuda_graphs: bool = False) -> None:
+    def __init__(
+        self, plan_path, entry: dict[str, Any], rebuild_command: str, cuda_graphs: bool = False, profile: bool = False
+    ) -> None:
         super().__init__()
         self.plan_path = plan_path
         self.entry = entry
@@ -50,11 +52,14 @@ class TensorRTRunner(Runner):
         self.rebuild_command = rebuild_command
         self.cuda_graphs = cuda_graphs
         self._graphs: dict[tuple[int, ...], Any] = {}
+        self.profile = profile
         self._layer_times: _LayerTimes | None = None
-        self._last_gpu_ms: float | None = None
+        self._gpu_ms: list[float] = []
 
     @classmethod
-    def from_artifact(cls, artifact, spec, cuda_graphs: bool = False, **_: object) -> "TensorRTRunner":
+    def from_artifact(
+        cls, artifact, spec, cuda_graphs: bool = False, profile: bool = False, **_: object
+    ) -> "TensorRTRunner":
         reason = tensorrt_unavailable_reason()
         if reason is not None:
             raise TargetUnavailable(reason)
@@ -64,7 +69,7 @@ class TensorRTRunner(Runner):
             raise TargetUnavailable(f"{artifact.root}/engine.json does not describe {spec.file}; rebuild the engine")
         command = f"mfdeploy build-engine {artifact.root} --precision {spec.precision}"
         check_engine_compatible(entry, host_info(), command)
-        return cls(plan, entry, command, cuda_graphs)
+        return cls(plan, entry, command, cuda_graphs, profile)
 
     @property
     def label(self) -> str:
@@ -87,6 +92,10 @@ class TensorRTRunner(Runner):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if self.profile:
+            # IProfiler reports each layer's time after every execution; CUDA graphs would hide the layers.
+            self._layer_times = _LayerTimes(trt)
+            self.context.profiler = self._layer_times.profiler
 
     def _close(self) -> None:
         self._graphs.clear()
@@ -140,7 +149,7 @@ class TensorRTRunner(Runner):
                     self._capture(key, device_images)
             host = {name: tensor.cpu().numpy() for name, tensor in outputs.items()}
         self.stream.synchronize()
-        self._last_gpu_ms = start.elapsed_time(end)
+        self._gpu_ms.append(start.elapsed_time(end))
         return host
 
     def _capture(self, key: tuple[int, ...], device_images) -> None:
@@ -153,18 +162,19 @@ class TensorRTRunner(Runner):
             self.context.execute_async_v3(self.stream.cuda_stream)
         self._graphs[key] = (static_in, outputs, graph)
 
-    # -- optional benchmark hooks ---------------------------------------------------------------
-    def gpu_compute_ms(self) -> float | None:
-        """GPU time of the last run's engine execution alone (CUDA events), without host-device copies."""
-        return self._last_gpu_ms
+    # -- benchmark hooks (runtime/base.py) -------------------------------------------------------
+    def pop_device_timings(self) -> dict[str, list[float]]:
+        """GPU time of each run's engine execution alone (CUDA events around execute_async_v3, or the graph
+        replay), without the host-device copies: what trtexec calls GPU compute time."""
+        timings, self._gpu_ms = self._gpu_ms, []
+        return {"gpu_compute": timings} if timings else {}
 
-    def enable_layer_profiling(self) -> None:
-        self.load()
-        self._layer_times = _LayerTimes(self.trt)
-        self.context.profiler = self._layer_times.profiler
-
-    def layer_times(self) -> dict[str, float]:
-        """Mean milliseconds per layer from TensorRT's IProfiler (after enable_layer_profiling and runs)."""
+    def profile_layers(self) -> list[LayerRecord] | None:
+        """Median milliseconds per engine layer from TensorRT's IProfiler (a runner made with profile=True).
+        TensorRT names a fused layer after the ONNX nodes it absorbed, so module paths survive."""
         if self._layer_times is None:
-            return {}
-        return {name: float(np.mean(values)) for name, values in self._layer_times.times.items()}
+            return None
+        return [
+            LayerRecord(name=name, time_ms=float(np.median(values)), calls=len(values), device="GPU")
+            for name, values in self._layer_times.times.items()
+        ]

@@ -1,0 +1,227 @@
+"""`mfdeploy bench`: every requested target at every batch size, one fresh process per cell, assembled
+into one result file that records what was measured, on what, and how far to trust it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mfdeploy.artifacts import Artifact, utc_now
+from mfdeploy.benchmark.cell import CellRequest
+from mfdeploy.benchmark.latency import TimingPlan
+from mfdeploy.benchmark.schema import RESULT_KIND, SCHEMA_VERSION, check_result
+from mfdeploy.benchmark.stats import Summary, spread_warnings
+from mfdeploy.environment import default_device_name, host_environment
+from mfdeploy.errors import UserError
+
+# A machine whose 1-minute load average already exceeds this share of its cores before the benchmark
+# starts is running something else that competes for the cores being measured.
+BUSY_LOAD_SHARE = 0.5
+COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
+
+
+@dataclass
+class BenchOptions:
+    artifact: Path
+    targets: list[str]
+    batches: list[int]
+    plan: TimingPlan = field(default_factory=TimingPlan)
+    threads: int | None = None
+    provider: str | None = None  # ONNX Runtime execution provider: cpu, cuda, tensorrt
+    compute_units: str | None = None  # Core ML
+    profile: bool = False
+    top: int = 10
+    device_name: str | None = None
+    command: str | None = None  # the command line, recorded for whoever reruns it
+    temporary_artifact: bool = False  # exported for this run only (bench --size)
+
+    def runner_options(self) -> dict[str, Any]:
+        """Only what the user set: runners ignore options that do not concern them."""
+        options = {"threads": self.threads, "provider": self.provider, "compute_units": self.compute_units}
+        return {key: value for key, value in options.items() if value is not None}
+
+
+def parse_batches(text: str) -> list[int]:
+    """ "1,8,32" -> [1, 8, 32]; anything but positive integers is a one-line error."""
+    batches = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        try:
+            value = int(part)
+        except ValueError:
+            raise UserError(
+                f"--batch takes positive integers separated by commas (e.g. 1,8,32), got {part!r}"
+            ) from None
+        if value < 1:
+            raise UserError(f"--batch sizes must be at least 1, got {value}")
+        batches.append(value)
+    if not batches:
+        raise UserError("--batch needs at least one batch size, e.g. --batch 1,8")
+    return list(dict.fromkeys(batches))
+
+
+def check_compute_units(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if value.upper() not in COMPUTE_UNITS:
+        raise UserError(f"unknown --compute-units {value!r}; choose one of {', '.join(COMPUTE_UNITS)}")
+    return value.upper()
+
+
+def run_cell_in_child(request: CellRequest) -> dict[str, Any]:
+    """Measure one cell in a fresh interpreter (``mfdeploy.benchmark.worker``)."""
+    with tempfile.TemporaryDirectory(prefix="mfdeploy-bench-") as tmp:
+        request_path, result_path = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        request_path.write_text(json.dumps(request.to_dict()))
+        proc = subprocess.run(
+            [sys.executable, "-m", "mfdeploy.benchmark.worker", str(request_path), str(result_path)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode == 0 and result_path.is_file():
+            return json.loads(result_path.read_text())
+    lines = [line for line in (proc.stderr or "").strip().splitlines() if line.strip()]
+    why = lines[-1] if lines else f"exit code {proc.returncode}"
+    return {
+        "target": request.target,
+        "batch": request.batch,
+        "status": "failed",
+        "error": f"the measuring process died ({why})",
+    }
+
+
+def _model_identity(artifact: Artifact, temporary: bool) -> dict[str, Any]:
+    model = artifact.manifest.get("model", {})
+    return {
+        "architecture": model.get("architecture", "Mobile-Former"),
+        "size": artifact.size,
+        "imgsz": artifact.imgsz,
+        "num_classes": artifact.num_classes,
+        "params": model.get("params"),
+        "madds": model.get("madds"),
+        "source": model.get("source"),
+        "artifact": str(artifact.root),
+        "temporary_artifact": temporary,
+        "files": {
+            name: {"sha256": entry.get("sha256"), "bytes": entry.get("bytes")}
+            for name, entry in sorted(artifact.manifest.get("files", {}).items())
+        },
+    }
+
+
+def _cell_warnings(entry: dict[str, Any]) -> list[str]:
+    what = f"{entry['target']} batch {entry['batch']}"
+    latency = dict(entry["latency_ms"])
+    warnings = spread_warnings(Summary(**latency), what)
+    if entry.get("caveat"):
+        warnings.append(f"{what}: {entry['caveat']}")
+    return warnings
+
+
+def _busy_warning(environment: dict[str, Any]) -> str | None:
+    load = environment.get("load_average_at_start")
+    cores = environment.get("cpu", {}).get("usable_cores") or environment.get("cpu", {}).get("logical_cores")
+    if load and cores and load[0] > BUSY_LOAD_SHARE * cores:
+        return (
+            f"the machine was busy when the benchmark started (1-minute load average {load[0]:.2f} on {cores} "
+            "cores): other processes competed for the CPU, so latencies are likely higher and noisier than "
+            "on an idle machine"
+        )
+    return None
+
+
+def run_bench(
+    options: BenchOptions,
+    on_cell: Callable[[str, int, dict[str, Any] | None], None] | None = None,
+) -> dict[str, Any]:
+    """Measure every target x batch of ``options`` and return the result document (schema_version 1).
+
+    ``on_cell(target, batch, entry)`` is called before each cell (entry None) and after it.
+    """
+    environment = host_environment(options.threads)
+    artifact = Artifact.open(options.artifact)
+    results: list[dict[str, Any]] = []
+    skipped: dict[tuple[str, str, str], list[int]] = {}
+    warnings: list[str] = []
+    busy = _busy_warning(environment)
+    if busy:
+        warnings.append(busy)
+    for target in options.targets:
+        target_reason: tuple[str, str] | None = None
+        for batch in options.batches:
+            if target_reason is not None:  # unavailable for the whole target: say so once, spawn nothing
+                skipped[(target, *target_reason)].append(batch)
+                continue
+            if on_cell:
+                on_cell(target, batch, None)
+            request = CellRequest(
+                artifact=str(Path(options.artifact).resolve()),
+                target=target,
+                batch=batch,
+                plan=options.plan,
+                options=options.runner_options(),
+                profile=options.profile,
+                top=options.top,
+            )
+            entry = run_cell_in_child(request)
+            if on_cell:
+                on_cell(target, batch, entry)
+            if entry["status"] == "ok":
+                entry["warnings"] = _cell_warnings(entry)
+                warnings.extend(entry["warnings"])
+                results.append(entry)
+            elif entry["status"] == "skipped":
+                skipped.setdefault((target, "unavailable", entry["reason"]), []).append(batch)
+                if not entry.get("batch_specific"):
+                    target_reason = ("unavailable", entry["reason"])
+            else:
+                skipped.setdefault((target, "failed", entry["error"]), []).append(batch)
+                warnings.append(f"{target} batch {batch} failed: {entry['error']}")
+    environment["device"] = options.device_name or default_device_name(environment)
+    if hasattr(os, "getloadavg"):  # includes this benchmark's own load; for comparison with the start
+        environment["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    document: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": RESULT_KIND,
+        "created": utc_now(),
+        "device": environment["device"],
+        "command": options.command,
+        "model": _model_identity(artifact, options.temporary_artifact),
+        "settings": {
+            "targets": list(options.targets),
+            "batches": list(options.batches),
+            **options.plan.to_dict(),
+            "threads": options.threads,
+            "provider": options.provider,
+            "compute_units": options.compute_units,
+            "profile": options.profile,
+            "top_layers": options.top,
+            "isolation": "one fresh process per target and batch",
+        },
+        "environment": environment,
+        "results": results,
+        "skipped": [
+            {"target": target, "batches": batches, "kind": kind, "reason": reason}
+            for (target, kind, reason), batches in skipped.items()
+        ],
+        "warnings": warnings,
+    }
+    check_result(document, "the result just measured")
+    return document
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """How the benchmark was invoked, for the record (``mfdeploy bench ...``)."""
+    args = list(sys.argv if argv is None else argv)
+    if args and os.path.basename(args[0]) in ("mfdeploy", "__main__.py"):
+        args[0] = "mfdeploy"
+    return shlex.join(str(a) for a in args)
