@@ -529,7 +529,11 @@ def _artifact_for(artifact_dir: Optional[Path], size: Optional[str], out: Path, 
 
     root = out / artifact_dir_name(get_config(size or "52m").name)
     if not (root / "manifest.json").exists():
-        root = export(ExportOptions(size=size, out=out)).artifact
+        from mfdeploy.runtime.coreml_runner import coremltools_installed
+
+        # the Core ML package can only be made by an export; without coremltools the target is skipped
+        target = "coreml" if "coreml" in targets and coremltools_installed() else "onnx"
+        root = export(ExportOptions(size=size, target=target, out=out)).artifact
     return _with_precision_graphs(Artifact.open(root), targets)
 
 
@@ -560,9 +564,9 @@ def parity(
     out: Annotated[Path, typer.Option("--out", help="With --size: where the artifact is (or goes).")] = Path(
         "artifacts"
     ),
-    targets: Annotated[str, typer.Option("--targets", help="Comma-separated targets (see mfdeploy bench).")] = (
-        "onnx,onnx-fp16,onnx-int8"
-    ),
+    targets: Annotated[
+        str, typer.Option("--targets", help="Comma-separated targets; any that cannot run here is skipped.")
+    ] = "onnx,onnx-fp16,onnx-int8,coreml,trt-fp16,trt-int8",
     data: Annotated[str, typer.Option("--data", help="builtin, a folder of images, or a .npy/.npz.")] = "builtin",
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 64,
     batch: Annotated[int, typer.Option("--batch", help="Batch size.")] = 8,

@@ -85,7 +85,8 @@ def exported_size(request, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory, digits_checkpoint):
-    """The digits-trained 26m exported; its training split as a preprocessed .npy; its validation split."""
+    """The digits-trained 26m exported (ONNX and Core ML); its training split as a preprocessed .npy; its
+    validation split."""
     import numpy as np
 
     from mfdeploy.artifacts import Artifact
@@ -93,7 +94,7 @@ def digits(tmp_path_factory, digits_checkpoint):
     from mfdeploy.export.pipeline import ExportOptions, export
 
     out = tmp_path_factory.mktemp("digits-artifact")
-    artifact = Artifact.open(export(ExportOptions(weights=str(digits_checkpoint), out=out)).artifact)
+    artifact = Artifact.open(export(ExportOptions(weights=str(digits_checkpoint), target="coreml", out=out)).artifact)
     data = load_digits_data()
     pre = artifact.preprocessing
     train = pre.batch(data.train.image(i) for i in range(len(data.train)))
