@@ -417,17 +417,8 @@ def to_markdown(merged: Merged, plot_files: dict[str, str]) -> str:
     if merged.skipped:
         lines += ["## Skipped", ""]
         lines += _md_table(
-            ["device", "model", "target", "batches", "why"],
-            [
-                [
-                    s["device"],
-                    s["model"],
-                    s["target"],
-                    ",".join(map(str, s["batches"])),
-                    ("FAILED: " if s["kind"] == "failed" else "") + s["reason"],
-                ]
-                for s in merged.skipped
-            ],
+            SKIPPED_HEADERS,
+            _skipped_rows(merged),
         )
         lines.append("")
     if merged.warnings:
@@ -506,17 +497,8 @@ def to_html(merged: Merged, plots: dict[str, bytes]) -> str:
         parts.append("<h2>Skipped</h2>")
         parts.append(
             _html_table(
-                ["device", "model", "target", "batches", "why"],
-                [
-                    [
-                        s["device"],
-                        s["model"],
-                        s["target"],
-                        ",".join(map(str, s["batches"])),
-                        ("FAILED: " if s["kind"] == "failed" else "") + s["reason"],
-                    ]
-                    for s in merged.skipped
-                ],
+                SKIPPED_HEADERS,
+                _skipped_rows(merged),
                 text_columns=(0, 1, 2, 3, 4),
             )
         )
@@ -580,3 +562,20 @@ def write_report(paths: Sequence[str | Path], md: Path | None = None, html_path:
             tmp.write_text(to_html(merged, plots))
         written.append(Path(html_path))
     return ReportOutput(merged, written)
+
+
+SKIPPED_HEADERS = ["device", "model", "target", "batches", "why"]
+
+
+def _skipped_rows(merged) -> list[list[str]]:
+    """One row per skipped (or failed) target of every merged run, for the Markdown and HTML tables."""
+    return [
+        [
+            s["device"],
+            s["model"],
+            s["target"],
+            ",".join(map(str, s["batches"])),
+            ("FAILED: " if s["kind"] == "failed" else "") + s["reason"],
+        ]
+        for s in merged.skipped
+    ]

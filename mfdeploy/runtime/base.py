@@ -130,6 +130,11 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def outputs(self) -> list[TensorSpec]: ...
 
+    @classmethod
+    def host_unavailable_reason(cls) -> str | None:
+        """Why this backend cannot run on this host at all (library or hardware missing), or None."""
+        return None
+
     # -- optional benchmark hooks (see the module docstring) ------------------------------------
     #: Why this runner's latency is not the deployment latency, if it is not (shown beside its figures).
     benchmark_caveat: str | None = None

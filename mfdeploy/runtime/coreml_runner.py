@@ -165,6 +165,12 @@ class CoreMLRunner(Runner):
         self._model: Any = None
 
     @classmethod
+    def host_unavailable_reason(cls) -> str | None:
+        if not coremltools_installed():
+            return f"Core ML needs coremltools, which is not installed; {INSTALL_HINT}"
+        return None
+
+    @classmethod
     def from_artifact(
         cls, artifact, spec, compute_units: str = "ALL", engine: str = "auto", profile: bool = False, **_: object
     ) -> "CoreMLRunner":

@@ -120,8 +120,22 @@ def parse_targets(text: str | Sequence[str]) -> list[str]:
 def create_runner(name: str, artifact: Any, **options: Any) -> Runner:
     """A runner for target ``name`` on ``artifact``; TargetUnavailable if it cannot run on this host."""
     spec = TARGETS[name]
+    found = runner_class(name)
+    # what this host lacks comes first: the missing file is the second problem where TensorRT cannot run
+    host_reason = found.host_unavailable_reason()
+    missing = None
     if not artifact.path(spec.file).exists():
-        raise TargetUnavailable(f"{artifact.root} has no {spec.file}; make it with `{spec.make_command(artifact)}`")
+        missing = f"{artifact.root} has no {spec.file}; make it with `{spec.make_command(artifact)}`"
+    if host_reason is not None:
+        raise TargetUnavailable(host_reason + (f"; and {missing}" if missing else ""))
+    if missing is not None:
+        raise TargetUnavailable(missing)
+    return found.from_artifact(artifact, spec, **options)
+
+
+def runner_class(name: str) -> type[Runner]:
+    """The runner class of target ``name``; TargetUnavailable if its backend library is missing."""
+    spec = TARGETS[name]
     module_name, class_name = spec.runner.split(":")
     try:
         module = importlib.import_module(module_name)
@@ -129,5 +143,4 @@ def create_runner(name: str, artifact: Any, **options: Any) -> Runner:
         if exc.name and exc.name.startswith("mfdeploy"):
             raise TargetUnavailable(f"the {spec.backend} backend is not part of this mfdeploy version") from None
         raise TargetUnavailable(f"{spec.backend} needs the Python package {exc.name!r}, not installed here") from None
-    runner_class = getattr(module, class_name)
-    return runner_class.from_artifact(artifact, spec, **options)
+    return getattr(module, class_name)

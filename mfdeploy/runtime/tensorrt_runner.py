@@ -57,6 +57,10 @@ class TensorRTRunner(Runner):
         self._gpu_ms: list[float] = []
 
     @classmethod
+    def host_unavailable_reason(cls) -> str | None:
+        return tensorrt_unavailable_reason()
+
+    @classmethod
     def from_artifact(
         cls, artifact, spec, cuda_graphs: bool = False, profile: bool = False, **_: object
     ) -> "TensorRTRunner":
