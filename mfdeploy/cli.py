@@ -354,7 +354,6 @@ def calibrate(
     as_json: JsonOption = False,
 ) -> None:
     """INT8 (Q/DQ) and FP16 graphs for TensorRT from one FP32 run over calibration data, with a report."""
-    from mfdeploy.artifacts import Artifact, artifact_dir_name
     from mfdeploy.calibration.pipeline import CalibrationOptions, calibrate_artifact, check_options
 
     options = CalibrationOptions(
@@ -369,19 +368,7 @@ def calibrate(
         measure_latency=not no_latency,
     )
     check_options(options)
-    if artifact_dir is not None and (size is not None or weights is not None):
-        raise UserError("pass either an artifact folder or --size/--weights, not both")
-    if artifact_dir is None:
-        from mfdeploy.export.pipeline import ExportOptions, export
-        from mfdeploy.model import get_config
-
-        if weights is None:
-            candidate = out / artifact_dir_name(get_config(size or "52m").name)
-            if (candidate / "manifest.json").exists():
-                artifact_dir = candidate
-        if artifact_dir is None:
-            artifact_dir = export(ExportOptions(size=size, weights=str(weights) if weights else None, out=out)).artifact
-    artifact = Artifact.open(artifact_dir)
+    artifact = _open_or_export(artifact_dir, size, out, weights)
     report = calibrate_artifact(artifact, options)
     if as_json:
         console.emit_json(report)
@@ -515,26 +502,36 @@ def check(
         raise typer.Exit(1)
 
 
-def _artifact_for(artifact_dir: Optional[Path], size: Optional[str], out: Path, targets: list[str]):
-    """The artifact a report runs on: the folder given, or (with --size) <out>/mobileformer_<size>, exported
-    and calibrated first when it or the precision graphs the targets need are missing."""
+def _open_or_export(
+    artifact_dir: Optional[Path], size: Optional[str], out: Path, weights: Optional[Path] = None, target: str = "onnx"
+):
+    """The artifact folder given, or <out>/mobileformer_<size> when it exists (and no --weights asks for a
+    new one), else a fresh export of ``target`` there."""
     from mfdeploy.artifacts import Artifact, artifact_dir_name
     from mfdeploy.model import get_config
 
     if artifact_dir is not None:
-        if size is not None:
-            raise UserError("pass either an artifact folder or --size, not both")
+        if size is not None or weights is not None:
+            given = "--size" if size is not None else "--weights"
+            raise UserError(f"pass either an artifact folder or {given}, not both")
         return Artifact.open(artifact_dir)
-    from mfdeploy.export.pipeline import ExportOptions, export
-
     root = out / artifact_dir_name(get_config(size or "52m").name)
-    if not (root / "manifest.json").exists():
-        from mfdeploy.runtime.coreml_runner import coremltools_installed
+    if weights is not None or not (root / "manifest.json").exists():
+        from mfdeploy.export.pipeline import ExportOptions, export
 
-        # the Core ML package can only be made by an export; without coremltools the target is skipped
-        target = "coreml" if "coreml" in targets and coremltools_installed() else "onnx"
-        root = export(ExportOptions(size=size, target=target, out=out)).artifact
-    return _with_precision_graphs(Artifact.open(root), targets)
+        options = ExportOptions(size=size, weights=str(weights) if weights else None, target=target, out=out)
+        root = export(options).artifact
+    return Artifact.open(root)
+
+
+def _artifact_for(artifact_dir: Optional[Path], size: Optional[str], out: Path, targets: list[str]):
+    """The artifact a report runs on, exported (with --size) and calibrated first when it or the precision
+    graphs the targets need are missing."""
+    from mfdeploy.runtime.coreml_runner import coremltools_installed
+
+    # the Core ML package can only be made by an export; without coremltools the target is skipped
+    target = "coreml" if "coreml" in targets and coremltools_installed() else "onnx"
+    return _with_precision_graphs(_open_or_export(artifact_dir, size, out, target=target), targets)
 
 
 def _with_precision_graphs(artifact, targets: list[str]):

@@ -174,11 +174,7 @@ class CoreMLRunner(Runner):
     def from_artifact(
         cls, artifact, spec, compute_units: str = "ALL", engine: str = "auto", profile: bool = False, **_: object
     ) -> "CoreMLRunner":
-        """The artifact's model.mlpackage; TargetUnavailable where coremltools is missing."""
-        from mfdeploy.runtime.registry import TargetUnavailable
-
-        if not coremltools_installed():
-            raise TargetUnavailable(f"Core ML needs coremltools, which is not installed; {INSTALL_HINT}")
+        """The artifact's model.mlpackage (the registry has checked host_unavailable_reason first)."""
         path = artifact.require(spec.file, f"make it with `{spec.make_command(artifact)}`")
         return cls(path, compute_units=compute_units, engine=engine, profile=profile)
 

@@ -64,14 +64,12 @@ class TensorRTRunner(Runner):
     def from_artifact(
         cls, artifact, spec, cuda_graphs: bool = False, profile: bool = False, **_: object
     ) -> "TensorRTRunner":
-        reason = tensorrt_unavailable_reason()
-        if reason is not None:
-            raise TargetUnavailable(reason)
-        plan = artifact.require(spec.file, f"build it with `{spec.make_command(artifact)}`")
+        """The artifact's engine for ``spec`` (the registry has checked host_unavailable_reason first)."""
+        command = spec.make_command(artifact)
+        plan = artifact.require(spec.file, f"build it with `{command}`")
         entry = read_sidecar(artifact.root)["engines"].get(spec.precision)
         if entry is None:
             raise TargetUnavailable(f"{artifact.root}/engine.json does not describe {spec.file}; rebuild the engine")
-        command = f"mfdeploy build-engine {artifact.root} --precision {spec.precision}"
         check_engine_compatible(entry, host_info(), command)
         return cls(plan, entry, command, cuda_graphs, profile)
 
