@@ -107,9 +107,6 @@ def run_parity(artifact: Artifact, options: ParityOptions) -> dict[str, Any]:
                         {"metric": f.metric, "value": f.value, "limit": f.limit, "text": f.describe()} for f in failures
                     ],
                 )
-                notes = getattr(runner, "report_note", None)
-                if notes:
-                    entry["note"] = notes
             localizable = spec.backend in LOCALIZABLE_BACKENDS
             if (failures or options.layers) and localizable:
                 if mapping is None:
