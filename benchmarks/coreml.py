@@ -38,11 +38,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mfdeploy.export.coreml_convert import COMPRESSIONS, ConversionSpec, convert, package_bytes  # noqa: E402
 from mfdeploy.export.coreml_program import OFFICIAL_52M_COMPUTE_OPS, inspect_program  # noqa: E402
+from mfdeploy.images.preprocess import Preprocessing  # noqa: E402
+from mfdeploy.images.samples import builtin_images  # noqa: E402
 from mfdeploy.metrics import compare_logits  # noqa: E402
 from mfdeploy.model import SIZES, build_model  # noqa: E402
-from mfdeploy.preprocess import Preprocessing  # noqa: E402
 from mfdeploy.runtime.mil_evaluator import MILEvaluator, import_coremltools, load_program  # noqa: E402
-from mfdeploy.sample_images import builtin_images  # noqa: E402
 
 PREPROCESSING = Preprocessing.for_size(224)
 

@@ -20,14 +20,37 @@ from typing import Any
 
 from mfdeploy.errors import UserError
 from mfdeploy.fileio import atomic_path, make_shareable, sha256_file
-from mfdeploy.preprocess import Preprocessing
+from mfdeploy.images.preprocess import Preprocessing
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 
+# The layout: every file name an artifact folder holds is spelled here and nowhere else.
+ONNX_FILE = "model.onnx"  # the verified FP32 graph (also TensorRT's FP32 source)
+WEIGHTS_FILE = "weights.safetensors"  # the exact weights the graph was exported from
+COREML_PACKAGE = "model.mlpackage"
+ENGINE_SIDECAR = "engine.json"  # what each TensorRT plan was built with and for
+TIMING_CACHE = "timing.cache"  # TensorRT's timing cache, reused by every build of this artifact
+CALIBRATION_JSON = "calibration.json"
+CALIBRATION_MD = "calibration.md"
+CALIBRATION_DIR = "calibration"  # cached statistics and the data index
+CALIBRATED_PRECISIONS = ("int8", "fp16")  # the graphs `mfdeploy calibrate` writes
+ENGINE_PRECISIONS = ("fp32", "fp16", "int8")  # the graphs a TensorRT engine can be built from
+
 
 def artifact_dir_name(size: str) -> str:
+    """The folder one model's artifact lives in, under --out."""
     return f"mobileformer_{size}"
+
+
+def precision_graph(precision: str) -> str:
+    """The ONNX graph of one precision: model.onnx for fp32, model.<precision>.onnx for the calibrated ones."""
+    return ONNX_FILE if precision == "fp32" else f"model.{precision}.onnx"
+
+
+def engine_plan(precision: str) -> str:
+    """The TensorRT plan built from :func:`precision_graph` of the same precision."""
+    return f"model.{precision}.plan"
 
 
 def utc_now() -> str:
@@ -77,6 +100,25 @@ class Artifact:
     @property
     def preprocessing(self) -> Preprocessing:
         return Preprocessing.from_dict(self.manifest["preprocessing"])
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.manifest["model"].get("in_chans", 3))
+
+    @property
+    def static_batch(self) -> int | None:
+        """The graph's fixed batch size, or None for a dynamic batch axis."""
+        batch = self.manifest["inputs"][0]["shape"][0]
+        return batch if isinstance(batch, int) else None
+
+    def has(self, name: str) -> bool:
+        """Whether the manifest lists file ``name`` (written and hashed by an mfdeploy command)."""
+        return name in self.manifest.get("files", {})
+
+    @property
+    def calibrated_precisions(self) -> tuple[str, ...]:
+        """The calibrated precision graphs (int8, fp16) this artifact holds."""
+        return tuple(p for p in CALIBRATED_PRECISIONS if self.has(precision_graph(p)))
 
     @property
     def input_name(self) -> str:

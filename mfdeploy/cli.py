@@ -75,9 +75,9 @@ def info(
     as_json: JsonOption = False,
 ) -> None:
     """Parameters and multiply-adds, per stage or for every size, next to the paper's figures."""
+    from mfdeploy.images.preprocess import check_imgsz
     from mfdeploy.model import SIZES, build_model, get_config
     from mfdeploy.model.complexity import measure
-    from mfdeploy.preprocess import check_imgsz
 
     check_imgsz(imgsz)
     if all_sizes and size is not None:
@@ -143,8 +143,8 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Fine-tune a Mobile-Former on labelled images (CPU), reporting validation accuracy every epoch."""
+    from mfdeploy.images.preprocess import check_imgsz
     from mfdeploy.model import get_config
-    from mfdeploy.preprocess import check_imgsz
     from mfdeploy.training import TrainConfig
     from mfdeploy.training import train as run_training
 
@@ -253,7 +253,7 @@ def export(
 
         calibration = CalibrationOptions(
             data=calib_data,
-            size=calib_size,
+            num_images=calib_size,
             batch=calib_batch,
             method=method,
             percentile=percentile,
@@ -358,7 +358,7 @@ def calibrate(
 
     options = CalibrationOptions(
         data=calib_data,
-        size=calib_size,
+        num_images=calib_size,
         batch=calib_batch,
         method=method,
         percentile=percentile,
@@ -483,7 +483,7 @@ def check(
 ) -> None:
     """Readiness lint, on the CPU: will TensorRT parse and build every graph of this artifact?"""
     from mfdeploy.artifacts import Artifact
-    from mfdeploy.export.tensorrt_lint import lint_artifact
+    from mfdeploy.graph.tensorrt_lint import lint_artifact
 
     if target != "trt":
         raise UserError(f"unknown check target {target!r}; only trt is available")
@@ -688,7 +688,7 @@ def bench(
     from mfdeploy.artifacts import Artifact
     from mfdeploy.benchmark.bench import BenchOptions, check_compute_units, command_line, parse_batches, run_bench
     from mfdeploy.benchmark.latency import TimingPlan
-    from mfdeploy.preprocess import check_imgsz
+    from mfdeploy.images.preprocess import check_imgsz
     from mfdeploy.runtime.onnxruntime_runner import PROVIDERS
     from mfdeploy.runtime.registry import TARGETS, parse_targets
 

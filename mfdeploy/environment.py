@@ -36,10 +36,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def platform_summary() -> dict[str, str]:
-    return {"system": platform.system(), "machine": platform.machine(), "python_executable": sys.executable}
-
-
 # -- the host a benchmark ran on ------------------------------------------------------------------
 _CPU_FLAGS_OF_NOTE = (
     "avx2",

@@ -21,12 +21,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from mfdeploy import __version__
 from mfdeploy.console import err, progress
-from mfdeploy.datasets import LabelledSplit, load_labelled
 from mfdeploy.errors import UserError
 from mfdeploy.fileio import sha256_file
+from mfdeploy.images.datasets import LabelledSplit, load_labelled
+from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.model import build_model
 from mfdeploy.model.weights import check_fits, read_checkpoint, save_checkpoint
-from mfdeploy.preprocess import Preprocessing
 
 
 @dataclass

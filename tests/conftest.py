@@ -90,8 +90,8 @@ def digits(tmp_path_factory, digits_checkpoint):
     import numpy as np
 
     from mfdeploy.artifacts import Artifact
-    from mfdeploy.datasets import load_digits_data
     from mfdeploy.export.pipeline import ExportOptions, export
+    from mfdeploy.images.datasets import load_digits_data
 
     out = tmp_path_factory.mktemp("digits-artifact")
     artifact = Artifact.open(export(ExportOptions(weights=str(digits_checkpoint), target="coreml", out=out)).artifact)

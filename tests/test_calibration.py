@@ -15,9 +15,9 @@ from onnx import numpy_helper
 from PIL import Image
 
 from mfdeploy.calibration import pipeline as calibration_pipeline
-from mfdeploy.calibration.int8 import check_tensorrt_qdq
 from mfdeploy.calibration.ranges import entropy_threshold
 from mfdeploy.export.pipeline import ExportOptions, export
+from mfdeploy.graph.tensorrt_lint import check_tensorrt_qdq
 from mfdeploy.model import build_model
 from mfdeploy.model.weights import save_checkpoint
 

@@ -16,20 +16,20 @@ import torch
 
 from conftest import run_subprocess
 from mfdeploy.artifacts import Artifact
-from mfdeploy.datasets import load_digits_data
 from mfdeploy.export import coreml_export
 from mfdeploy.export.coreml_convert import ConversionSpec, convert
 from mfdeploy.export.coreml_export import CoreMLOptions, CoreMLVerification
 from mfdeploy.export.coreml_program import inspect_program
 from mfdeploy.export.pipeline import ExportOptions, export
+from mfdeploy.images.datasets import load_digits_data
+from mfdeploy.images.preprocess import Preprocessing
+from mfdeploy.images.samples import builtin_images, builtin_photos
 from mfdeploy.metrics import compare_logits
 from mfdeploy.model import SIZES, build_model
 from mfdeploy.model.weights import save_checkpoint
-from mfdeploy.preprocess import Preprocessing
 from mfdeploy.runtime.coreml_runner import CoreMLRunner, chunk_sizes, predict_unavailable_reason
 from mfdeploy.runtime.mil_evaluator import MILEvaluator, load_program
 from mfdeploy.runtime.registry import create_runner
-from mfdeploy.sample_images import builtin_images, builtin_photos
 
 EVALUATOR_NOTE = "numerics, not device latency"
 

@@ -17,7 +17,7 @@ from mfdeploy.export import onnx_export
 from mfdeploy.export.pipeline import ExportOptions, export
 from mfdeploy.export.verify import verify_runner
 from mfdeploy.fileio import sha256_file
-from mfdeploy.graph_checks import check_graph
+from mfdeploy.graph.checks import check_graph
 from mfdeploy.model import build_model
 from mfdeploy.model.weights import save_checkpoint
 from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
@@ -132,7 +132,7 @@ def test_runners_share_one_interface(artifact_52m):
         for runner in (torch_runner, ort_runner):
             assert runner.inputs()[0].name == "images" and runner.outputs()[0].name == "logits"
             assert runner.inputs()[0].shape[1:] == (3, 224, 224)
-        x = artifact.preprocessing.batch(__import__("mfdeploy.sample_images").sample_images.builtin_images(5))
+        x = artifact.preprocessing.batch(__import__("mfdeploy.images.samples").sample_images.builtin_images(5))
         np.testing.assert_allclose(ort_runner.infer_all(x, 2), torch_runner.infer(x), atol=1e-4)
 
 

@@ -25,7 +25,7 @@ ALL_TARGETS = "onnx,onnx-fp16,onnx-int8,coreml,trt-fp16,trt-int8"
 @pytest.fixture(scope="module")
 def random_52m(tmp_path_factory):
     root = export(ExportOptions(size="52m", target="coreml", out=tmp_path_factory.mktemp("parity52m"))).artifact
-    calibrate_artifact(Artifact.open(root), CalibrationOptions(size=128, measure_latency=False))
+    calibrate_artifact(Artifact.open(root), CalibrationOptions(num_images=128, measure_latency=False))
     return root
 
 

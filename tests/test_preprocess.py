@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mfdeploy.errors import UserError
-from mfdeploy.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, check_imgsz, load_image
+from mfdeploy.images.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, check_imgsz, load_image
 
 
 def test_default_is_resize_then_center_crop():

@@ -14,7 +14,7 @@ from mfdeploy.artifacts import Artifact
 from mfdeploy.calibration.pipeline import CalibrationOptions, calibrate_artifact
 from mfdeploy.errors import UserError
 from mfdeploy.export.pipeline import ExportOptions, export
-from mfdeploy.export.tensorrt_lint import lint_graph, operator_table
+from mfdeploy.graph.tensorrt_lint import lint_graph, operator_table
 from mfdeploy.runtime.tensorrt_env import check_engine_compatible, tensorrt_unavailable_reason
 
 NO_TENSORRT = tensorrt_unavailable_reason()
@@ -31,7 +31,7 @@ def test_operator_table_names_its_version_and_source():
 @pytest.mark.slow
 def test_lint_passes_on_every_size_fp32_fp16_int8(exported_size):
     artifact = Artifact.open(exported_size.artifact)
-    calibrate_artifact(artifact, CalibrationOptions(size=8, batch=8, holdout=4, measure_latency=False))
+    calibrate_artifact(artifact, CalibrationOptions(num_images=8, batch=8, holdout=4, measure_latency=False))
     for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
         report = lint_graph(onnx.load(str(artifact.path(name))), name)
         assert report.ok, (artifact.size, name, report.problems)
@@ -198,12 +198,12 @@ def test_engines_build_run_and_match_pytorch(cli, tmp_path, precision):
     root = export(ExportOptions(size="52m", out=tmp_path)).artifact
     artifact = Artifact.open(root)
     if precision != "fp32":
-        calibrate_artifact(artifact, CalibrationOptions(size=64, measure_latency=False, precisions=(precision,)))
+        calibrate_artifact(artifact, CalibrationOptions(num_images=64, measure_latency=False, precisions=(precision,)))
     cache = tmp_path / "timing.cache"
     first = build_engine(artifact, EngineOptions(precision, BatchProfile(1, 8, 32), timing_cache=cache))
     second = build_engine(artifact, EngineOptions(precision, BatchProfile(1, 8, 32), timing_cache=cache))
     assert not first["timing_cache_reused"] and second["timing_cache_reused"]
-    images = artifact.preprocessing.batch(__import__("mfdeploy.sample_images").sample_images.builtin_images(32))
+    images = artifact.preprocessing.batch(__import__("mfdeploy.images.samples").sample_images.builtin_images(32))
     with create_runner("torch", artifact) as reference, create_runner(f"trt-{precision}", artifact) as engine:
         for batch in (1, 7, 32):
             figures = compare_logits(reference.infer(images[:batch]), engine.infer(images[:batch]))

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mfdeploy.datasets import load_digits_data
+from mfdeploy.images.datasets import load_digits_data
+from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.model.weights import load_model, read_checkpoint
-from mfdeploy.preprocess import Preprocessing
 
 
 def test_digits_training_reaches_90_percent(digits_checkpoint):

@@ -145,7 +145,7 @@ def measure_cell(request: CellRequest, factory: RunnerFactory = resolve_runner) 
             reason = f"the model has a fixed batch of {spec.fixed_batch}"
             return {**base, "status": "skipped", "reason": reason, "batch_specific": True}
         dims = [d if isinstance(d, int) else None for d in spec.shape[1:]]
-        channels = dims[0] or int(artifact.manifest["model"].get("in_chans", 3))
+        channels = dims[0] or artifact.in_chans
         height = dims[1] or artifact.imgsz
         width = dims[2] or artifact.imgsz
         images = make_images(request.batch, channels, height, width)

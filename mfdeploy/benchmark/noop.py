@@ -27,7 +27,7 @@ class NoopRunner(Runner):
 
     @classmethod
     def from_artifact(cls, artifact, spec=None, **_: object) -> "NoopRunner":
-        return cls(int(artifact.manifest["model"].get("in_chans", 3)), artifact.imgsz, artifact.num_classes)
+        return cls(artifact.in_chans, artifact.imgsz, artifact.num_classes)
 
     def _load(self) -> None:
         pass

@@ -20,9 +20,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from mfdeploy.calibration.int8 import SHAPE_OPS
 from mfdeploy.calibration.stats import FP16_MAX, FP16_MIN_NORMAL, CalibrationStats
-from mfdeploy.graph_utils import consumers, toposort
+from mfdeploy.graph.topology import SHAPE_OPS, consumers, toposort
 
 DATA_MAX = 512.0
 UNDERFLOW_SHARE = 0.5

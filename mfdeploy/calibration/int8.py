@@ -14,19 +14,14 @@ weights per output channel. Kept in float, by design:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from mfdeploy.calibration.ranges import TensorRange
-from mfdeploy.graph_utils import constant_names, consumers, producers, toposort
-
-QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
-FLOAT_PRODUCERS = ("LayerNormalization", "Softmax")
-SHAPE_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+from mfdeploy.graph.tensorrt_lint import FLOAT_PRODUCERS, QUANTIZED_OPS
+from mfdeploy.graph.topology import constant_names, producers, toposort, traces_to
 
 
 @dataclass
@@ -34,19 +29,6 @@ class QuantizationPlan:
     nodes: list[str]  # node names to quantize
     activations: list[str]  # activation tensors that get a Q/DQ pair
     excluded: dict[str, str] = field(default_factory=dict)  # node name -> why it stays float
-
-
-def traces_to(name: str, producers: dict[str, onnx.NodeProto], op_types: Iterable[str]) -> str | None:
-    """The op type in ``op_types`` that produces ``name`` through shape-only ops, if any."""
-    seen = 0
-    while name in producers and seen < 32:
-        node = producers[name]
-        if node.op_type in op_types:
-            return node.op_type
-        if node.op_type not in SHAPE_OPS:
-            return None
-        name, seen = node.input[0], seen + 1
-    return None
 
 
 def plan_quantization(model: onnx.ModelProto) -> QuantizationPlan:
@@ -109,51 +91,3 @@ def quantize(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str, T
     )
     quantizer.quantize_model()
     return toposort(quantizer.model.model)
-
-
-def check_tensorrt_qdq(model: onnx.ModelProto) -> list[str]:
-    """TensorRT's explicit-quantization rules, checked on a Q/DQ graph; returns the violations.
-
-    Every zero point is 0 (symmetric); weights are per-channel; every Q feeds DQs and every activation
-    DQ is fed by a Q (pairs); every quantized op's weight comes through a DQ; no Q takes a
-    LayerNormalization or Softmax output (through shape-only ops); the graph outputs are float.
-    """
-    graph = model.graph
-    producer_of, users_of = producers(graph), consumers(graph)
-    initializers = {init.name: init for init in graph.initializer}
-    problems: list[str] = []
-    for node in graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        if len(node.input) < 3 or node.input[2] not in initializers:
-            problems.append(f"{node.name}: no constant zero point")
-            continue
-        zero_point = numpy_helper.to_array(initializers[node.input[2]])
-        if zero_point.dtype != np.int8 or np.any(zero_point != 0):
-            problems.append(f"{node.name}: zero point must be int8 0, got {zero_point.dtype} {zero_point.ravel()[:3]}")
-        if node.op_type == "QuantizeLinear":
-            users = users_of.get(node.output[0], [])
-            if not users or any(user.op_type != "DequantizeLinear" for user in users):
-                problems.append(f"{node.name}: a QuantizeLinear must feed only DequantizeLinear nodes")
-            source = traces_to(node.input[0], producer_of, FLOAT_PRODUCERS)
-            if source is not None:
-                problems.append(f"{node.name}: quantizes a {source} output, which must stay float")
-        else:
-            data = node.input[0]
-            if data in initializers:
-                scale = numpy_helper.to_array(initializers[node.input[1]])
-                weight = initializers[data]
-                if scale.size == 1 and len(weight.dims) > 1:
-                    problems.append(f"{node.name}: weight {data} is quantized per tensor, not per channel")
-            elif data not in producer_of or producer_of[data].op_type != "QuantizeLinear":
-                problems.append(f"{node.name}: activation DequantizeLinear without a QuantizeLinear before it")
-    for node in graph.node:
-        if node.op_type in QUANTIZED_OPS and len(node.input) > 1:
-            weight = node.input[1]
-            quantized_input = node.input[0] in producer_of and producer_of[node.input[0]].op_type == "DequantizeLinear"
-            if quantized_input and not (weight in producer_of and producer_of[weight].op_type == "DequantizeLinear"):
-                problems.append(f"{node.name}: quantized activation but float weight")
-    for output in graph.output:
-        if output.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            problems.append(f"graph output {output.name} is not float32")
-    return problems

@@ -18,35 +18,42 @@ from typing import Any
 import numpy as np
 import onnx
 
-from mfdeploy.artifacts import Artifact, utc_now
+from mfdeploy.artifacts import (
+    CALIBRATED_PRECISIONS,
+    CALIBRATION_DIR,
+    CALIBRATION_JSON,
+    CALIBRATION_MD,
+    ONNX_FILE,
+    Artifact,
+    precision_graph,
+    utc_now,
+)
 from mfdeploy.calibration.evaluation import evaluate_graphs
 from mfdeploy.calibration.fp16 import choose_fp32_islands, to_fp16
-from mfdeploy.calibration.int8 import check_tensorrt_qdq, plan_quantization, quantize
+from mfdeploy.calibration.int8 import plan_quantization, quantize
 from mfdeploy.calibration.ranges import check_method, compute_ranges
 from mfdeploy.calibration.report import render_markdown
 from mfdeploy.calibration.stats import CalibrationStats, collect_stats, stats_key
 from mfdeploy.console import err
 from mfdeploy.errors import UserError
 from mfdeploy.fileio import atomic_path, sha256_file
-from mfdeploy.graph_checks import check_graph
-from mfdeploy.image_sets import BUILTIN, fingerprint, load_image_set
-from mfdeploy.sample_images import builtin_images
+from mfdeploy.graph.checks import check_graph
+from mfdeploy.graph.tensorrt_lint import check_tensorrt_qdq
+from mfdeploy.images.samples import builtin_images
+from mfdeploy.images.sets import BUILTIN, fingerprint, load_image_set
 
-PRECISIONS = ("int8", "fp16")
-GRAPH_FILES = {"int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
-REPORT_JSON = "calibration.json"
-REPORT_MD = "calibration.md"
-DATA_INDEX = "calibration/data-index.json"
+GRAPH_FILES = {p: precision_graph(p) for p in CALIBRATED_PRECISIONS}
+DATA_INDEX = f"{CALIBRATION_DIR}/data-index.json"
 
 
 @dataclass
 class CalibrationOptions:
     data: str = BUILTIN
-    size: int = 512
+    num_images: int = 512
     batch: int = 32
     method: str = "minmax"
     percentile: float = 99.99
-    precisions: tuple[str, ...] = PRECISIONS
+    precisions: tuple[str, ...] = CALIBRATED_PRECISIONS
     keep_norms_fp32: bool = True
     threads: int | None = None
     holdout: int = 64
@@ -57,15 +64,17 @@ def check_options(options: CalibrationOptions) -> None:
     check_method(options.method, options.percentile)
     if options.batch < 1:
         raise UserError(f"--calib-batch must be at least 1, got {options.batch}")
-    if options.size < 1:
-        raise UserError(f"--calib-size must be at least 1, got {options.size}")
+    if options.num_images < 1:
+        raise UserError(f"--calib-size must be at least 1, got {options.num_images}")
     if options.data != BUILTIN and not Path(options.data).exists():
         raise UserError(
             f"calibration data {options.data} does not exist; pass a folder of images, a .npy/.npz or builtin"
         )
-    unknown = [p for p in options.precisions if p not in PRECISIONS]
+    unknown = [p for p in options.precisions if p not in CALIBRATED_PRECISIONS]
     if unknown or not options.precisions:
-        raise UserError(f"unknown precision {', '.join(unknown) or '(none)'}; choose from {', '.join(PRECISIONS)}")
+        raise UserError(
+            f"unknown precision {', '.join(unknown) or '(none)'}; choose from {', '.join(CALIBRATED_PRECISIONS)}"
+        )
 
 
 def _prepared_graph(source: Path) -> onnx.ModelProto:
@@ -80,7 +89,7 @@ def _prepared_graph(source: Path) -> onnx.ModelProto:
 
 def _holdout_images(artifact: Artifact, options: CalibrationOptions, in_chans: int) -> np.ndarray:
     """Built-in images the calibration did not see (further crops and flips when it used builtin)."""
-    skip = options.size if options.data == BUILTIN else 0
+    skip = options.num_images if options.data == BUILTIN else 0
     images = artifact.preprocessing.batch(builtin_images(skip + options.holdout)[skip:])
     if in_chans != 3:
         images = np.repeat(images.mean(axis=1, keepdims=True), in_chans, axis=1)
@@ -111,8 +120,8 @@ def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[
     """Write the requested precision graphs and the calibration report into ``artifact``."""
     check_options(options)
     started = time.perf_counter()
-    source = artifact.require("model.onnx", "export it first with `mfdeploy export --target onnx`")
-    in_chans = int(artifact.manifest["model"].get("in_chans", 3))
+    source = artifact.require(ONNX_FILE, "export it first with `mfdeploy export --target onnx`")
+    in_chans = artifact.in_chans
     prepared = _prepared_graph(source)
     plan = plan_quantization(prepared)
 
@@ -121,21 +130,21 @@ def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[
     # A data fingerprint seen before names its data hash, so cached statistics are found without
     # decoding any image; otherwise the data is loaded and hashed.
     known = _read_data_index(artifact)
-    print_ = fingerprint(options.data, artifact.preprocessing, options.size, in_chans)
+    print_ = fingerprint(options.data, artifact.preprocessing, options.num_images, in_chans)
     data_info = known.get(print_) if print_ else None
     stats = None
     if data_info is not None:
         key = stats_key(model_sha, data_info["sha256"], artifact.manifest["preprocessing"])
-        cache = artifact.path("calibration") / f"stats-{key}.npz"
+        cache = artifact.path(CALIBRATION_DIR) / f"stats-{key}.npz"
         stats = CalibrationStats.load(cache, key) if cache.exists() else None
     if stats is None:
-        data = load_image_set(options.data, artifact.preprocessing, options.size, in_chans)
+        data = load_image_set(options.data, artifact.preprocessing, options.num_images, in_chans)
         data_info = data.describe()
         if print_:
             known[print_] = data_info
             _write_data_index(artifact, known)
         key = stats_key(model_sha, data.sha256, artifact.manifest["preprocessing"])
-        cache = artifact.path("calibration") / f"stats-{key}.npz"
+        cache = artifact.path(CALIBRATION_DIR) / f"stats-{key}.npz"
         stats = CalibrationStats.load(cache, key) if cache.exists() else None
     timings["data"] = round(time.perf_counter() - started, 3)
     reused = stats is not None
@@ -159,7 +168,7 @@ def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[
         "data": data_info,
         "preprocessing": artifact.manifest["preprocessing"],
         "stats": {
-            "file": f"calibration/{cache.name}",
+            "file": f"{CALIBRATION_DIR}/{cache.name}",
             "key": key,
             "reused": reused,
             "collect_seconds": stats.meta.get("seconds"),
@@ -214,16 +223,16 @@ def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[
     report["timings_s"] = timings
     report["seconds"] = round(time.perf_counter() - started, 3)
 
-    with atomic_path(artifact.path(REPORT_JSON)) as tmp:
+    with atomic_path(artifact.path(CALIBRATION_JSON)) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
-    with atomic_path(artifact.path(REPORT_MD)) as tmp:
+    with atomic_path(artifact.path(CALIBRATION_MD)) as tmp:
         tmp.write_text(render_markdown(report, artifact))
     for path in [
         *written.values(),
         cache,
         artifact.path(DATA_INDEX),
-        artifact.path(REPORT_JSON),
-        artifact.path(REPORT_MD),
+        artifact.path(CALIBRATION_JSON),
+        artifact.path(CALIBRATION_MD),
     ]:
         if not path.exists():
             continue
@@ -233,7 +242,7 @@ def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[
         "percentile": report["percentile"],
         "data": report["data"],
         "stats_key": key,
-        "report": REPORT_JSON,
+        "report": CALIBRATION_JSON,
         "graphs": {p: GRAPH_FILES[p] for p in written},
         "fp32_islands": len(report.get("fp16", {}).get("fp32_islands", [])),
         "norms_kept_fp32": options.keep_norms_fp32,

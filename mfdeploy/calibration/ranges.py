@@ -55,10 +55,6 @@ def check_method(method: str, percentile: float) -> None:
         raise UserError(f"--percentile must be in (0, 100], got {percentile}")
 
 
-def _edges(threshold: float, bins: int) -> np.ndarray:
-    return np.linspace(-threshold, threshold, bins + 1).astype(np.float32)
-
-
 def _folded(hist: np.ndarray) -> np.ndarray:
     """Signed histogram over [-T, T] -> histogram of |x| over [0, T]."""
     half = len(hist) // 2

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.artifacts import artifact_dir_name
+from mfdeploy.artifacts import COREML_PACKAGE, artifact_dir_name
 from mfdeploy.errors import UserError
 from mfdeploy.export.coreml_convert import COMPRESSIONS, ConversionSpec, convert, describe, image_scale_and_bias
 from mfdeploy.export.coreml_program import DEPLOYMENT_TARGETS, OFFICIAL_52M_COMPUTE_OPS, inspect_program
@@ -25,8 +25,7 @@ from mfdeploy.fileio import atomic_path
 from mfdeploy.metrics import compare_logits
 from mfdeploy.runtime.coreml_runner import INSTALL_HINT, CoreMLRunner, coremltools_installed, predict_unavailable_reason
 
-PACKAGE_FILE = "model.mlpackage"
-PRECISIONS = ("fp16", "fp32")
+COREML_PRECISIONS = ("fp16", "fp32")
 MAX_BATCH_SHAPES = 128  # Core ML's limit for enumerated shapes
 VERIFY_IMAGES = 100
 FP32_ATOL = 1e-3  # FP32 ML program against PyTorch, max abs error on logits
@@ -103,7 +102,7 @@ def parse_precision(value: str | None) -> str:
     precision = (value or "fp16").lower()
     if precision == "int8":
         raise UserError("Core ML computes in fp16 or fp32; for int8 weights use --compress int8")
-    if precision not in PRECISIONS:
+    if precision not in COREML_PRECISIONS:
         raise UserError(f"Core ML computes in fp16 or fp32, not {value!r}; pass --precision fp16 or fp32")
     return precision
 
@@ -324,14 +323,14 @@ def run_stage(ctx) -> None:
             timings["compress_s"] = round(time.perf_counter() - started, 3)
             describe(mlmodel, spec, loaded.size, loaded.num_classes, complexity, source)
             bar.update(task, advance=1)
-        bar.update(task, status=f"save {PACKAGE_FILE}")
+        bar.update(task, status=f"save {COREML_PACKAGE}")
         started = time.perf_counter()
-        with atomic_path(ctx.root / PACKAGE_FILE) as tmp:
+        with atomic_path(ctx.root / COREML_PACKAGE) as tmp:
             mlmodel.save(str(tmp))
         timings["save_s"] = round(time.perf_counter() - started, 3)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    package = ctx.root / PACKAGE_FILE
+    package = ctx.root / COREML_PACKAGE
     bytes_after = package_bytes(package)
     bar.update(task, advance=1, status="check every op against the deployment target")
 
@@ -362,7 +361,7 @@ def run_stage(ctx) -> None:
         )
 
     section: dict[str, Any] = {
-        "file": PACKAGE_FILE,
+        "file": COREML_PACKAGE,
         "format": "mlprogram",
         "converter": "coremltools (torch.jit.trace)",
         "precision": options.precision,
@@ -391,7 +390,7 @@ def run_stage(ctx) -> None:
     }
     ctx.manifest["coreml"] = section
     ctx.manifest.setdefault("verification", {})["coreml"] = verification.to_dict()
-    ctx.artifact.record_file(PACKAGE_FILE)
+    ctx.artifact.record_file(COREML_PACKAGE)
     bar.update(task, advance=1, status="done")
     if label_note:
         ctx.notes.append(label_note)

@@ -36,7 +36,7 @@ from onnx import numpy_helper
 
 from mfdeploy import __version__
 from mfdeploy.errors import UserError
-from mfdeploy.graph_utils import constant_names, consumers, producers
+from mfdeploy.graph.topology import constant_names, consumers, producers
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"

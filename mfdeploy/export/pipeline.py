@@ -14,21 +14,30 @@ from typing import Any
 
 import onnx
 
-from mfdeploy.artifacts import SCHEMA_VERSION, Artifact, artifact_dir_name, check_output_dir, staged_dir, utc_now
+from mfdeploy.artifacts import (
+    ONNX_FILE,
+    SCHEMA_VERSION,
+    WEIGHTS_FILE,
+    Artifact,
+    artifact_dir_name,
+    check_output_dir,
+    staged_dir,
+    utc_now,
+)
 from mfdeploy.console import progress
 from mfdeploy.environment import library_versions
 from mfdeploy.errors import UserError
 from mfdeploy.export import onnx_export
-from mfdeploy.export.verify import VerificationError, verify_runner
-from mfdeploy.graph_checks import check_graph
+from mfdeploy.export.verify import DYNAMIC_VERIFY_BATCHES, VERIFY_ATOL, VerificationError, verify_runner
+from mfdeploy.graph.checks import check_graph
+from mfdeploy.images.preprocess import Preprocessing, check_imgsz
 from mfdeploy.model.complexity import measure
 from mfdeploy.model.weights import LoadedModel, load_model, save_checkpoint
-from mfdeploy.preprocess import Preprocessing, check_imgsz
 from mfdeploy.runtime.base import TensorSpec
 from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from mfdeploy.runtime.torch_runner import TorchRunner
 
-TARGETS = ("onnx", "trt", "coreml", "all")
+EXPORT_TARGETS = ("onnx", "trt", "coreml", "all")
 
 # Every target starts from the verified ONNX graph and the stored weights; these stages then add
 # their files to the same staged folder. Each is "module:function(ctx: ExportContext) -> None".
@@ -42,10 +51,6 @@ TARGET_STAGES: dict[str, tuple[str, ...]] = {
     "coreml": ("coreml",),
     "all": ("trt", "coreml"),
 }
-DYNAMIC_VERIFY_BATCHES = (1, 7, 32)
-VERIFY_ATOL = 1e-4
-ONNX_FILE = "model.onnx"
-WEIGHTS_FILE = "weights.safetensors"
 
 
 @dataclass
@@ -103,8 +108,8 @@ def _stage_function(name: str, function: str | None = None):
 
 def check_options(options: ExportOptions) -> None:
     """Reject bad options before any work is done."""
-    if options.target not in TARGETS:
-        raise UserError(f"unknown target {options.target!r}; choose one of {', '.join(TARGETS)}")
+    if options.target not in EXPORT_TARGETS:
+        raise UserError(f"unknown target {options.target!r}; choose one of {', '.join(EXPORT_TARGETS)}")
     if options.batch is not None and options.batch < 1:
         raise UserError(f"--batch must be a positive batch size, got {options.batch}; or use --dynamic-batch")
     if options.simplifier not in onnx_export.SIMPLIFIERS:

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mfdeploy.artifacts import utc_now
+from mfdeploy.artifacts import ENGINE_PRECISIONS, TIMING_CACHE, engine_plan, precision_graph, utc_now
 from mfdeploy.errors import UserError
 from mfdeploy.fileio import atomic_path, sha256_file
 from mfdeploy.runtime.tensorrt_env import ENGINE_SIDECAR, host_info, read_sidecar
 
-GRAPH_FOR_PRECISION = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-PLAN_FOR_PRECISION = {p: f"model.{p}.plan" for p in GRAPH_FOR_PRECISION}
+GRAPH_FOR_PRECISION = {p: precision_graph(p) for p in ENGINE_PRECISIONS}
+PLAN_FOR_PRECISION = {p: engine_plan(p) for p in ENGINE_PRECISIONS}
 EXIT_NO_TENSORRT = 3
 
 
@@ -63,8 +63,8 @@ def build_command(artifact_root: Path, options: EngineOptions) -> str:
 
 
 def _profile_for(artifact, options: EngineOptions) -> BatchProfile:
-    batch = artifact.manifest["inputs"][0]["shape"][0]
-    if isinstance(batch, int):
+    batch = artifact.static_batch
+    if batch is not None:
         if options.profile is not None and (options.profile.min, options.profile.max) != (batch, batch):
             raise UserError(f"the graph has a static batch of {batch}; re-export with --dynamic-batch for a range")
         return BatchProfile.static(batch)
@@ -95,7 +95,7 @@ def build_engine(artifact, options: EngineOptions) -> dict[str, Any]:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    cache_path = Path(options.timing_cache or artifact.path("timing.cache"))
+    cache_path = Path(options.timing_cache or artifact.path(TIMING_CACHE))
     cache_bytes = cache_path.read_bytes() if cache_path.exists() else b""
     timing_cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(timing_cache, ignore_mismatch=False)

@@ -20,7 +20,7 @@ from mfdeploy.export.tensorrt_build import (
     build_command,
     build_engine,
 )
-from mfdeploy.export.tensorrt_lint import lint_graph
+from mfdeploy.graph.tensorrt_lint import lint_graph
 from mfdeploy.runtime.tensorrt_env import tensorrt_unavailable_reason
 
 TRT_PRECISIONS = tuple(GRAPH_FOR_PRECISION)

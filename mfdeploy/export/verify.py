@@ -8,13 +8,16 @@ from typing import Any
 
 import numpy as np
 
+from mfdeploy.artifacts import ONNX_FILE
 from mfdeploy.errors import UserError
+from mfdeploy.images.preprocess import Preprocessing
+from mfdeploy.images.samples import builtin_images
 from mfdeploy.metrics import compare_logits
-from mfdeploy.preprocess import Preprocessing
 from mfdeploy.runtime.base import Runner
-from mfdeploy.sample_images import builtin_images
 
 EXIT_VERIFICATION_FAILED = 4
+DYNAMIC_VERIFY_BATCHES = (1, 7, 32)  # a dynamic-batch graph is verified at these batch sizes
+VERIFY_ATOL = 1e-4  # largest abs error on logits an FP32 graph may have against PyTorch
 
 
 class VerificationError(UserError):
@@ -105,9 +108,8 @@ def verify_artifact(
     from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
     from mfdeploy.runtime.torch_runner import TorchRunner
 
-    graph = artifact.require("model.onnx", "export it with `mfdeploy export --target onnx`")
-    batch = artifact.manifest["inputs"][0]["shape"][0]
-    batches = [batch] if isinstance(batch, int) else [1, 7, 32]
-    in_chans = int(artifact.manifest["model"].get("in_chans", 3))
+    graph = artifact.require(ONNX_FILE, "export it with `mfdeploy export --target onnx`")
+    batches = [artifact.static_batch] if artifact.static_batch else list(DYNAMIC_VERIFY_BATCHES)
+    in_chans = artifact.in_chans
     with TorchRunner.from_artifact(artifact) as reference, OnnxRuntimeRunner(graph, provider, threads) as candidate:
         return verify_runner(reference, candidate, artifact.preprocessing, batches, in_chans, atol)

@@ -125,6 +125,7 @@ CONFIGS: dict[str, MobileFormerConfig] = {
 # fmt: on
 
 SIZES: tuple[str, ...] = tuple(CONFIGS)
+DEFAULT_SIZE = "52m"  # what every command builds when no --size or checkpoint says otherwise
 
 
 def get_config(size: str) -> MobileFormerConfig:

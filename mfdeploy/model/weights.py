@@ -21,7 +21,7 @@ from torch import nn
 from mfdeploy.console import warn_once
 from mfdeploy.errors import UserError
 from mfdeploy.fileio import atomic_path, sha256_file
-from mfdeploy.model.config import SIZES, get_config
+from mfdeploy.model.config import DEFAULT_SIZE, SIZES, get_config
 from mfdeploy.model.mobileformer import MobileFormer, build_model
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -201,7 +201,7 @@ def load_model(
     """The model a command asks for: from a checkpoint when given (size and classes read from it when
     not passed), otherwise deterministic random weights from ``seed``, with a one-time warning."""
     if weights is None:
-        size = size or "52m"
+        size = size or DEFAULT_SIZE
         model = build_model(size, num_classes or 1000, in_chans or 3, seed=seed)
         warn_once(
             "random-weights",

@@ -14,8 +14,8 @@ import numpy as np
 
 from mfdeploy.artifacts import Artifact, utc_now
 from mfdeploy.console import progress
-from mfdeploy.datasets import BUILTIN_DIGITS, LabelledSplit, load_labelled
 from mfdeploy.errors import UserError
+from mfdeploy.images.datasets import BUILTIN_DIGITS, LabelledSplit, load_labelled
 from mfdeploy.runtime.registry import TARGETS, TargetUnavailable, create_runner, parse_targets
 
 SCHEMA_VERSION = 1

@@ -11,11 +11,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mfdeploy.artifacts import Artifact, utc_now
+from mfdeploy.artifacts import ONNX_FILE, Artifact, utc_now
 from mfdeploy.console import err, progress
 from mfdeploy.environment import library_versions
 from mfdeploy.errors import UserError
-from mfdeploy.image_sets import ImageSet, load_image_set
+from mfdeploy.images.sets import ImageSet, load_image_set
 from mfdeploy.metrics import compare_logits
 from mfdeploy.parity.stages import map_stages, stage_errors, torch_stage_outputs
 from mfdeploy.parity.thresholds import DEFAULT_THRESHOLDS, judge, thresholds_for
@@ -63,7 +63,7 @@ def run_parity(artifact: Artifact, options: ParityOptions) -> dict[str, Any]:
     """Compare every requested target with PyTorch; the report dict (see docs in parity.report)."""
     targets = check_options(options)
     started = time.perf_counter()
-    in_chans = int(artifact.manifest["model"].get("in_chans", 3))
+    in_chans = artifact.in_chans
     images: ImageSet = load_image_set(options.data, artifact.preprocessing, options.n, in_chans, resize_arrays=True)
     data = images.images[: options.n]
 
@@ -110,7 +110,7 @@ def run_parity(artifact: Artifact, options: ParityOptions) -> dict[str, Any]:
             localizable = spec.backend in LOCALIZABLE_BACKENDS
             if (failures or options.layers) and localizable:
                 if mapping is None:
-                    mapping = map_stages(artifact.path("model.onnx"), stages, stage_reference, stage_images)
+                    mapping = map_stages(artifact.path(ONNX_FILE), stages, stage_reference, stage_images)
                 errors = stage_errors(runner.path, mapping, stage_reference, stage_images, options.provider)
                 entry["stages"] = {
                     "rel_error": {s: errors[s] for s in stage_names if s in errors},

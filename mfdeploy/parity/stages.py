@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import torch
 
-from mfdeploy.graph_utils import consumers
+from mfdeploy.graph.topology import consumers
 from mfdeploy.model.complexity import stage_modules
 
 

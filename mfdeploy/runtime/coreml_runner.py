@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mfdeploy.errors import UserError
-from mfdeploy.preprocess import Preprocessing
+from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.runtime.base import LayerRecord, Runner, TensorSpec
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-PRECISIONS = ("fp32", "fp16")
+EVALUATOR_PRECISIONS = ("fp32", "fp16")
 
 
 class MILEvaluationError(RuntimeError):
@@ -376,8 +376,8 @@ class MILEvaluator:
     """
 
     def __init__(self, program, precision: str = "fp16", function: str = "main") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision not in EVALUATOR_PRECISIONS:
+            raise ValueError(f"precision must be one of {EVALUATOR_PRECISIONS}, got {precision!r}")
         self.program = program
         self.precision = precision
         self.function = program.functions[function]

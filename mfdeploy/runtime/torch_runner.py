@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mfdeploy.artifacts import WEIGHTS_FILE
 from mfdeploy.runtime.base import Runner, TensorSpec
 
 
@@ -24,7 +25,7 @@ class TorchRunner(Runner):
         """The model an artifact was exported from, rebuilt from its stored weights."""
         from mfdeploy.model.weights import load_model
 
-        weights = artifact.require("weights.safetensors", "re-export the artifact to store its weights")
+        weights = artifact.require(WEIGHTS_FILE, "re-export the artifact to store its weights")
         loaded = load_model(size=artifact.size, weights=weights, num_classes=artifact.num_classes)
         return cls(loaded.model, artifact.imgsz, threads)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 
 import onnx
 
@@ -56,3 +57,19 @@ def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(nodes)
     return model
+
+
+SHAPE_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+
+
+def traces_to(name: str, producers: dict[str, onnx.NodeProto], op_types: Iterable[str]) -> str | None:
+    """The op type in ``op_types`` that produces ``name`` through shape-only ops, if any."""
+    seen = 0
+    while name in producers and seen < 32:
+        node = producers[name]
+        if node.op_type in op_types:
+            return node.op_type
+        if node.op_type not in SHAPE_OPS:
+            return None
+        name, seen = node.input[0], seen + 1
+    return None

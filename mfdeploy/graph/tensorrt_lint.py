@@ -16,14 +16,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from mfdeploy.calibration.int8 import check_tensorrt_qdq
-from mfdeploy.graph_checks import MAX_RANK
-from mfdeploy.graph_utils import constant_names, consumers
+from mfdeploy.artifacts import ENGINE_PRECISIONS, precision_graph
+from mfdeploy.graph.checks import MAX_RANK
+from mfdeploy.graph.topology import constant_names, consumers, producers, traces_to
 
 DATA_FILE = Path(__file__).with_name("data") / "tensorrt_onnx_operators.json"
 NORM_OPS = ("LayerNormalization", "Softmax")
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # the ops TensorRT fuses a Q/DQ pair on both inputs into
+FLOAT_PRODUCERS = NORM_OPS  # their outputs must stay float: no Q right after them
 
 _TYPE_NAMES = {
     onnx.TensorProto.FLOAT: "FP32",
@@ -163,8 +167,56 @@ def lint_artifact(artifact, allow_fp16_norms: bool | None = None) -> list[LintRe
     if allow_fp16_norms is None:
         allow_fp16_norms = not artifact.manifest.get("calibration", {}).get("norms_kept_fp32", True)
     reports = []
-    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
-        if name in artifact.manifest.get("files", {}):
+    for name in map(precision_graph, ENGINE_PRECISIONS):
+        if artifact.has(name):
             path = artifact.require(name, "re-export the artifact")
             reports.append(lint_graph(onnx.load(str(path)), name, allow_fp16_norms))
     return reports
+
+
+def check_tensorrt_qdq(model: onnx.ModelProto) -> list[str]:
+    """TensorRT's explicit-quantization rules, checked on a Q/DQ graph; returns the violations.
+
+    Every zero point is 0 (symmetric); weights are per-channel; every Q feeds DQs and every activation
+    DQ is fed by a Q (pairs); every quantized op's weight comes through a DQ; no Q takes a
+    LayerNormalization or Softmax output (through shape-only ops); the graph outputs are float.
+    """
+    graph = model.graph
+    producer_of, users_of = producers(graph), consumers(graph)
+    initializers = {init.name: init for init in graph.initializer}
+    problems: list[str] = []
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if len(node.input) < 3 or node.input[2] not in initializers:
+            problems.append(f"{node.name}: no constant zero point")
+            continue
+        zero_point = numpy_helper.to_array(initializers[node.input[2]])
+        if zero_point.dtype != np.int8 or np.any(zero_point != 0):
+            problems.append(f"{node.name}: zero point must be int8 0, got {zero_point.dtype} {zero_point.ravel()[:3]}")
+        if node.op_type == "QuantizeLinear":
+            users = users_of.get(node.output[0], [])
+            if not users or any(user.op_type != "DequantizeLinear" for user in users):
+                problems.append(f"{node.name}: a QuantizeLinear must feed only DequantizeLinear nodes")
+            source = traces_to(node.input[0], producer_of, FLOAT_PRODUCERS)
+            if source is not None:
+                problems.append(f"{node.name}: quantizes a {source} output, which must stay float")
+        else:
+            data = node.input[0]
+            if data in initializers:
+                scale = numpy_helper.to_array(initializers[node.input[1]])
+                weight = initializers[data]
+                if scale.size == 1 and len(weight.dims) > 1:
+                    problems.append(f"{node.name}: weight {data} is quantized per tensor, not per channel")
+            elif data not in producer_of or producer_of[data].op_type != "QuantizeLinear":
+                problems.append(f"{node.name}: activation DequantizeLinear without a QuantizeLinear before it")
+    for node in graph.node:
+        if node.op_type in QUANTIZED_OPS and len(node.input) > 1:
+            weight = node.input[1]
+            quantized_input = node.input[0] in producer_of and producer_of[node.input[0]].op_type == "DequantizeLinear"
+            if quantized_input and not (weight in producer_of and producer_of[weight].op_type == "DequantizeLinear"):
+                problems.append(f"{node.name}: quantized activation but float weight")
+    for output in graph.output:
+        if output.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            problems.append(f"graph output {output.name} is not float32")
+    return problems

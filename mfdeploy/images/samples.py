@@ -7,7 +7,6 @@ any count with deterministic crops and flips, so every run sees exactly the same
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from functools import lru_cache
 
@@ -90,12 +89,3 @@ def builtin_images(n: int) -> list[Image.Image]:
         source = photos[i % len(photos)]
         images.append(source if i < len(photos) else _variant(source, i))
     return images
-
-
-def builtin_fingerprint(n: int) -> str:
-    """A short hash naming exactly which built-in images ``builtin_images(n)`` returns."""
-    digest = hashlib.sha256(f"builtin-v1:{n}".encode())
-    for name, image in builtin_photos():
-        digest.update(name.encode())
-        digest.update(hashlib.sha256(image.tobytes()).digest())
-    return digest.hexdigest()

@@ -16,12 +16,11 @@ import numpy as np
 
 from mfdeploy.console import progress, warn
 from mfdeploy.errors import UserError
-from mfdeploy.preprocess import IMAGE_EXTENSIONS, Preprocessing, is_image_file, load_image
-from mfdeploy.sample_images import builtin_images
+from mfdeploy.images.preprocess import IMAGE_EXTENSIONS, Preprocessing, is_image_file, load_image
+from mfdeploy.images.samples import builtin_images
 
 BUILTIN = "builtin"
 MIN_IMAGES = 8
-IMAGE_SET_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclass
@@ -58,21 +57,19 @@ def _evenly_spaced(items: list, count: int) -> list:
     return [items[i] for i in index]
 
 
-def _from_folder(folder: Path, preprocessing: Preprocessing, size: int, in_chans: int) -> ImageSet:
+def _from_folder(folder: Path, preprocessing: Preprocessing, num_images: int, in_chans: int) -> ImageSet:
     try:
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p, IMAGE_SET_EXTENSIONS))
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
     except OSError as exc:
         raise UserError(f"cannot read image folder {folder}: {exc.strerror or exc}") from None
     if not files:
-        raise UserError(
-            f"image folder {folder} has no images ({', '.join(IMAGE_SET_EXTENSIONS)}, searched recursively)"
-        )
-    if len(files) < size:
+        raise UserError(f"image folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively)")
+    if len(files) < num_images:
         warn(
-            f"{size} images were asked for, more than the {len(files)} images in {folder}: using all "
+            f"{num_images} images were asked for, more than the {len(files)} images in {folder}: using all "
             f"{len(files)} (only builtin data is expanded with crops and flips)"
         )
-    chosen = _evenly_spaced(files, size)
+    chosen = _evenly_spaced(files, num_images)
     arrays, skipped = [], []
     with progress() as bar:
         task = bar.add_task("load images", total=len(chosen), status="")
@@ -100,7 +97,9 @@ def _resize(array: np.ndarray, side: int) -> np.ndarray:
     return torch.nn.functional.interpolate(tensor, size=(side, side), mode="bilinear", align_corners=False).numpy()
 
 
-def _from_array(path: Path, preprocessing: Preprocessing, size: int, in_chans: int, resize: bool = False) -> ImageSet:
+def _from_array(
+    path: Path, preprocessing: Preprocessing, num_images: int, in_chans: int, resize: bool = False
+) -> ImageSet:
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -132,17 +131,17 @@ def _from_array(path: Path, preprocessing: Preprocessing, size: int, in_chans: i
         raise UserError(f"{path.name} contains NaN or Inf values")
     if len(array) < MIN_IMAGES:
         raise UserError(f"{path.name} has {len(array)} images; at least {MIN_IMAGES} are needed")
-    if len(array) < size:
-        warn(f"{size} images were asked for, more than the {len(array)} images in {path.name}: using all of them")
-    images = np.ascontiguousarray(array[:size])
+    if len(array) < num_images:
+        warn(f"{num_images} images were asked for, more than the {len(array)} images in {path.name}: using all of them")
+    images = np.ascontiguousarray(array[:num_images])
     return ImageSet(images, str(path), array_sha256(images))
 
 
-def _from_builtin(preprocessing: Preprocessing, size: int, in_chans: int) -> ImageSet:
+def _from_builtin(preprocessing: Preprocessing, num_images: int, in_chans: int) -> ImageSet:
     with progress() as bar:
-        task = bar.add_task("builtin images", total=size, status="")
+        task = bar.add_task("builtin images", total=num_images, status="")
         arrays = []
-        for image in builtin_images(size):
+        for image in builtin_images(num_images):
             arrays.append(preprocessing(image))
             bar.update(task, advance=1)
     images = np.stack(arrays)
@@ -151,13 +150,15 @@ def _from_builtin(preprocessing: Preprocessing, size: int, in_chans: int) -> Ima
     return ImageSet(images, BUILTIN, array_sha256(images))
 
 
-def fingerprint(spec: str | os.PathLike[str], preprocessing: Preprocessing, size: int, in_chans: int) -> str | None:
+def fingerprint(
+    spec: str | os.PathLike[str], preprocessing: Preprocessing, num_images: int, in_chans: int
+) -> str | None:
     """A cheap identity of the data a spec would load (file names, sizes and times; or the builtin set's
     version), so a repeated calibration finds its cached statistics without decoding a single image.
     None when the spec cannot be fingerprinted (it is then loaded and hashed as usual)."""
     from importlib import metadata
 
-    parts: list[str] = [str(size), str(in_chans), repr(sorted(preprocessing.to_dict().items()))]
+    parts: list[str] = [str(num_images), str(in_chans), repr(sorted(preprocessing.to_dict().items()))]
     if str(spec) == BUILTIN:
         versions = []
         for dist in ("scikit-image", "scikit-learn"):
@@ -170,7 +171,7 @@ def fingerprint(spec: str | os.PathLike[str], preprocessing: Preprocessing, size
         path = Path(spec)
         try:
             if path.is_dir():
-                files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p, IMAGE_SET_EXTENSIONS))
+                files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
             elif path.is_file():
                 files = [path]
             else:
@@ -186,7 +187,7 @@ def fingerprint(spec: str | os.PathLike[str], preprocessing: Preprocessing, size
 def load_image_set(
     spec: str | os.PathLike[str],
     preprocessing: Preprocessing,
-    size: int = 512,
+    num_images: int = 512,
     in_chans: int = 3,
     resize_arrays: bool = False,
 ) -> ImageSet:
@@ -194,17 +195,17 @@ def load_image_set(
 
     ``resize_arrays``: resize an array made at another image size (with a warning) instead of refusing it.
     """
-    if size < 1:
-        raise UserError(f"the number of images must be at least 1, got {size}")
+    if num_images < 1:
+        raise UserError(f"the number of images must be at least 1, got {num_images}")
     if str(spec) == BUILTIN:
-        return _from_builtin(preprocessing, size, in_chans)
+        return _from_builtin(preprocessing, num_images, in_chans)
     path = Path(spec)
     if not path.exists():
         raise UserError(f"image data {path} does not exist; pass a folder of images, a .npy/.npz or builtin")
     if path.is_dir():
-        return _from_folder(path, preprocessing, size, in_chans)
+        return _from_folder(path, preprocessing, num_images, in_chans)
     if path.suffix.lower() in (".npy", ".npz"):
-        return _from_array(path, preprocessing, size, in_chans, resize_arrays)
+        return _from_array(path, preprocessing, num_images, in_chans, resize_arrays)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         raise UserError(f"{path} is a single image; pass the folder that holds the calibration images")
     raise UserError(f"unsupported image data {path.name}: pass a folder of images, a .npy/.npz or builtin")

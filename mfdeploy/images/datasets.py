@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from mfdeploy.errors import UserError
-from mfdeploy.preprocess import is_image_file, load_image
+from mfdeploy.images.preprocess import is_image_file, load_image
 
 BUILTIN_DIGITS = "builtin-digits"
 VAL_EVERY = 5  # every 5th image of a class goes to validation: a 20% split, identical on every run

@@ -1,0 +1,1 @@
+"""ONNX graph helpers (producers, consumers, order) and the deployment rules every exported graph obeys."""
