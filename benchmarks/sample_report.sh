@@ -17,7 +17,7 @@ for size in 26m 52m; do
   mfdeploy export --size "$size" --out "$work"
   mfdeploy calibrate "$work/mobileformer_$size" --no-latency
   mfdeploy bench "$work/mobileformer_$size" \
-    --targets torch,onnx,onnx-fp16,onnx-int8,trt-fp16,trt-int8 --batch 1,8 --threads 2 --warmup 20 --runs 200 \
+    --targets torch,onnx,onnx-fp16,onnx-int8,trt-fp16,trt-int8 --batches 1,8 --threads 2 --warmup 20 --runs 200 \
     --profile --top 8 --json "$out/bench-$size.json"
 done
 mfdeploy report "$out/bench-26m.json" "$out/bench-52m.json" --md "$out/report.md" --html "$out/report.html"

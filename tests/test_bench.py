@@ -47,8 +47,8 @@ def runs(artifact, tmp_path_factory):
     common = ["--warmup", "1", "--runs", "5", "--threads", "1"]
     targets = "torch,onnx,onnx-fp16,onnx-int8,trt-fp16,trt-int8,coreml"
     for argv in (
-        ["bench", artifact.root, "--targets", targets, "--batch", "1,2", "--device-name", "device A", "--json", first],
-        ["bench", artifact.root, "--targets", "onnx", "--batch", "1,4", "--device-name", "device B", "--profile",
+        ["bench", artifact.root, "--targets", targets, "--batches", "1,2", "--device-name", "device A", "--json", first],
+        ["bench", artifact.root, "--targets", "onnx", "--batches", "1,4", "--device-name", "device B", "--profile",
          "--top", "5", "--json", second],
     ):  # fmt: skip
         try:
@@ -268,8 +268,8 @@ def test_bench_size_exports_to_a_temporary_folder(cli, tmp_path):
     "args,fragments",
     [
         (["--targets", "onnx,tflite"], ["unknown target 'tflite'", "valid targets are torch, onnx"]),
-        (["--batch", "0"], ["--batch sizes must be at least 1, got 0"]),
-        (["--batch", "1,x"], ["--batch takes positive integers", "'x'"]),
+        (["--batches", "0"], ["--batches: batch sizes must be positive, got 0"]),
+        (["--batches", "1,x"], ["--batches takes positive integers", "'x'"]),
         (["--runs", "0"], ["--runs must be at least 1, got 0"]),
         (["--runs", "10", "--min-time", "2"], ["either --runs N or --min-time"]),
         (["--min-time", "0"], ["--min-time must be a positive"]),

@@ -26,6 +26,7 @@ from mfdeploy.errors import UserError
 # starts is running something else that competes for the cores being measured.
 BUSY_LOAD_SHARE = 0.5
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
+DEFAULT_BATCHES = (1,)  # what --batches measures when it is not given
 
 
 @dataclass
@@ -49,24 +50,34 @@ class BenchOptions:
         return {key: value for key, value in options.items() if value is not None}
 
 
-def parse_batches(text: str) -> list[int]:
-    """ "1,8,32" -> [1, 8, 32]; anything but positive integers is a one-line error."""
-    batches = []
-    for part in (p.strip() for p in str(text).split(",")):
-        if not part:
-            continue
-        try:
-            value = int(part)
-        except ValueError:
-            raise UserError(
-                f"--batch takes positive integers separated by commas (e.g. 1,8,32), got {part!r}"
-            ) from None
-        if value < 1:
-            raise UserError(f"--batch sizes must be at least 1, got {value}")
-        batches.append(value)
-    if not batches:
-        raise UserError("--batch needs at least one batch size, e.g. --batch 1,8")
-    return list(dict.fromkeys(batches))
+def timing_plan(warmup: int | None = None, runs: int | None = None, min_time: float | None = None) -> TimingPlan:
+    """The timing plan from command-line values (None: not given): ``runs`` calls or ``min_time`` seconds."""
+    defaults = TimingPlan()
+    if runs is not None and min_time is not None:
+        raise UserError("pass either --runs N or --min-time SECONDS, not both")
+    if runs is not None and runs < 1:
+        raise UserError(f"--runs must be at least 1, got {runs}")
+    if min_time is not None and not 0 < min_time < float("inf"):
+        raise UserError(f"--min-time must be a positive number of seconds, got {min_time}")
+    warmup = defaults.warmup if warmup is None else warmup
+    if warmup < 0:
+        raise UserError(f"--warmup must be 0 or more, got {warmup}")
+    if min_time is not None:
+        return TimingPlan(warmup=warmup, runs=None, min_time_s=min_time)
+    return TimingPlan(warmup=warmup, runs=defaults.runs if runs is None else runs)
+
+
+def check_options(options: BenchOptions) -> None:
+    """Refuse bad settings before the first cell runs (one line each)."""
+    from mfdeploy.runtime.onnxruntime_runner import PROVIDERS
+
+    if options.threads is not None and options.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {options.threads}")
+    if options.top < 1:
+        raise UserError(f"--top must be at least 1, got {options.top}")
+    if options.provider is not None and options.provider not in PROVIDERS:
+        raise UserError(f"unknown provider {options.provider!r}; choose one of {', '.join(PROVIDERS)}")
+    options.compute_units = check_compute_units(options.compute_units)
 
 
 def check_compute_units(value: str | None) -> str | None:
@@ -147,6 +158,7 @@ def run_bench(
 
     ``on_cell(target, batch, entry)`` is called before each cell (entry None) and after it.
     """
+    check_options(options)
     environment = host_environment(options.threads)
     artifact = Artifact.open(options.artifact)
     results: list[dict[str, Any]] = []

@@ -23,6 +23,7 @@ from mfdeploy.export.coreml_program import DEPLOYMENT_TARGETS, OFFICIAL_52M_COMP
 from mfdeploy.export.verify import VerificationError, verification_inputs
 from mfdeploy.fileio import atomic_path
 from mfdeploy.metrics import compare_logits
+from mfdeploy.option_values import parse_batches as parse_batches_text
 from mfdeploy.runtime.coreml_runner import INSTALL_HINT, CoreMLRunner, coremltools_installed, predict_unavailable_reason
 
 COREML_PRECISIONS = ("fp16", "fp32")
@@ -60,19 +61,20 @@ class CoreMLOptions:
     def from_cli(
         cls,
         precision: str | None = None,
-        compress: str = "none",
+        compress: str | None = None,
         batches: str | None = None,
-        deployment_target: str = "iOS16",
-        image_input: bool = False,
+        deployment_target: str | None = None,
+        image_input: bool | None = None,
         labels: str | Path | None = None,
     ) -> "CoreMLOptions":
-        """Parse the command-line values; a UserError names the first bad one."""
+        """Parse the command-line values (None: the field's default); a UserError names the first bad one."""
+        defaults = cls()
         options = cls(
             precision=parse_precision(precision),
-            compress=parse_compress(compress),
+            compress=parse_compress(compress or defaults.compress),
             batches=parse_batches(batches),
-            deployment_target=parse_deployment_target(deployment_target),
-            image_input=image_input,
+            deployment_target=parse_deployment_target(deployment_target or defaults.deployment_target),
+            image_input=defaults.image_input if image_input is None else image_input,
             labels=read_labels(labels) if labels is not None else None,
             labels_file=str(labels) if labels is not None else None,
         )
@@ -99,7 +101,7 @@ class CoreMLOptions:
 
 
 def parse_precision(value: str | None) -> str:
-    precision = (value or "fp16").lower()
+    precision = (value or CoreMLOptions.precision).lower()
     if precision == "int8":
         raise UserError("Core ML computes in fp16 or fp32; for int8 weights use --compress int8")
     if precision not in COREML_PRECISIONS:
@@ -124,20 +126,10 @@ def parse_deployment_target(value: str) -> str:
 
 
 def parse_batches(value: str | None) -> tuple[int, ...]:
-    """``"1,4,8"`` -> (1, 4, 8): positive, distinct, at most 128 of them (Core ML's enumerated shapes)."""
+    """``"1,4,8"`` -> (1, 4, 8): positive, distinct, sorted, at most 128 of them (Core ML's enumerated shapes)."""
     if value is None or not value.strip():
         return (1,)
-    parts = [p.strip() for p in value.split(",")]
-    batches = []
-    for part in parts:
-        try:
-            batch = int(part)
-        except ValueError:
-            raise UserError(f"--batches takes comma-separated batch sizes such as 1,4,8; {part!r} is not one") from None
-        if batch < 1:
-            raise UserError(f"--batches: batch sizes must be positive, got {batch}")
-        batches.append(batch)
-    distinct = tuple(sorted(set(batches)))
+    distinct = tuple(sorted(parse_batches_text(value, "--batches")))
     if len(distinct) > MAX_BATCH_SHAPES:
         raise UserError(
             f"--batches lists {len(distinct)} batch sizes; Core ML takes at most {MAX_BATCH_SHAPES} enumerated shapes"

@@ -51,13 +51,43 @@ class EngineOptions:
     timing_cache: Path | None = None  # default: <artifact>/timing.cache, reused by every build here
 
 
+def engine_options(
+    precision: str | None = None,
+    batch: int | None = None,
+    min_batch: int | None = None,
+    opt_batch: int | None = None,
+    max_batch: int | None = None,
+    workspace_gib: float | None = None,
+    timing_cache: Path | None = None,
+) -> EngineOptions:
+    """EngineOptions from command-line values (None: not given, the field's default applies): a static
+    ``batch`` or a min/opt/max range, never both."""
+    defaults = EngineOptions()
+    given = [v for v in (min_batch, opt_batch, max_batch) if v is not None]
+    if batch is not None and given:
+        raise UserError("pass either --batch N or --min-batch/--opt-batch/--max-batch, not both")
+    profile = None
+    if batch is not None:
+        profile = BatchProfile.static(batch) if batch >= 1 else None
+    elif given:
+        low = min_batch or 1
+        high = max_batch or max(given)
+        profile = BatchProfile(low, opt_batch or high, high).check()
+    return EngineOptions(
+        precision=precision or defaults.precision,
+        profile=profile,
+        workspace_gib=defaults.workspace_gib if workspace_gib is None else workspace_gib,
+        timing_cache=timing_cache,
+    )
+
+
 def build_command(artifact_root: Path, options: EngineOptions) -> str:
     """The command that builds this engine, as a user would type it on a GPU host."""
     parts = ["mfdeploy", "build-engine", str(Path(artifact_root).resolve()), "--precision", options.precision]
     if options.profile is not None:
         p = options.profile
         parts += ["--min-batch", str(p.min), "--opt-batch", str(p.opt), "--max-batch", str(p.max)]
-    if options.workspace_gib != 4.0:
+    if options.workspace_gib != EngineOptions.workspace_gib:
         parts += ["--workspace", f"{options.workspace_gib:g}"]
     return " ".join(parts)
 

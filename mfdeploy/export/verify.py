@@ -102,7 +102,7 @@ def verify_runner(
 
 
 def verify_artifact(
-    artifact, provider: str = "cpu", atol: float = 1e-4, threads: int | None = None
+    artifact, provider: str | None = None, atol: float = 1e-4, threads: int | None = None
 ) -> VerificationReport:
     """Re-verify an artifact's ONNX graph against the PyTorch model it was exported from."""
     from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner

@@ -19,6 +19,8 @@ from mfdeploy.images.datasets import BUILTIN_DIGITS, LabelledSplit, load_labelle
 from mfdeploy.runtime.registry import TARGETS, TargetUnavailable, create_runner, parse_targets
 
 SCHEMA_VERSION = 1
+DEFAULT_TARGETS = ("onnx", "onnx-fp16", "onnx-int8")
+DEFAULT_BATCH = 32
 
 
 def _labelled_images(artifact: Artifact, spec: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -62,7 +64,11 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 
 def run_eval(
-    artifact: Artifact, data: str, targets: list[str] | str, batch: int = 32, provider: str = "cpu"
+    artifact: Artifact,
+    data: str = BUILTIN_DIGITS,
+    targets: list[str] | str = DEFAULT_TARGETS,
+    batch: int = DEFAULT_BATCH,
+    provider: str | None = None,
 ) -> dict[str, Any]:
     names = parse_targets(targets)
     if batch < 1:

@@ -24,16 +24,17 @@ from mfdeploy.runtime.registry import TARGETS, TargetUnavailable, create_runner,
 SCHEMA_VERSION = 1
 STAGE_BATCH = 4  # images used for the stage-by-stage comparison
 LOCALIZABLE_BACKENDS = ("onnxruntime",)
+DEFAULT_TARGETS = ("onnx", "onnx-fp16", "onnx-int8", "coreml", "trt-fp16", "trt-int8")
 
 
 @dataclass
 class ParityOptions:
-    targets: list[str]
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     data: str = "builtin"
     n: int = 64
     batch: int = 8
     layers: bool = False
-    provider: str = "cpu"
+    provider: str | None = None  # ONNX Runtime execution provider; None: the runner's default (cpu)
     overrides: dict[str, float | None] = field(default_factory=dict)
 
 

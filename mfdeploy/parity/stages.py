@@ -122,7 +122,11 @@ def map_stages(graph_path, stages: list[Stage], reference: dict[str, np.ndarray]
 
 
 def stage_errors(
-    graph_path, mapping: dict[str, str], reference: dict[str, np.ndarray], images: np.ndarray, provider: str = "cpu"
+    graph_path,
+    mapping: dict[str, str],
+    reference: dict[str, np.ndarray],
+    images: np.ndarray,
+    provider: str | None = None,
 ) -> dict[str, float]:
     """Relative L2 error of every mapped stage output of ``graph_path`` against PyTorch."""
     from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner

@@ -17,6 +17,7 @@ from mfdeploy.errors import UserError
 from mfdeploy.runtime.base import LayerRecord, Runner, TensorSpec
 
 # Provider chains: the named provider first, falling back to the CPU for any op it does not take.
+DEFAULT_PROVIDER = "cpu"  # what --provider means when it is not given
 PROVIDERS: dict[str, list[str]] = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -50,7 +51,7 @@ class OnnxRuntimeRunner(Runner):
     def __init__(
         self,
         path: str | os.PathLike[str],
-        provider: str = "cpu",
+        provider: str | None = None,
         threads: int | None = None,
         extra_outputs: Sequence[str] = (),
         optimization: str = "all",
@@ -58,8 +59,8 @@ class OnnxRuntimeRunner(Runner):
     ) -> None:
         super().__init__()
         self.path = Path(path)
-        self.provider = provider
-        self.providers = check_provider(provider)
+        self.provider = provider or DEFAULT_PROVIDER
+        self.providers = check_provider(self.provider)
         self.threads = threads
         self.extra_outputs = list(extra_outputs)
         self.optimization = optimization
@@ -69,7 +70,7 @@ class OnnxRuntimeRunner(Runner):
 
     @classmethod
     def from_artifact(
-        cls, artifact, spec, provider: str = "cpu", threads: int | None = None, profile: bool = False, **_: object
+        cls, artifact, spec, provider: str | None = None, threads: int | None = None, profile: bool = False, **_: object
     ) -> "OnnxRuntimeRunner":
         """The graph of target ``spec`` (model.onnx, model.fp16.onnx, model.int8.onnx) in ``artifact``."""
         path = artifact.require(spec.file, f"make it with `{spec.make_command(artifact)}`")

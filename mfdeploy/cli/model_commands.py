@@ -1,0 +1,133 @@
+"""`mfdeploy info` and `mfdeploy train`: the model itself, before any export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from mfdeploy.cli.app import app
+from mfdeploy.cli.options import (
+    ImgszOption,
+    JsonOption,
+    NumClassesOption,
+    SeedOption,
+    SizeOption,
+    WeightsOption,
+    batch_option,
+    data_option,
+    default,
+    given,
+)
+from mfdeploy.cli.output import human, write_json
+from mfdeploy.errors import UserError
+from mfdeploy.model import DEFAULT_SIZE
+from mfdeploy.training import TrainConfig
+
+INFO_IMGSZ = 224  # the paper's figures are at 224x224
+INFO_CLASSES = 1000  # and for ImageNet's classes
+
+
+def _millions(value: float) -> str:
+    return f"{value / 1e6:.2f}M"
+
+
+@app.command()
+def info(
+    ctx: typer.Context,
+    size: SizeOption = DEFAULT_SIZE,
+    all_sizes: Annotated[bool, typer.Option("--all", help="One table of all seven sizes.")] = False,
+    imgsz: ImgszOption = INFO_IMGSZ,
+    num_classes: NumClassesOption = INFO_CLASSES,
+    json_target: JsonOption = None,
+) -> None:
+    """Parameters and multiply-adds, per stage or for every size, next to the paper's figures."""
+    from mfdeploy.images.preprocess import check_imgsz
+    from mfdeploy.model import SIZES, build_model, get_config
+    from mfdeploy.model.complexity import measure
+
+    imgsz = check_imgsz(INFO_IMGSZ if imgsz is None else imgsz)
+    num_classes = INFO_CLASSES if num_classes is None else num_classes
+    if all_sizes and given(ctx, size="--size"):
+        raise UserError("pass either --size or --all, not both")
+    names = list(SIZES) if all_sizes else [get_config(size or DEFAULT_SIZE).name]
+    results = [measure(build_model(name, num_classes), imgsz) for name in names]
+    write_json([r.to_dict() for r in results] if all_sizes else results[0].to_dict(), json_target)
+    say = human(json_target)
+    scale_note = "" if imgsz == INFO_IMGSZ else f" (paper figures are at 224x224; measured at {imgsz}x{imgsz})"
+    if all_sizes:
+        table = Table(title=f"Mobile-Former sizes at {imgsz}x{imgsz}, {num_classes} classes{scale_note}")
+        for column in ("size", "params M", "paper", "diff", "MAdds M", "paper", "diff", "tokens", "heads", "top-1*"):
+            table.add_column(column, justify="right", no_wrap=True)
+        for r in results:
+            table.add_row(
+                r.size,
+                f"{r.params / 1e6:.2f}",
+                f"{r.paper_params / 1e6:.1f}",
+                f"{r.params_vs_paper:+.1%}",
+                f"{r.madds / 1e6:.1f}",
+                f"{r.paper_madds / 1e6:.0f}",
+                f"{r.madds_vs_paper:+.1%}",
+                f"{r.num_tokens}x{r.token_dim}",
+                str(r.num_heads),
+                f"{r.paper_top1:.1f}",
+            )
+        say.print(table)
+        say.print("* ImageNet top-1 reported by the paper. MAdds count conv, linear and matmul.")
+        return
+    r = results[0]
+    table = Table(title=f"Mobile-Former {r.size} at {imgsz}x{imgsz}, {num_classes} classes{scale_note}")
+    for column, justify in (("stage", "left"), ("output shape", "left"), ("params", "right"), ("MAdds", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for stage in r.stages:
+        shapes = "  ".join("x".join(str(d) for d in shape) for shape in stage.output_shape)
+        table.add_row(stage.name, shapes, f"{stage.params:,}", f"{stage.madds:,}")
+    table.add_section()
+    table.add_row("total", "", f"{r.params:,}", f"{r.madds:,}")
+    say.print(table)
+    say.print(
+        f"params {_millions(r.params)} (paper {_millions(r.paper_params)}, {r.params_vs_paper:+.1%}); "
+        f"MAdds {_millions(r.madds)} (paper {_millions(r.paper_madds)}, {r.madds_vs_paper:+.1%}); "
+        f"tokens {r.num_tokens}x{r.token_dim}, {r.num_heads} heads; paper ImageNet top-1 {r.paper_top1:.1f}"
+    )
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (.safetensors or .pt).")],
+    size: SizeOption = default(TrainConfig, "size"),
+    data: data_option("builtin-digits, or an ImageFolder (one sub-folder per class).") = default(TrainConfig, "data"),
+    epochs: Annotated[int, typer.Option("--epochs")] = default(TrainConfig, "epochs"),
+    imgsz: ImgszOption = default(TrainConfig, "imgsz"),
+    batch: batch_option("images per training step", "--batch-size") = default(TrainConfig, "batch_size"),
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, cosine schedule).")] = default(
+        TrainConfig, "lr"
+    ),
+    seed: SeedOption = default(TrainConfig, "seed"),
+    weights: WeightsOption = None,
+    json_target: JsonOption = None,
+) -> None:
+    """Fine-tune a Mobile-Former on labelled images (CPU), reporting validation accuracy every epoch."""
+    from mfdeploy.images.preprocess import check_imgsz
+    from mfdeploy.model import get_config
+    from mfdeploy.training import train as run_training
+
+    cfg = TrainConfig(
+        size=get_config(size or default(TrainConfig, "size")).name,
+        data=data,
+        epochs=epochs,
+        imgsz=check_imgsz(default(TrainConfig, "imgsz") if imgsz is None else imgsz),
+        batch_size=default(TrainConfig, "batch_size") if batch is None else batch,
+        lr=lr,
+        seed=seed,
+    )
+    result = run_training(cfg, out, init_weights=weights)
+    write_json(result.to_dict(), json_target)
+    human(json_target).print(
+        f"wrote {result.out} ({result.size}, {len(result.classes)} classes): validation accuracy "
+        f"{result.val_accuracy:.2%} on {result.num_val} images after {cfg.epochs} epochs, {result.seconds:.1f} s",
+        soft_wrap=True,
+        markup=False,
+    )

@@ -1,0 +1,134 @@
+"""Every option the commands share, declared once. Defaults come from the library's options dataclasses
+(:func:`default`), and whether the user gave a flag is asked of the parser (:func:`given`), never decided by
+comparing a value with a retyped literal.
+
+One meaning per flag: ``--json [PATH|-]`` (see :mod:`mfdeploy.cli.output`), ``--batch N`` one batch size,
+``--batches 1,8,32`` a list, ``--size`` a model size, ``--provider`` ONNX Runtime's execution provider.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from mfdeploy.cli.output import json_target
+
+TENSORRT = "TensorRT (--target trt/all)"
+COREML = "Core ML (--target coreml/all)"
+CALIBRATION = "Calibration (INT8/FP16 graphs for TensorRT)"
+
+
+def default(options_class: type, name: str) -> Any:
+    """The default of field ``name`` of a library options dataclass: the one place a default is written."""
+    for item in dataclasses.fields(options_class):
+        if item.name == name:
+            if item.default is not dataclasses.MISSING:
+                return item.default
+            if item.default_factory is not dataclasses.MISSING:
+                return item.default_factory()
+    raise KeyError(f"{options_class.__name__} has no field {name!r}")
+
+
+def given(ctx: typer.Context, **flags: str) -> list[str]:
+    """The flags (``{parameter: "--flag"}``) the user typed, as the parser saw them."""
+    from typer._click.core import ParameterSource
+
+    typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return [flag for name, flag in flags.items() if ctx.get_parameter_source(name) in typed]
+
+
+JsonOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--json",
+        metavar="[PATH|-]",
+        callback=json_target,
+        help="Write machine-readable JSON to PATH, or to stdout with - or no value (the summary then goes to "
+        'stderr). A failure writes {"error": {...}} there.',
+    ),
+]
+SizeOption = Annotated[Optional[str], typer.Option("--size", help="Model size: 26m, 52m, 96m, 151m, 214m, 294m, 508m.")]
+ProviderOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--provider", help="ONNX Runtime execution provider for the onnx targets: cpu (default), cuda, tensorrt."
+    ),
+]
+ThreadsOption = Annotated[
+    Optional[int], typer.Option("--threads", help="ONNX Runtime intra-op (and torch) threads (default: theirs).")
+]
+WeightsOption = Annotated[
+    Optional[Path], typer.Option("--weights", help="Checkpoint (.safetensors, .pt/.pth) (default: random weights).")
+]
+OutOption = Annotated[Path, typer.Option("--out", help="Folder that holds mobileformer_<size>/ artifact folders.")]
+TargetsOption = Annotated[
+    str, typer.Option("--targets", help="Comma-separated targets; any that cannot run here is skipped with the reason.")
+]
+ImgszOption = Annotated[Optional[int], typer.Option("--imgsz", help="Input side, a multiple of 32.")]
+NumClassesOption = Annotated[Optional[int], typer.Option("--num-classes", help="Classifier outputs.")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the random weights (and shuffling, in train).")]
+ArtifactArgument = Annotated[Path, typer.Argument(help="An artifact folder written by `mfdeploy export`.")]
+OptionalArtifactArgument = Annotated[Optional[Path], typer.Argument(help="An artifact folder (or use --size).")]
+
+
+def batch_option(purpose: str, *aliases: str) -> Any:
+    """``--batch N``: one batch size, everywhere; ``purpose`` says what it sizes in this command."""
+    return Annotated[Optional[int], typer.Option("--batch", *aliases, help=f"One batch size: {purpose}.")]
+
+
+def batches_option(purpose: str, panel: str | None = None) -> Any:
+    """``--batches 1,8,32``: a list of batch sizes, everywhere."""
+    return Annotated[
+        Optional[str],
+        typer.Option("--batches", help=f"Batch sizes, comma-separated: {purpose}.", rich_help_panel=panel),
+    ]
+
+
+def data_option(what: str) -> Any:
+    return Annotated[str, typer.Option("--data", help=what)]
+
+
+# -- calibration (export --target trt, calibrate) ------------------------------------------------------
+CalibDataOption = Annotated[
+    str,
+    typer.Option(
+        "--calib-data", help="builtin, a folder of images, or a preprocessed .npy/.npz.", rich_help_panel=CALIBRATION
+    ),
+]
+CalibSizeOption = Annotated[int, typer.Option("--calib-size", help="Calibration images.", rich_help_panel=CALIBRATION)]
+CalibBatchOption = Annotated[
+    int, typer.Option("--calib-batch", help="Batch size of the calibration run.", rich_help_panel=CALIBRATION)
+]
+MethodOption = Annotated[
+    str, typer.Option("--method", help="minmax, entropy or percentile.", rich_help_panel=CALIBRATION)
+]
+PercentileOption = Annotated[
+    float, typer.Option("--percentile", help="For --method percentile, in (0, 100].", rich_help_panel=CALIBRATION)
+]
+Fp16NormOption = Annotated[
+    bool,
+    typer.Option(
+        "--fp16-norm", help="Allow LayerNorm/Softmax in FP16 (kept FP32 by default).", rich_help_panel=CALIBRATION
+    ),
+]
+
+# -- TensorRT engine (export --target trt, build-engine) ---------------------------------------------
+MinBatchOption = Annotated[
+    Optional[int], typer.Option("--min-batch", help="Profile: smallest batch.", rich_help_panel=TENSORRT)
+]
+OptBatchOption = Annotated[
+    Optional[int], typer.Option("--opt-batch", help="Profile: batch to tune for.", rich_help_panel=TENSORRT)
+]
+MaxBatchOption = Annotated[
+    Optional[int], typer.Option("--max-batch", help="Profile: largest batch.", rich_help_panel=TENSORRT)
+]
+WorkspaceOption = Annotated[
+    float, typer.Option("--workspace", help="Workspace pool limit, GiB.", rich_help_panel=TENSORRT)
+]
+TimingCacheOption = Annotated[
+    Optional[Path],
+    typer.Option("--timing-cache", help="Timing cache file, reused across builds.", rich_help_panel=TENSORRT),
+]
