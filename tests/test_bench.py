@@ -47,7 +47,8 @@ def runs(artifact, tmp_path_factory):
     common = ["--warmup", "1", "--runs", "5", "--threads", "1"]
     targets = "torch,onnx,onnx-fp16,onnx-int8,trt-fp16,trt-int8,coreml"
     for argv in (
-        ["bench", artifact.root, "--targets", targets, "--batches", "1,2", "--device-name", "device A", "--json", first],
+        ["bench", artifact.root, "--targets", targets, "--batches", "1,2", "--device-name", "device A",
+         "--json", first],
         ["bench", artifact.root, "--targets", "onnx", "--batches", "1,4", "--device-name", "device B", "--profile",
          "--top", "5", "--json", second],
     ):  # fmt: skip

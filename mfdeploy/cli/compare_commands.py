@@ -104,7 +104,8 @@ def evaluate(
     from mfdeploy.artifacts import Artifact
     from mfdeploy.parity.evaluate import run_eval
 
-    report = run_eval(Artifact.open(artifact_dir), data, targets, eval_defaults.DEFAULT_BATCH if batch is None else batch, provider)
+    batch = eval_defaults.DEFAULT_BATCH if batch is None else batch
+    report = run_eval(Artifact.open(artifact_dir), data, targets, batch, provider)
     write_json(report, json_target)
     say = human(json_target)
     say.print(f"accuracy on {report['data']['source']} ({report['data']['images']} labelled images):", markup=False)
