@@ -211,7 +211,8 @@ def _ok_entry(request, artifact, runner, samples, device_timings) -> dict[str, A
         "timing": request.plan.to_dict(),
         "latency_ms": summary.to_dict(),
         "throughput_ips": round(request.batch / seconds, 2) if seconds > 0 else None,
-        "gmacs": round(madds * request.batch / seconds / 1e9, 3) if madds and seconds > 0 else None,
+        # 4 significant figures: a slow device (0.37 GMAC/s) keeps the precision a fast one has
+        "gmacs": float(f"{madds * request.batch / seconds / 1e9:.4g}") if madds and seconds > 0 else None,
         "model_file": _file_entry(artifact, request.target),
         "device_timings_ms": {name: summarize(values).to_dict() for name, values in device_timings.items() if values},
         "samples_ms": [round(s, 6) for s in samples],
