@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mfdeploy import console
 from mfdeploy.benchmark.bench import DEFAULT_BATCHES, BenchOptions
+from mfdeploy.benchmark.latency import TimingPlan
 from mfdeploy.cli.app import INVOCATION, app
 from mfdeploy.cli.options import (
     ImgszOption,
@@ -37,9 +38,11 @@ def bench(
     ] = None,
     batches: batches_option("each is measured, e.g. 1,8,32") = ",".join(map(str, DEFAULT_BATCHES)),
     threads: ThreadsOption = None,
-    warmup: Annotated[Optional[int], typer.Option("--warmup", help="Untimed runs before timing (default 20).")] = None,
+    warmup: Annotated[
+        Optional[int], typer.Option("--warmup", help=f"Untimed runs before timing (default {TimingPlan.warmup}).")
+    ] = None,
     runs: Annotated[
-        Optional[int], typer.Option("--runs", help="Timed runs per target and batch (default 200).")
+        Optional[int], typer.Option("--runs", help=f"Timed runs per target and batch (default {TimingPlan.runs}).")
     ] = None,
     min_time: Annotated[
         Optional[float], typer.Option("--min-time", help="Instead of --runs: time for at least this many seconds.")

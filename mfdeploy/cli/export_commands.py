@@ -103,7 +103,11 @@ def export(
     ),
     precision: Annotated[
         Optional[str],
-        typer.Option("--precision", help="TensorRT: fp16 (default), int8 or fp32. Core ML: fp16 (default) or fp32."),
+        typer.Option(
+            "--precision",
+            help=f"TensorRT: fp16, int8 or fp32 (default {EngineOptions.precision}). "
+            f"Core ML: fp16 or fp32 (default {CoreMLOptions.precision}).",
+        ),
     ] = None,
     calib_data: CalibDataOption = default(CalibrationOptions, "data"),
     calib_size: CalibSizeOption = default(CalibrationOptions, "num_images"),

@@ -23,11 +23,11 @@ from mfdeploy.cli.options import (
 )
 from mfdeploy.cli.output import human, write_json
 from mfdeploy.errors import UserError
-from mfdeploy.model import DEFAULT_SIZE
+from mfdeploy.model.config import DEFAULT_SIZE, PAPER_IMGSZ, PAPER_NUM_CLASSES
 from mfdeploy.training import TrainConfig
 
-INFO_IMGSZ = 224  # the paper's figures are at 224x224
-INFO_CLASSES = 1000  # and for ImageNet's classes
+INFO_IMGSZ = PAPER_IMGSZ  # info compares with the paper's figures by default
+INFO_CLASSES = PAPER_NUM_CLASSES
 
 
 def _millions(value: float) -> str:

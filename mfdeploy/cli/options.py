@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from mfdeploy.cli.output import json_target
+from mfdeploy.runtime.onnxruntime_runner import DEFAULT_PROVIDER, PROVIDERS
 
 TENSORRT = "TensorRT (--target trt/all)"
 COREML = "Core ML (--target coreml/all)"
@@ -54,7 +55,9 @@ SizeOption = Annotated[Optional[str], typer.Option("--size", help="Model size: 2
 ProviderOption = Annotated[
     Optional[str],
     typer.Option(
-        "--provider", help="ONNX Runtime execution provider for the onnx targets: cpu (default), cuda, tensorrt."
+        "--provider",
+        help=f"ONNX Runtime execution provider for the onnx targets: {', '.join(PROVIDERS)} "
+        f"(default {DEFAULT_PROVIDER}).",
     ),
 ]
 ThreadsOption = Annotated[

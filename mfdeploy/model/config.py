@@ -126,6 +126,8 @@ CONFIGS: dict[str, MobileFormerConfig] = {
 
 SIZES: tuple[str, ...] = tuple(CONFIGS)
 DEFAULT_SIZE = "52m"  # what every command builds when no --size or checkpoint says otherwise
+PAPER_IMGSZ = 224  # the input side and class count of the paper's (ImageNet) figures
+PAPER_NUM_CLASSES = 1000
 
 
 def get_config(size: str) -> MobileFormerConfig:
