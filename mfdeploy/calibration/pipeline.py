@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,8 @@ from mfdeploy.artifacts import (
 from mfdeploy.calibration.evaluation import evaluate_graphs
 from mfdeploy.calibration.fp16 import choose_fp32_islands, to_fp16
 from mfdeploy.calibration.int8 import plan_quantization, quantize
-from mfdeploy.calibration.ranges import check_method, compute_ranges
+from mfdeploy.calibration.options import CalibrationOptions, check_options
+from mfdeploy.calibration.ranges import compute_ranges
 from mfdeploy.calibration.report import render_markdown
 from mfdeploy.calibration.stats import CalibrationStats, collect_stats, stats_key
 from mfdeploy.console import err
@@ -44,37 +44,6 @@ from mfdeploy.images.sets import BUILTIN, fingerprint, load_image_set
 
 GRAPH_FILES = {p: precision_graph(p) for p in CALIBRATED_PRECISIONS}
 DATA_INDEX = f"{CALIBRATION_DIR}/data-index.json"
-
-
-@dataclass
-class CalibrationOptions:
-    data: str = BUILTIN
-    num_images: int = 512
-    batch: int = 32
-    method: str = "minmax"
-    percentile: float = 99.99
-    precisions: tuple[str, ...] = CALIBRATED_PRECISIONS
-    keep_norms_fp32: bool = True
-    threads: int | None = None
-    holdout: int = 64
-    measure_latency: bool = True
-
-
-def check_options(options: CalibrationOptions) -> None:
-    check_method(options.method, options.percentile)
-    if options.batch < 1:
-        raise UserError(f"--calib-batch must be at least 1, got {options.batch}")
-    if options.num_images < 1:
-        raise UserError(f"--calib-size must be at least 1, got {options.num_images}")
-    if options.data != BUILTIN and not Path(options.data).exists():
-        raise UserError(
-            f"calibration data {options.data} does not exist; pass a folder of images, a .npy/.npz or builtin"
-        )
-    unknown = [p for p in options.precisions if p not in CALIBRATED_PRECISIONS]
-    if unknown or not options.precisions:
-        raise UserError(
-            f"unknown precision {', '.join(unknown) or '(none)'}; choose from {', '.join(CALIBRATED_PRECISIONS)}"
-        )
 
 
 def _prepared_graph(source: Path) -> onnx.ModelProto:

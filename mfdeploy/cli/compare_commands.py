@@ -21,7 +21,7 @@ from mfdeploy.cli.options import (
     default,
 )
 from mfdeploy.cli.output import human, write_json
-from mfdeploy.export.pipeline import ExportOptions
+from mfdeploy.export.options import ExportOptions
 from mfdeploy.parity import evaluate as eval_defaults
 from mfdeploy.parity.harness import ParityOptions
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mfdeploy.calibration.pipeline import CalibrationOptions
+from mfdeploy.calibration.options import CalibrationOptions
 from mfdeploy.cli.app import app
 from mfdeploy.cli.options import (
     COREML,
@@ -42,7 +42,7 @@ from mfdeploy.cli.output import human, write_json
 from mfdeploy.cli.summaries import print_calibration_summary, print_export_summary
 from mfdeploy.errors import UserError
 from mfdeploy.export.coreml_export import CoreMLOptions
-from mfdeploy.export.pipeline import ExportOptions
+from mfdeploy.export.options import ExportOptions
 from mfdeploy.export.tensorrt_build import EngineOptions
 from mfdeploy.export.verify import VERIFY_ATOL
 
@@ -142,7 +142,7 @@ def export(
     json_target: JsonOption = None,
 ) -> None:
     """Export a verified artifact: custom-op-free ONNX checked against PyTorch on every run."""
-    from mfdeploy.export.pipeline import TARGET_STAGES
+    from mfdeploy.export.options import TARGET_STAGES
     from mfdeploy.export.pipeline import export as run_export
     from mfdeploy.export.tensorrt_build import engine_options
     from mfdeploy.export.tensorrt_stage import TensorRTOptions
@@ -244,7 +244,8 @@ def calibrate(
     json_target: JsonOption = None,
 ) -> None:
     """INT8 (Q/DQ) and FP16 graphs for TensorRT from one FP32 run over calibration data, with a report."""
-    from mfdeploy.calibration.pipeline import calibrate_artifact, check_options
+    from mfdeploy.calibration.options import check_options
+    from mfdeploy.calibration.pipeline import calibrate_artifact
     from mfdeploy.export.workflow import open_or_export
 
     options = _calibration_options(

@@ -28,6 +28,7 @@ from mfdeploy.console import progress
 from mfdeploy.environment import library_versions
 from mfdeploy.errors import UserError
 from mfdeploy.export import onnx_export
+from mfdeploy.export.options import EXPORT_TARGETS, STAGES, TARGET_STAGES, ExportOptions
 from mfdeploy.export.verify import DYNAMIC_VERIFY_BATCHES, VERIFY_ATOL, VerificationError, verify_runner
 from mfdeploy.graph.checks import check_graph
 from mfdeploy.images.preprocess import Preprocessing, check_imgsz
@@ -36,37 +37,6 @@ from mfdeploy.model.weights import LoadedModel, load_model, save_checkpoint
 from mfdeploy.runtime.base import TensorSpec
 from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from mfdeploy.runtime.torch_runner import TorchRunner
-
-EXPORT_TARGETS = ("onnx", "trt", "coreml", "all")
-
-# Every target starts from the verified ONNX graph and the stored weights; these stages then add
-# their files to the same staged folder. Each is "module:function(ctx: ExportContext) -> None".
-STAGES: dict[str, str] = {
-    "trt": "mfdeploy.export.tensorrt_stage:run_stage",
-    "coreml": "mfdeploy.export.coreml_export:run_stage",
-}
-TARGET_STAGES: dict[str, tuple[str, ...]] = {
-    "onnx": (),
-    "trt": ("trt",),
-    "coreml": ("coreml",),
-    "all": ("trt", "coreml"),
-}
-
-
-@dataclass
-class ExportOptions:
-    size: str | None = None
-    target: str = "onnx"
-    imgsz: int | None = None
-    batch: int | None = None  # None: dynamic batch axis
-    opset: int = 17
-    weights: str | None = None
-    num_classes: int | None = None
-    seed: int = 0
-    out: Path = Path("artifacts")
-    force: bool = False
-    simplifier: str = "onnxslim"
-    stage_options: dict[str, Any] = field(default_factory=dict)  # per stage: {"coreml": CoreMLOptions(...)}
 
 
 @dataclass

@@ -1,0 +1,46 @@
+"""What `mfdeploy calibrate` (and `export --target trt`) can be asked, and the checks made before any work.
+
+Apart from the pipeline so that the command line reads these defaults without importing ONNX or torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mfdeploy.artifacts import CALIBRATED_PRECISIONS
+from mfdeploy.errors import UserError
+from mfdeploy.images.sets import BUILTIN
+
+
+@dataclass
+class CalibrationOptions:
+    data: str = BUILTIN
+    num_images: int = 512
+    batch: int = 32
+    method: str = "minmax"
+    percentile: float = 99.99
+    precisions: tuple[str, ...] = CALIBRATED_PRECISIONS
+    keep_norms_fp32: bool = True
+    threads: int | None = None
+    holdout: int = 64
+    measure_latency: bool = True
+
+
+def check_options(options: CalibrationOptions) -> None:
+    from mfdeploy.calibration.ranges import check_method
+
+    check_method(options.method, options.percentile)
+    if options.batch < 1:
+        raise UserError(f"--calib-batch must be at least 1, got {options.batch}")
+    if options.num_images < 1:
+        raise UserError(f"--calib-size must be at least 1, got {options.num_images}")
+    if options.data != BUILTIN and not Path(options.data).exists():
+        raise UserError(
+            f"calibration data {options.data} does not exist; pass a folder of images, a .npy/.npz or builtin"
+        )
+    unknown = [p for p in options.precisions if p not in CALIBRATED_PRECISIONS]
+    if unknown or not options.precisions:
+        raise UserError(
+            f"unknown precision {', '.join(unknown) or '(none)'}; choose from {', '.join(CALIBRATED_PRECISIONS)}"
+        )
