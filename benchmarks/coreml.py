@@ -42,7 +42,8 @@ from mfdeploy.images.preprocess import Preprocessing  # noqa: E402
 from mfdeploy.images.samples import builtin_images  # noqa: E402
 from mfdeploy.metrics import compare_logits  # noqa: E402
 from mfdeploy.model import SIZES, build_model  # noqa: E402
-from mfdeploy.runtime.mil_evaluator import MILEvaluator, import_coremltools, load_program  # noqa: E402
+from mfdeploy.runtime.coreml_env import import_coremltools  # noqa: E402
+from mfdeploy.runtime.mil_evaluator import MILEvaluator, load_program  # noqa: E402
 
 PREPROCESSING = Preprocessing.for_size(224)
 

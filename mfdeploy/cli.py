@@ -527,7 +527,7 @@ def _open_or_export(
 def _artifact_for(artifact_dir: Optional[Path], size: Optional[str], out: Path, targets: list[str]):
     """The artifact a report runs on, exported (with --size) and calibrated first when it or the precision
     graphs the targets need are missing."""
-    from mfdeploy.runtime.coreml_runner import coremltools_installed
+    from mfdeploy.runtime.coreml_env import coremltools_installed
 
     # the Core ML package can only be made by an export; without coremltools the target is skipped
     target = "coreml" if "coreml" in targets and coremltools_installed() else "onnx"

@@ -27,7 +27,8 @@ from mfdeploy.images.samples import builtin_images, builtin_photos
 from mfdeploy.metrics import compare_logits
 from mfdeploy.model import SIZES, build_model
 from mfdeploy.model.weights import save_checkpoint
-from mfdeploy.runtime.coreml_runner import CoreMLRunner, chunk_sizes, predict_unavailable_reason
+from mfdeploy.runtime.coreml_env import predict_unavailable_reason
+from mfdeploy.runtime.coreml_runner import CoreMLRunner, chunk_sizes
 from mfdeploy.runtime.mil_evaluator import MILEvaluator, load_program
 from mfdeploy.runtime.registry import create_runner
 

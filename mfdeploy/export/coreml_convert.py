@@ -24,7 +24,7 @@ from mfdeploy import __version__
 from mfdeploy.export import coreml_passes
 from mfdeploy.export.coreml_program import target_enum
 from mfdeploy.images.preprocess import Preprocessing
-from mfdeploy.runtime.mil_evaluator import import_coremltools, quiet_coremltools
+from mfdeploy.runtime.coreml_env import import_coremltools, quiet_coremltools
 
 TENSOR_INPUT = "images"  # the ONNX graph's input name
 IMAGE_INPUT = "image"

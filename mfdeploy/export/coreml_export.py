@@ -23,7 +23,8 @@ from mfdeploy.export.coreml_program import DEPLOYMENT_TARGETS, OFFICIAL_52M_COMP
 from mfdeploy.export.verify import VerificationError, verification_inputs
 from mfdeploy.fileio import atomic_path
 from mfdeploy.metrics import compare_logits
-from mfdeploy.runtime.coreml_runner import INSTALL_HINT, CoreMLRunner, coremltools_installed, predict_unavailable_reason
+from mfdeploy.runtime.coreml_env import INSTALL_HINT, coremltools_installed, predict_unavailable_reason
+from mfdeploy.runtime.coreml_runner import CoreMLRunner
 
 COREML_PRECISIONS = ("fp16", "fp32")
 MAX_BATCH_SHAPES = 128  # Core ML's limit for enumerated shapes
