@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -293,15 +293,7 @@ def run_stage(ctx) -> None:
     loaded, preprocessing = ctx.loaded, ctx.preprocessing
     labels, label_source, label_note = _labels(options, loaded)
     spec = ConversionSpec(
-        imgsz=preprocessing.imgsz,
-        in_chans=loaded.in_chans,
-        preprocessing=preprocessing,
-        precision=options.precision,
-        compress=options.compress,
-        batches=options.batches,
-        deployment_target=options.deployment_target,
-        image_input=options.image_input,
-        labels=labels,
+        options, imgsz=preprocessing.imgsz, in_chans=loaded.in_chans, preprocessing=preprocessing, labels=labels
     )
     bar = ctx.progress
     steps = 6 if options.compress == "none" else 7
@@ -311,8 +303,8 @@ def run_stage(ctx) -> None:
     work = ctx.root / ".coreml-work"
     timings: dict[str, float] = {}
     try:
-        mlmodel, timings["convert_s"] = convert(loaded.model, replace(spec, compress="none"))
-        describe(mlmodel, replace(spec, compress="none"), loaded.size, loaded.num_classes, complexity, source)
+        mlmodel, timings["convert_s"] = convert(loaded.model, spec.uncompressed())
+        describe(mlmodel, spec.uncompressed(), loaded.size, loaded.num_classes, complexity, source)
         bar.update(task, advance=1)
         bytes_before = None
         if options.compress != "none":
@@ -412,14 +404,16 @@ def _pass_names() -> tuple[str, ...]:
 
 
 def _input_section(spec: ConversionSpec) -> dict[str, Any]:
-    shape = [spec.batches[0] if len(spec.batches) == 1 else "batch", spec.in_chans, spec.imgsz, spec.imgsz]
-    if not spec.image_input:
+    options = spec.options
+    batch = options.batches[0] if len(options.batches) == 1 else "batch"
+    shape = [batch, spec.in_chans, spec.imgsz, spec.imgsz]
+    if not options.image_input:
         return {
             "name": spec.input_name,
             "kind": "tensor",
             "dtype": "float32",
             "shape": shape,
-            "enumerated_batches": list(spec.batches),
+            "enumerated_batches": list(options.batches),
         }
     scale, bias = image_scale_and_bias(spec.preprocessing)
     return {
