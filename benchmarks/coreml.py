@@ -37,12 +37,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mfdeploy.export.coreml_convert import COMPRESSIONS, ConversionSpec, convert, package_bytes  # noqa: E402
+from mfdeploy.export.coreml_export import CoreMLOptions  # noqa: E402
 from mfdeploy.export.coreml_program import OFFICIAL_52M_COMPUTE_OPS, inspect_program  # noqa: E402
 from mfdeploy.images.preprocess import Preprocessing  # noqa: E402
 from mfdeploy.images.samples import builtin_images  # noqa: E402
 from mfdeploy.metrics import compare_logits  # noqa: E402
 from mfdeploy.model import SIZES, build_model  # noqa: E402
-from mfdeploy.runtime.mil_evaluator import MILEvaluator, import_coremltools, load_program  # noqa: E402
+from mfdeploy.runtime.coreml_env import import_coremltools  # noqa: E402
+from mfdeploy.runtime.mil_evaluator import MILEvaluator, load_program  # noqa: E402
 
 PREPROCESSING = Preprocessing.for_size(224)
 
@@ -63,7 +65,7 @@ def perturbed(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
 def compute_ops(model: torch.nn.Module, passes: bool) -> int:
     """Compute ops of the converted program, with mfdeploy's passes or coremltools' default pipeline."""
     ct = import_coremltools()
-    spec = ConversionSpec(imgsz=224, in_chans=3, preprocessing=PREPROCESSING)
+    spec = ConversionSpec(CoreMLOptions(), imgsz=224, in_chans=3, preprocessing=PREPROCESSING)
     if passes:
         mlmodel, _ = convert(model, spec)
     else:
@@ -81,7 +83,7 @@ def compute_ops(model: torch.nn.Module, passes: bool) -> int:
 
 def conversion_times(size: str, runs: int) -> dict[str, float]:
     model = build_model(size)
-    spec = ConversionSpec(imgsz=224, in_chans=3, preprocessing=PREPROCESSING)
+    spec = ConversionSpec(CoreMLOptions(), imgsz=224, in_chans=3, preprocessing=PREPROCESSING)
     seconds = [convert(model, spec)[1] for _ in range(runs)]
     return {"median_s": round(statistics.median(seconds), 2), "min_s": round(min(seconds), 2), "runs": runs}
 
@@ -96,7 +98,7 @@ def compression_table(images: int, skip: set[str]) -> list[dict[str, object]]:
         for mode in COMPRESSIONS:
             if mode in skip:
                 continue
-            spec = ConversionSpec(imgsz=224, in_chans=3, preprocessing=PREPROCESSING, compress=mode)
+            spec = ConversionSpec(CoreMLOptions(compress=mode), imgsz=224, in_chans=3, preprocessing=PREPROCESSING)
             mlmodel, seconds = convert(model, spec)
             package = Path(tmp) / f"{mode}.mlpackage"
             mlmodel.save(str(package))

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import platform
+import shutil
+import subprocess
 import sys
+from collections.abc import Sequence
 from importlib import metadata
+from types import ModuleType
 
 from mfdeploy import __version__
 
@@ -63,9 +67,6 @@ def _read(path: str) -> str | None:
 
 
 def _sysctl(name: str) -> str | None:
-    import shutil
-    import subprocess
-
     tool = shutil.which("sysctl")
     if tool is None:
         return None
@@ -124,50 +125,64 @@ def memory_total_gb() -> float | None:
     return None
 
 
-def gpu_info() -> list[dict[str, object]]:
-    """NVIDIA GPUs with driver version and memory, from NVML or nvidia-smi; [] where there are none."""
-    import shutil
-    import subprocess
-
+def nvml() -> ModuleType | None:
+    """NVIDIA's NVML bindings (nvidia-ml-py), initialised; None without them, a driver or a GPU."""
     try:
         import pynvml  # nvidia-ml-py
-
+    except ImportError:
+        return None
+    try:
         pynvml.nvmlInit()
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        gpus = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            name = pynvml.nvmlDeviceGetName(handle)
-            gpus.append(
-                {
-                    "name": name.decode() if isinstance(name, bytes) else str(name),
-                    "driver": driver.decode() if isinstance(driver, bytes) else str(driver),
-                    "memory_mb": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20),
-                }
-            )
-        return gpus
-    except Exception:  # noqa: BLE001 - no nvidia-ml-py, no driver or no GPU: try the CLI
-        pass
+    except Exception:  # noqa: BLE001 - NVMLError subclasses: no driver, no GPU
+        return None
+    return pynvml
+
+
+def nvidia_smi_csv(query: str, fields: Sequence[str]) -> list[list[str]] | None:
+    """``nvidia-smi --query-<query>=<fields>`` as rows of stripped fields (lines without every field
+    dropped); None where nvidia-smi is missing or fails to run. The fallback where NVML is not installed."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return []
+        return None
     try:
         listing = subprocess.run(
-            [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader,nounits"],
+            [smi, f"--query-{query}={','.join(fields)}", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=20,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return []
-    gpus = []
-    for line in listing.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 3:
-            gpus.append(
-                {"name": parts[0], "driver": parts[1], "memory_mb": int(parts[2]) if parts[2].isdigit() else None}
-            )
-    return gpus
+        return None
+    rows = [[part.strip() for part in line.split(",")] for line in listing.splitlines()]
+    return [row for row in rows if len(row) == len(fields)]
+
+
+def gpu_info() -> list[dict[str, object]]:
+    """NVIDIA GPUs with driver version and memory, from NVML or nvidia-smi; [] where there are none."""
+    pynvml = nvml()
+    if pynvml is not None:
+        try:
+            driver = pynvml.nvmlSystemGetDriverVersion()
+            gpus = []
+            for index in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                name = pynvml.nvmlDeviceGetName(handle)
+                gpus.append(
+                    {
+                        "name": name.decode() if isinstance(name, bytes) else str(name),
+                        "driver": driver.decode() if isinstance(driver, bytes) else str(driver),
+                        "memory_mb": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20),
+                    }
+                )
+            return gpus
+        except Exception:  # noqa: BLE001 - a driver that answers NVML only in part: try the CLI
+            pass
+    rows = nvidia_smi_csv("gpu", ("name", "driver_version", "memory.total")) or []
+    return [
+        {"name": name, "driver": driver, "memory_mb": int(memory) if memory.isdigit() else None}
+        for name, driver, memory in rows
+    ]
 
 
 def board_model() -> str | None:

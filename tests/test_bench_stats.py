@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from mfdeploy.benchmark.latency import TimingPlan, time_calls
-from mfdeploy.benchmark.stages import OTHER, layer_stage, stage_of, stage_order, summarize_profile
+from mfdeploy.benchmark.stages import layer_stage, summarize_profile
 from mfdeploy.benchmark.stats import Summary, percentile, spread_warnings, summarize
+from mfdeploy.model.stages import OTHER, stage_of, stage_order
 from mfdeploy.runtime.base import LayerRecord
 
 

@@ -27,7 +27,8 @@ from mfdeploy.images.samples import builtin_images, builtin_photos
 from mfdeploy.metrics import compare_logits
 from mfdeploy.model import SIZES, build_model
 from mfdeploy.model.weights import save_checkpoint
-from mfdeploy.runtime.coreml_runner import CoreMLRunner, chunk_sizes, predict_unavailable_reason
+from mfdeploy.runtime.coreml_env import predict_unavailable_reason
+from mfdeploy.runtime.coreml_runner import CoreMLRunner, chunk_sizes
 from mfdeploy.runtime.mil_evaluator import MILEvaluator, load_program
 from mfdeploy.runtime.registry import create_runner
 
@@ -312,7 +313,7 @@ def test_op_check_names_ops_the_target_lacks(int8_ios18):
 def test_every_size_converts_and_evaluates(size):
     model = build_model(size)
     preprocessing = Preprocessing.for_size(224)
-    mlmodel, _ = convert(model, ConversionSpec(imgsz=224, in_chans=3, preprocessing=preprocessing))
+    mlmodel, _ = convert(model, ConversionSpec(CoreMLOptions(), imgsz=224, in_chans=3, preprocessing=preprocessing))
     program = mlmodel._mil_program
     report = inspect_program(program, "iOS16")
     assert report.unsupported == [] and report.compute_ops > 0

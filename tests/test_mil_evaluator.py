@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mfdeploy.runtime.mil_evaluator import MILEvaluationError, MILEvaluator, conv2d, pool2d
+from mfdeploy.runtime.mil_evaluator import MILEvaluationError, MILEvaluator
+from mfdeploy.runtime.mil_ops import conv2d, pool2d
 
 RNG = np.random.default_rng(0)
 

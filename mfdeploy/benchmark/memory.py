@@ -10,11 +10,11 @@ runner was created), which is the closest a process-level counter gets to "the m
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any
+
+from mfdeploy.environment import nvidia_smi_csv, nvml
 
 
 def peak_rss_bytes() -> int | None:
@@ -50,27 +50,15 @@ class GpuMemory:
         return {"mb": round(self.bytes / 2**20, 1), "method": self.method}
 
 
-def _nvml():
-    try:
-        import pynvml  # nvidia-ml-py
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - NVMLError subclasses: no driver, no GPU
-        return None
-    return pynvml
-
-
 def gpu_device_used_bytes() -> int | None:
     """Memory in use on all GPUs (every process), or None without NVML/GPU."""
-    nvml = _nvml()
-    if nvml is None:
+    bindings = nvml()
+    if bindings is None:
         return None
     try:
         return sum(
-            int(nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(i)).used)
-            for i in range(nvml.nvmlDeviceGetCount())
+            int(bindings.nvmlDeviceGetMemoryInfo(bindings.nvmlDeviceGetHandleByIndex(i)).used)
+            for i in range(bindings.nvmlDeviceGetCount())
         )
     except Exception:  # noqa: BLE001
         return None
@@ -80,38 +68,22 @@ def gpu_process_bytes(pid: int | None = None) -> int | None:
     """GPU memory used by process ``pid`` (this one by default), per NVML or nvidia-smi; None if neither
     knows the process (no GPU, no driver tools, or a container whose PIDs the driver does not see)."""
     pid = os.getpid() if pid is None else pid
-    nvml = _nvml()
-    if nvml is not None:
+    bindings = nvml()
+    if bindings is not None:
         try:
             used = 0
             found = False
-            for i in range(nvml.nvmlDeviceGetCount()):
-                handle = nvml.nvmlDeviceGetHandleByIndex(i)
-                for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            for i in range(bindings.nvmlDeviceGetCount()):
+                handle = bindings.nvmlDeviceGetHandleByIndex(i)
+                for proc in bindings.nvmlDeviceGetComputeRunningProcesses(handle):
                     if proc.pid == pid and proc.usedGpuMemory is not None:
                         used += int(proc.usedGpuMemory)
                         found = True
             return used if found else None
         except Exception:  # noqa: BLE001
             return None
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return None
-    try:
-        listing = subprocess.run(
-            [smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    used_mib = [
-        int(fields[1])
-        for fields in (line.split(",") for line in listing.splitlines())
-        if len(fields) == 2 and fields[0].strip() == str(pid) and fields[1].strip().isdigit()
-    ]
+    rows = nvidia_smi_csv("compute-apps", ("pid", "used_memory")) or []
+    used_mib = [int(used) for owner, used in rows if owner == str(pid) and used.isdigit()]
     return sum(used_mib) * 2**20 if used_mib else None
 
 
@@ -121,7 +93,7 @@ def gpu_memory(baseline_device_bytes: int | None) -> GpuMemory | None:
     host without an NVIDIA GPU."""
     own = gpu_process_bytes()
     if own is not None:
-        return GpuMemory(own, "nvml-process" if _nvml() is not None else "nvidia-smi-process")
+        return GpuMemory(own, "nvml-process" if nvml() is not None else "nvidia-smi-process")
     now = gpu_device_used_bytes()
     if now is None or baseline_device_bytes is None:
         return None

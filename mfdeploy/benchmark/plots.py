@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mfdeploy.benchmark.report import Row
+    from mfdeploy.benchmark.rows import Row
 
 DPI = 110
 

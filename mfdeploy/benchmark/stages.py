@@ -2,52 +2,22 @@
 
 The ONNX exporter names nodes after their PyTorch modules (``/blocks.3/to_mobile/MatMul``), TensorRT
 keeps those names inside its fused layer names (``PWN(/blocks.3/mobile/act/Max)``), and a runner can
-give a ``scope`` for layers its backend renamed. A layer belongs to the stage named first in its scope
-or name; what carries no stage name goes under "other".
+give a ``scope`` for layers its backend renamed. A layer belongs to the stage named first in its name,
+else in its scope (:func:`mfdeploy.model.stages.stage_of`); what carries no stage name goes under "other".
 """
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from mfdeploy.model.stages import OTHER, stage_of, stage_order
 from mfdeploy.runtime.base import LayerRecord
-
-OTHER = "other"
-_FIXED_BEFORE = ("stem", "lite_bneck")
-_FIXED_AFTER = ("final_to_former", "channel_conv", "head")
-# A stage name preceded by the start or a delimiter and followed by a delimiter or the end, so that
-# "head" does not match "heads" and "stem" does not match "system". The leftmost match wins: a layer
-# inside "/blocks.0/.../head/..." is in blocks.0.
-_STAGE = re.compile(
-    r"(?:^|[/\s(\[{,+:])(stem|lite_bneck|blocks[._]\d+|final_to_former|channel_conv|head)(?=[/._\s)\]},+:]|$)"
-)
-
-
-def stage_of(name: str) -> str:
-    """The model stage a layer or tensor name belongs to: stem, lite_bneck, blocks.N, final_to_former,
-    channel_conv, head, or "other"."""
-    match = _STAGE.search(name)
-    if not match:
-        return OTHER
-    stage = match.group(1)
-    return "blocks." + stage[7:] if stage.startswith("blocks_") else stage
-
-
-def stage_order(stage: str) -> tuple[int, int]:
-    """Sort key that puts stages in the order the model runs them, "other" last."""
-    if stage in _FIXED_BEFORE:
-        return (0, _FIXED_BEFORE.index(stage))
-    if stage.startswith("blocks."):
-        return (1, int(stage.split(".", 1)[1]))
-    if stage in _FIXED_AFTER:
-        return (2, _FIXED_AFTER.index(stage))
-    return (3, 0)
 
 
 def layer_stage(record: LayerRecord) -> str:
+    """The stage of a profiled layer: from its name, else from the scope its runner gave."""
     stage = stage_of(record.name)
     if stage == OTHER and record.scope:
         stage = stage_of(record.scope)

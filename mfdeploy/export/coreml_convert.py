@@ -12,9 +12,9 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,7 +24,10 @@ from mfdeploy import __version__
 from mfdeploy.export import coreml_passes
 from mfdeploy.export.coreml_program import target_enum
 from mfdeploy.images.preprocess import Preprocessing
-from mfdeploy.runtime.mil_evaluator import import_coremltools, quiet_coremltools
+from mfdeploy.runtime.coreml_env import import_coremltools, quiet_coremltools
+
+if TYPE_CHECKING:  # coreml_export parses and validates the options; the conversion only reads them
+    from mfdeploy.export.coreml_export import CoreMLOptions
 
 TENSOR_INPUT = "images"  # the ONNX graph's input name
 IMAGE_INPUT = "image"
@@ -38,21 +41,23 @@ _PREVIEW_TYPE_KEY = "com.apple.coreml.model.preview.type"
 
 @dataclass(frozen=True)
 class ConversionSpec:
-    """Everything the conversion needs besides the model."""
+    """Everything the conversion needs besides the model: the user's Core ML options, and what the model
+    adds to them (its input size and channels, its preprocessing, and the class labels that make it a
+    classifier: from ``options.labels`` or the checkpoint's class names, see ``coreml_export``)."""
 
+    options: CoreMLOptions
     imgsz: int
     in_chans: int
     preprocessing: Preprocessing
-    precision: str = "fp16"
-    compress: str = "none"
-    batches: tuple[int, ...] = (1,)
-    deployment_target: str = "iOS16"
-    image_input: bool = False
     labels: tuple[str, ...] | None = None
 
     @property
     def input_name(self) -> str:
-        return IMAGE_INPUT if self.image_input else TENSOR_INPUT
+        return IMAGE_INPUT if self.options.image_input else TENSOR_INPUT
+
+    def uncompressed(self) -> ConversionSpec:
+        """The same conversion without weight compression (what ``--compress`` is measured against)."""
+        return replace(self, options=replace(self.options, compress="none"))
 
 
 class _LogitsAndProbabilities(nn.Module):
@@ -87,8 +92,8 @@ def image_scale_and_bias(preprocessing: Preprocessing) -> tuple[float, list[floa
 
 
 def _input_type(ct, spec: ConversionSpec):
-    shapes = [(batch, spec.in_chans, spec.imgsz, spec.imgsz) for batch in spec.batches]
-    if spec.image_input:
+    shapes = [(batch, spec.in_chans, spec.imgsz, spec.imgsz) for batch in spec.options.batches]
+    if spec.options.image_input:
         scale, bias = image_scale_and_bias(spec.preprocessing)
         return ct.ImageType(name=IMAGE_INPUT, shape=shapes[0], scale=scale, bias=bias, color_layout=ct.colorlayout.RGB)
     shape: Any = shapes[0] if len(shapes) == 1 else ct.EnumeratedShapes(shapes=shapes, default=shapes[0])
@@ -125,7 +130,7 @@ def pass_pipeline(spec: ConversionSpec, compress: bool = True):
     import coremltools as ct
 
     pipeline = coreml_passes.pipeline(classifier=spec.labels is not None)
-    config = _compression_config(spec.compress) if compress else None
+    config = _compression_config(spec.options.compress) if compress else None
     if config is not None:
         name, optimization = config
         pipeline.append_pass(name)
@@ -140,7 +145,7 @@ def convert(model: nn.Module, spec: ConversionSpec, compress: bool = True):
     seconds the trace and conversion took."""
     ct = import_coremltools()
     model = model.eval()
-    if spec.image_input:
+    if spec.options.image_input:
         model = fold_std_into_stem(model, spec.preprocessing.std)
     outputs = [ct.TensorType(name=LOGITS, dtype=np.float32)]
     classifier = None
@@ -161,8 +166,8 @@ def convert(model: nn.Module, spec: ConversionSpec, compress: bool = True):
             outputs=outputs,
             classifier_config=classifier,
             convert_to="mlprogram",
-            compute_precision=ct.precision.FLOAT16 if spec.precision == "fp16" else ct.precision.FLOAT32,
-            minimum_deployment_target=target_enum(spec.deployment_target),
+            compute_precision=ct.precision.FLOAT16 if spec.options.precision == "fp16" else ct.precision.FLOAT32,
+            minimum_deployment_target=target_enum(spec.options.deployment_target),
             pass_pipeline=pass_pipeline(spec, compress),
             skip_model_load=True,
         )
@@ -173,27 +178,27 @@ def describe(
     mlmodel, spec: ConversionSpec, size: str, num_classes: int, complexity: dict[str, Any], source: Any
 ) -> None:
     """The metadata Xcode shows on the model page, plus mfdeploy's own keys (read back by the runner)."""
-    p = spec.preprocessing
+    options, p = spec.options, spec.preprocessing
     mean = ", ".join(f"{m:g}" for m in p.mean)
     std = ", ".join(f"{s:g}" for s in p.std)
     classes = f"{num_classes} classes" + (" with labels" if spec.labels else "")
     mlmodel.short_description = (
         f"Mobile-Former {size} image classifier ({classes}, {spec.imgsz}x{spec.imgsz} RGB), "
         f"{complexity['madds'] / 1e6:.1f}M MAdds, {complexity['params'] / 1e6:.2f}M parameters; "
-        f"{spec.precision.upper()} compute, weights {spec.compress}. Exported by mfdeploy {__version__}."
+        f"{options.precision.upper()} compute, weights {options.compress}. Exported by mfdeploy {__version__}."
     )
     mlmodel.author = "mfdeploy; Mobile-Former architecture by Chen et al. (CVPR 2022)"
     mlmodel.license = "Apache-2.0 (mfdeploy); the weights carry their own terms"
     mlmodel.version = __version__
     geometry = f"resize shorter side to {p.resize} ({p.interpolation}), center crop {p.imgsz}"
-    if spec.image_input:
+    if options.image_input:
         mlmodel.input_description[IMAGE_INPUT] = (
             f"RGB image, {spec.imgsz}x{spec.imgsz}, 8-bit values 0-255 (e.g. a camera frame; {geometry}). "
             f"Normalisation is inside the model: x / 255 - mean ({mean}), the division by std ({std}) folded "
             "into the first convolution."
         )
     else:
-        batches = ", ".join(map(str, spec.batches))
+        batches = ", ".join(map(str, options.batches))
         mlmodel.input_description[TENSOR_INPUT] = (
             f"Float32 NCHW batch [N, {spec.in_chans}, {spec.imgsz}, {spec.imgsz}], N in {{{batches}}}: RGB images, "
             f"{geometry}, x / 255, minus mean ({mean}), divided by std ({std}). The ONNX graph's input."
@@ -210,14 +215,14 @@ def describe(
         "mfdeploy.madds": str(complexity["madds"]),
         "mfdeploy.imgsz": str(spec.imgsz),
         "mfdeploy.preprocessing": json.dumps(p.to_dict()),
-        "mfdeploy.precision": spec.precision,
-        "mfdeploy.compression": spec.compress,
-        "mfdeploy.batches": ",".join(map(str, spec.batches)),
-        "mfdeploy.deployment_target": spec.deployment_target,
-        "mfdeploy.input": "image" if spec.image_input else "tensor",
+        "mfdeploy.precision": options.precision,
+        "mfdeploy.compression": options.compress,
+        "mfdeploy.batches": ",".join(map(str, options.batches)),
+        "mfdeploy.deployment_target": options.deployment_target,
+        "mfdeploy.input": "image" if options.image_input else "tensor",
         "mfdeploy.weights": json.dumps(source),
     }
-    if spec.image_input and spec.labels is not None:
+    if options.image_input and spec.labels is not None:
         metadata[_PREVIEW_TYPE_KEY] = "imageClassifier"
     mlmodel.user_defined_metadata.update(metadata)
 

@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mfdeploy.artifacts import COREML_PACKAGE, artifact_dir_name
 from mfdeploy.errors import UserError
-from mfdeploy.export.coreml_convert import COMPRESSIONS, ConversionSpec, convert, describe, image_scale_and_bias
+from mfdeploy.export.coreml_convert import COMPRESSIONS, ConversionSpec, convert, describe
+from mfdeploy.export.coreml_manifest import input_section, summary_lines
+from mfdeploy.export.coreml_passes import PASSES
 from mfdeploy.export.coreml_program import DEPLOYMENT_TARGETS, OFFICIAL_52M_COMPUTE_OPS, inspect_program
 from mfdeploy.export.verify import VerificationError, verification_inputs
 from mfdeploy.fileio import atomic_path
 from mfdeploy.metrics import compare_logits
 from mfdeploy.option_values import parse_batches as parse_batches_text
-from mfdeploy.runtime.coreml_runner import INSTALL_HINT, CoreMLRunner, coremltools_installed, predict_unavailable_reason
+from mfdeploy.runtime.coreml_env import INSTALL_HINT, coremltools_installed, predict_unavailable_reason
+from mfdeploy.runtime.coreml_runner import CoreMLRunner
 
 COREML_PRECISIONS = ("fp16", "fp32")
 MAX_BATCH_SHAPES = 128  # Core ML's limit for enumerated shapes
@@ -284,15 +287,7 @@ def run_stage(ctx) -> None:
     loaded, preprocessing = ctx.loaded, ctx.preprocessing
     labels, label_source, label_note = _labels(options, loaded)
     spec = ConversionSpec(
-        imgsz=preprocessing.imgsz,
-        in_chans=loaded.in_chans,
-        preprocessing=preprocessing,
-        precision=options.precision,
-        compress=options.compress,
-        batches=options.batches,
-        deployment_target=options.deployment_target,
-        image_input=options.image_input,
-        labels=labels,
+        options, imgsz=preprocessing.imgsz, in_chans=loaded.in_chans, preprocessing=preprocessing, labels=labels
     )
     bar = ctx.progress
     steps = 6 if options.compress == "none" else 7
@@ -302,8 +297,8 @@ def run_stage(ctx) -> None:
     work = ctx.root / ".coreml-work"
     timings: dict[str, float] = {}
     try:
-        mlmodel, timings["convert_s"] = convert(loaded.model, replace(spec, compress="none"))
-        describe(mlmodel, replace(spec, compress="none"), loaded.size, loaded.num_classes, complexity, source)
+        mlmodel, timings["convert_s"] = convert(loaded.model, spec.uncompressed())
+        describe(mlmodel, spec.uncompressed(), loaded.size, loaded.num_classes, complexity, source)
         bar.update(task, advance=1)
         bytes_before = None
         if options.compress != "none":
@@ -360,7 +355,7 @@ def run_stage(ctx) -> None:
         "deployment_target": options.deployment_target,
         "specification_version": mlmodel.get_spec().specificationVersion,
         "batches": list(options.batches),
-        "input": _input_section(spec),
+        "input": input_section(spec),
         "outputs": ["classLabel", "classLabel_probs", "logits"] if labels else ["logits"],
         "labels": {
             "classifier": labels is not None,
@@ -374,7 +369,7 @@ def run_stage(ctx) -> None:
             "bytes_after": bytes_after,
             "ratio": round((bytes_before or bytes_after) / bytes_after, 3),
         },
-        "graph_passes": list(_pass_names()),
+        "graph_passes": list(PASSES),
         **report.to_dict(),
         "official_52m_compute_ops": OFFICIAL_52M_COMPUTE_OPS,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -394,65 +389,3 @@ def run_stage(ctx) -> None:
             "check it on your own data, or use --compress palettize8 or int8"
         )
     ctx.notes.extend(summary_lines(ctx.manifest, Path(ctx.options.out) / artifact_dir_name(loaded.size)))
-
-
-def _pass_names() -> tuple[str, ...]:
-    from mfdeploy.export.coreml_passes import PASSES
-
-    return PASSES
-
-
-def _input_section(spec: ConversionSpec) -> dict[str, Any]:
-    shape = [spec.batches[0] if len(spec.batches) == 1 else "batch", spec.in_chans, spec.imgsz, spec.imgsz]
-    if not spec.image_input:
-        return {
-            "name": spec.input_name,
-            "kind": "tensor",
-            "dtype": "float32",
-            "shape": shape,
-            "enumerated_batches": list(spec.batches),
-        }
-    scale, bias = image_scale_and_bias(spec.preprocessing)
-    return {
-        "name": spec.input_name,
-        "kind": "image",
-        "color_layout": "RGB",
-        "value_range": [0, 255],
-        "shape": shape,
-        "scale": scale,
-        "bias": bias,
-        "folded_mean": list(spec.preprocessing.mean),
-        "folded_std": list(spec.preprocessing.std),
-        "std_folded_into": "stem convolution weights (divided per input channel)",
-    }
-
-
-def summary_lines(manifest: dict[str, Any], folder: str | Path = "") -> list[str]:
-    """What the export summary says about the Core ML package (``folder``: where the artifact ends up)."""
-    c = manifest["coreml"]
-    v = c["verification"]
-    size = manifest["model"]["size"]
-    compression = c["compression"]
-    kind = "image input (RGB 0-255)" if c["input"]["kind"] == "image" else f"tensor input, batches {c['batches']}"
-    labels = f", classifier with {c['labels']['count']} labels" if c["labels"]["classifier"] else ""
-    where = Path(folder) / c["file"] if folder else c["file"]
-    lines = [
-        f"Core ML: {where} ({c['precision']} compute, {c['deployment_target']}, {kind}{labels}), "
-        f"{compression['bytes_after'] / 1e6:.2f} MB"
-        + (
-            f" ({compression['mode']} weights, {compression['bytes_before'] / 1e6:.2f} MB before)"
-            if compression["mode"] != "none"
-            else ""
-        ),
-        f"  ops: {c['compute_ops']} compute ops (official Mobile-Former 52m: {c['official_52m_compute_ops']}), "
-        f"all available on {c['deployment_target']}; converted in {c['timings_s']['convert_s']:.1f} s ({size})",
-    ]
-    for name, figures in v["evaluations"].items():
-        lines.append(
-            f"  verified {name}: {figures['runner']}: max abs error {figures['max_abs_error']:.2e}, "
-            f"top-1 agreement {figures['top1_agreement']:.1%} on {v['images']} photographs"
-        )
-    lines.append(f"  gate: {v['gate']}: passed")
-    if predict_unavailable_reason() is not None:
-        lines.append(f"  ({predict_unavailable_reason()}: the evaluator checks the program's numerics, not a device)")
-    return lines

@@ -58,7 +58,7 @@ def artifact_for_targets(
 ) -> Artifact:
     """The artifact a comparison runs on: exported (with ``size``) and calibrated first when it, or the
     precision graphs the targets need, are missing."""
-    from mfdeploy.runtime.coreml_runner import coremltools_installed
+    from mfdeploy.runtime.coreml_env import coremltools_installed
 
     # the Core ML package can only be made by an export; without coremltools the target is skipped
     target = "coreml" if "coreml" in targets and coremltools_installed() else "onnx"

@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mfdeploy.model.mobileformer import MobileFormer
+from mfdeploy.model.stages import stage_modules
 
 
 @dataclass
@@ -52,18 +52,6 @@ class Complexity:
         data["params_vs_paper"] = round(self.params_vs_paper, 4)
         data["madds_vs_paper"] = round(self.madds_vs_paper, 4)
         return data
-
-
-def stage_modules(model: MobileFormer) -> list[tuple[str, nn.Module]]:
-    """The named stages a report walks through: stem, lite bottleneck, each block, final bridge, conv, head."""
-    stages: list[tuple[str, nn.Module]] = [("stem", model.stem), ("lite_bneck", model.lite_bneck)]
-    stages += [(f"blocks.{i}", block) for i, block in enumerate(model.blocks)]
-    stages += [
-        ("final_to_former", model.final_to_former),
-        ("channel_conv", model.channel_conv),
-        ("head", model.head),
-    ]
-    return stages
 
 
 def _shapes(output: Any) -> list[list[int]]:

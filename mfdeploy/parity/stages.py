@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from mfdeploy.graph.topology import consumers
-from mfdeploy.model.complexity import stage_modules
+from mfdeploy.model.stages import stage_modules
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,17 @@ from typing import Any
 import numpy as np
 
 
+class TargetUnavailable(Exception):
+    """This target cannot run here (missing file, library or hardware); ``reason`` says which and what to do.
+
+    Defined beside the runner interface because runners raise it too (an engine built for another
+    host), and a runner must not import the registry that loads it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A model input or output: name, shape (ints, or a name for a dynamic axis) and dtype."""

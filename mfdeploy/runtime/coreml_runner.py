@@ -12,10 +12,8 @@ it turns them back into 0-255 pixels, which is what the image input expects.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,26 +23,16 @@ import numpy as np
 from mfdeploy.errors import UserError
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.runtime.base import LayerRecord, Runner, TensorSpec
+from mfdeploy.runtime.coreml_env import (
+    INSTALL_HINT,
+    coremltools_installed,
+    import_coremltools,
+    predict_unavailable_reason,
+)
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 ENGINES = ("auto", "predict", "evaluator")
-INSTALL_HINT = "install the coreml extra: pip install 'mfdeploy[coreml]'"
 EVALUATOR_NOTE = "numpy MIL evaluator: numerics, not device latency"
-
-
-def coremltools_installed() -> bool:
-    return importlib.util.find_spec("coremltools") is not None
-
-
-def predict_unavailable_reason() -> str | None:
-    """Why MLModel.predict cannot run here, or None if it can."""
-    if platform.system() != "Darwin":
-        return f"Core ML prediction needs macOS (this is {platform.system()})"
-    if not coremltools_installed():
-        return f"coremltools is not installed; {INSTALL_HINT}"
-    if importlib.util.find_spec("coremltools.libcoremlpython") is None:
-        return "this coremltools build has no Core ML framework bindings (libcoremlpython)"
-    return None
 
 
 @dataclass(frozen=True)
@@ -64,8 +52,6 @@ class PackageInfo:
 
     @classmethod
     def read(cls, package: str | os.PathLike[str]) -> "PackageInfo":
-        from mfdeploy.runtime.mil_evaluator import import_coremltools
-
         ct = import_coremltools()
         spec = ct.models.MLModel(str(package), skip_model_load=True).get_spec()
         description = spec.description
@@ -187,8 +173,6 @@ class CoreMLRunner(Runner):
 
     def _load(self) -> None:
         if self.engine == "predict":
-            from mfdeploy.runtime.mil_evaluator import import_coremltools
-
             ct = import_coremltools()
             self._model = ct.models.MLModel(str(self.package), compute_units=ct.ComputeUnit[self.compute_units])
         else:
@@ -205,8 +189,6 @@ class CoreMLRunner(Runner):
         if not self.profile or self.engine != "predict":
             return None
         from coremltools.models.compute_plan import MLComputePlan
-
-        from mfdeploy.runtime.mil_evaluator import import_coremltools
 
         ct = import_coremltools()
         self.load()

@@ -12,15 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from mfdeploy.errors import UserError
-from mfdeploy.runtime.base import Runner
+from mfdeploy.runtime.base import Runner, TargetUnavailable
 
-
-class TargetUnavailable(Exception):
-    """This target cannot run here (missing file, library or hardware); ``reason`` says which and what to do."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+__all__ = ["TARGETS", "TargetSpec", "TargetUnavailable", "create_runner", "parse_targets", "runner_class"]
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mfdeploy.runtime.base import LayerRecord, Runner, TensorSpec
-from mfdeploy.runtime.registry import TargetUnavailable
+from mfdeploy.runtime.base import LayerRecord, Runner, TargetUnavailable, TensorSpec
 from mfdeploy.runtime.tensorrt_env import check_engine_compatible, host_info, read_sidecar, tensorrt_unavailable_reason
 
 

@@ -1,0 +1,370 @@
+"""Benchmark result files as rows: merging files from several devices, the row model, and table cells.
+
+One :class:`Row` per measured cell (device x model x target x batch). The terminal table, the Markdown
+and HTML reports (:mod:`mfdeploy.benchmark.report`) and the charts (:mod:`mfdeploy.benchmark.plots`)
+all read these rows; the cells here are the one place a figure is formatted for a table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mfdeploy.benchmark.schema import load_result
+from mfdeploy.benchmark.stats import CV_LIMIT, MIN_RUNS_FOR_TAIL, TAIL_RATIO_LIMIT
+from mfdeploy.runtime.registry import TARGETS
+
+
+@dataclass
+class Row:
+    """One measured cell, flattened for tables and charts."""
+
+    device: str
+    model: str
+    target: str
+    label: str
+    precision: str
+    batch: int
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    std: float
+    n: int
+    throughput: float | None
+    gmacs: float | None
+    first_load_ms: float
+    rss_peak_mb: float | None
+    rss_increase_mb: float | None
+    gpu_mb: float | None
+    file_mb: float | None
+    gpu_compute_p50: float | None
+    caveat: str | None
+    source: str
+    notes: list[str] = field(default_factory=list)
+    profile: dict[str, Any] | None = None
+
+
+@dataclass
+class Merged:
+    files: list[tuple[str, dict[str, Any]]]
+    rows: list[Row]
+    skipped: list[dict[str, Any]]
+    warnings: list[str]
+
+
+def model_label(document: dict[str, Any]) -> str:
+    model = document["model"]
+    return f"{model['size']} @{model['imgsz']}px"
+
+
+def _target_order(target: str) -> int:
+    names = list(TARGETS)
+    return names.index(target) if target in names else len(names)
+
+
+def _notes(latency: dict[str, Any]) -> list[str]:
+    notes = []
+    if latency["p50"] > 0 and latency["p99"] > TAIL_RATIO_LIMIT * latency["p50"]:
+        notes.append(f"p99 {latency['p99'] / latency['p50']:.1f}x p50")
+    if latency["mean"] > 0 and latency["std"] > CV_LIMIT * latency["mean"]:
+        notes.append(f"std {latency['std'] / latency['mean']:.0%} of mean")
+    if latency["n"] < MIN_RUNS_FOR_TAIL:
+        notes.append(f"only {latency['n']} runs")
+    return notes
+
+
+def document_rows(document: dict[str, Any], source: str) -> list[Row]:
+    """The measured cells of one result document as rows."""
+    rows = []
+    model = model_label(document)
+    for entry in document["results"]:
+        latency = entry["latency_ms"]
+        memory = entry["memory"]
+        gpu = memory.get("gpu") or {}
+        file_info = entry.get("model_file") or {}
+        compute = (entry.get("device_timings_ms") or {}).get("gpu_compute") or {}
+        profile = entry.get("profile") or {}
+        rows.append(
+            Row(
+                device=document["device"],
+                model=model,
+                target=entry["target"],
+                label=entry["label"],
+                precision=entry["precision"],
+                batch=entry["batch"],
+                p50=latency["p50"],
+                p90=latency["p90"],
+                p99=latency["p99"],
+                mean=latency["mean"],
+                std=latency["std"],
+                n=latency["n"],
+                throughput=entry.get("throughput_ips"),
+                gmacs=entry.get("gmacs"),
+                first_load_ms=entry["first_load_ms"],
+                rss_peak_mb=memory.get("rss_peak_mb"),
+                rss_increase_mb=memory.get("rss_increase_mb"),
+                gpu_mb=gpu.get("mb"),
+                file_mb=round(file_info["bytes"] / 2**20, 2) if file_info.get("bytes") is not None else None,
+                gpu_compute_p50=compute.get("p50"),
+                caveat=entry.get("caveat"),
+                source=source,
+                notes=_notes(latency),
+                profile=profile if profile.get("available") else None,
+            )
+        )
+    return rows
+
+
+def merge(paths: Sequence[str | Path]) -> Merged:
+    """Load and validate every file (a bad one is a one-line error naming it) and flatten them into rows.
+
+    Two files that measured the same device, model, target and batch (the same --device-name used twice)
+    stay apart: the later file's device is shown as "device (file name)", with a warning.
+    """
+    files = [(str(path), load_result(path)) for path in paths]
+    rows: list[Row] = []
+    skipped: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    seen: dict[tuple, str] = {}
+    for path, document in files:
+        source = Path(path).name
+        device = document["device"]
+        file_rows = document_rows(document, source)
+        clashes = [
+            seen[(r.device, r.model, r.target, r.batch)]
+            for r in file_rows
+            if (r.device, r.model, r.target, r.batch) in seen
+        ]
+        if clashes:
+            device = f"{device} ({source})"
+            warnings.append(
+                f"{source} measured the same device, model, targets and batches as {clashes[0]} (device name "
+                f"{document['device']!r}); its rows are labelled {device!r}: give each device its own --device-name"
+            )
+            for row in file_rows:
+                row.device = device
+        for row in file_rows:
+            seen[(row.device, row.model, row.target, row.batch)] = source
+        rows += file_rows
+        model = model_label(document)
+        for entry in document["skipped"]:
+            skipped.append({"device": device, "model": model, "source": source, **entry})
+        warnings.extend(f"{device} ({source}): {w}" for w in document["warnings"])
+    rows.sort(key=lambda r: (r.device, r.model, _target_order(r.target), r.batch))
+    return Merged(files, rows, skipped, warnings)
+
+
+# -- table cells -----------------------------------------------------------------------------------
+def _num(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 10**digits:  # no exponents: 350 stays 350 at 2 significant digits
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+#: Every column a table can show, by its header in the reports.
+_CELLS: dict[str, Callable[[Row], str]] = {
+    "device": lambda row: row.device,
+    "model": lambda row: row.model,
+    "target": lambda row: row.target,
+    "runtime": lambda row: row.label,
+    "precision": lambda row: row.precision,
+    "batch": lambda row: str(row.batch),
+    "p50 ms": lambda row: _num(row.p50),
+    "p90 ms": lambda row: _num(row.p90),
+    "p99 ms": lambda row: _num(row.p99),
+    "mean ± std ms": lambda row: f"{_num(row.mean)} ± {_num(row.std, 2)}",
+    "img/s": lambda row: _num(row.throughput),
+    "GMAC/s": lambda row: _num(row.gmacs),
+    "first load ms": lambda row: _num(row.first_load_ms),
+    "peak RSS MB (added)": lambda row: (
+        "-" if row.rss_peak_mb is None else f"{row.rss_peak_mb:.0f} ({_num(row.rss_increase_mb)})"
+    ),
+    "RSS MB": lambda row: _num(row.rss_peak_mb),
+    "GPU MB": lambda row: _num(row.gpu_mb),
+    "file MB": lambda row: _num(row.file_mb),
+}
+
+#: The reports' latency table: every column, notes last.
+TABLE_COLUMNS = [
+    "device",
+    "model",
+    "target",
+    "runtime",
+    "precision",
+    "batch",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "mean ± std ms",
+    "img/s",
+    "GMAC/s",
+    "first load ms",
+    "peak RSS MB (added)",
+    "GPU MB",
+    "file MB",
+    "notes",
+]
+#: The terminal's narrower table, with shorter headers where the reports spell units out.
+_TERMINAL_COLUMNS = ["target", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "img/s", "GMAC/s"]
+_TERMINAL_COLUMNS += ["first load ms", "RSS MB"]
+_TERMINAL_HEADERS = {"mean ± std ms": "mean ± std", "first load ms": "load ms"}
+
+
+def caveat_marks(rows: Sequence[Row]) -> dict[str, str]:
+    """Caveat text -> its footnote mark ("[1]", "[2]"...), numbered in row order."""
+    return {caveat: f"[{i + 1}]" for i, caveat in enumerate(dict.fromkeys(r.caveat for r in rows if r.caveat))}
+
+
+def _row_cells(row: Row, columns: Sequence[str], caveat: str | None, mark_first: bool) -> list[str]:
+    """The cells of ``columns`` and then the notes: the row's noise notes, its GPU compute time, and
+    ``caveat`` (the reference to its caveat footnote), before the GPU compute time if ``mark_first``."""
+    compute = [] if row.gpu_compute_p50 is None else [f"GPU compute p50 {_num(row.gpu_compute_p50)} ms"]
+    mark = [caveat] if caveat else []
+    notes = row.notes + (mark + compute if mark_first else compute + mark)
+    return [_CELLS[name](row) for name in columns] + ["; ".join(notes)]
+
+
+def table_cells(row: Row, marks: dict[str, str]) -> list[str]:
+    """The row under :data:`TABLE_COLUMNS`, for the Markdown and HTML reports (``marks``: :func:`caveat_marks`)."""
+    caveat = f"see note {marks[row.caveat]}" if row.caveat else None
+    return _row_cells(row, TABLE_COLUMNS[:-1], caveat, mark_first=False)
+
+
+def terminal_cells(rows: Sequence[Row]) -> tuple[list[str], list[list[str]], list[str]]:
+    """A narrower table for the terminal: device/model only when they vary, runtimes and caveats as footnotes."""
+    marks = caveat_marks(rows)
+    lead = [name for name in ("device", "model") if len({_CELLS[name](r) for r in rows}) > 1]
+    gpu = ["GPU MB"] if any(r.gpu_mb is not None for r in rows) else []
+    columns = lead + _TERMINAL_COLUMNS + gpu
+    header = [_TERMINAL_HEADERS.get(name, name) for name in columns] + ["notes"]
+    body = [_row_cells(row, columns, marks[row.caveat] if row.caveat else None, mark_first=True) for row in rows]
+    runtimes = dict.fromkeys(f"{r.target} = {r.label}" for r in rows)
+    footnotes = ["runtimes: " + "; ".join(runtimes)] + [f"{mark} {caveat}" for caveat, mark in marks.items()]
+    return header, body, footnotes
+
+
+SKIPPED_HEADERS = ["device", "model", "target", "batches", "why"]
+
+
+def skipped_rows(merged: Merged) -> list[list[str]]:
+    """One row per skipped (or failed) target of every merged run, for the Markdown and HTML tables."""
+    return [
+        [
+            s["device"],
+            s["model"],
+            s["target"],
+            ",".join(map(str, s["batches"])),
+            ("FAILED: " if s["kind"] == "failed" else "") + s["reason"],
+        ]
+        for s in merged.skipped
+    ]
+
+
+def environment_rows(files: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
+    """One column per result file: what device, CPU, GPU, OS, libraries and threads each ran with."""
+    header = ["", *[f"{d['device']} ({Path(p).name})" for p, d in files]]
+
+    def field_of(get) -> list[str]:
+        values = []
+        for _, document in files:
+            try:
+                value = get(document["environment"], document)
+            except (KeyError, TypeError, IndexError):
+                value = None
+            values.append("-" if value in (None, "", []) else str(value))
+        return values
+
+    def cores(env, _):
+        cpu = env["cpu"]
+        return f"{cpu.get('usable_cores', cpu.get('logical_cores'))} usable / {cpu.get('logical_cores')} logical" + (
+            f" / {cpu['physical_cores']} physical" if cpu.get("physical_cores") else ""
+        )
+
+    def gpus(env, _):
+        return ", ".join(
+            f"{g['name']} (driver {g.get('driver', '?')}, {g.get('memory_mb', '?')} MB)" for g in env["gpus"]
+        )
+
+    def threads(env, doc):
+        t = env["threads"]
+        requested = t.get("requested")
+        extra = ", ".join(f"{k}={v}" for k, v in (t.get("environment") or {}).items())
+        return (f"{requested} (ORT intra-op, torch)" if requested else "backend defaults") + (
+            f"; {extra}" if extra else ""
+        )
+
+    def library(name):
+        return lambda env, _: env["libraries"].get(name)
+
+    fields = [
+        (
+            "model",
+            lambda env, doc: (
+                f"{model_label(doc)}, {doc['model'].get('num_classes')} classes, "
+                f"{_num((doc['model'].get('madds') or 0) / 1e6)} M MAdds"
+            ),
+        ),
+        ("board", lambda env, _: env.get("board")),
+        ("CPU", lambda env, _: env["cpu"].get("model")),
+        ("cores", cores),
+        ("CPU features", lambda env, _: " ".join(env["cpu"].get("flags", []))),
+        ("memory GB", lambda env, _: env.get("memory_gb")),
+        ("GPU", gpus),
+        ("OS", lambda env, _: env["os"].get("platform")),
+        ("Python", lambda env, _: env["python"].get("version")),
+        ("mfdeploy", library("mfdeploy")),
+        ("torch", library("torch")),
+        ("onnxruntime", lambda env, _: env["libraries"].get("onnxruntime") or env["libraries"].get("onnxruntime-gpu")),
+        ("tensorrt", library("tensorrt")),
+        ("coremltools", library("coremltools")),
+        ("threads", threads),
+        (
+            "runs",
+            lambda env, doc: (
+                (
+                    f"{doc['settings']['runs']} timed"
+                    if doc["settings"].get("runs")
+                    else f">= {doc['settings']['min_time_s']} s"
+                )
+                + f", {doc['settings']['warmup']} warm-up"
+            ),
+        ),
+        (
+            "load average (1, 5, 15 min) at start",
+            lambda env, _: " ".join(map(str, env.get("load_average_at_start", []))),
+        ),
+        ("load average at end", lambda env, _: " ".join(map(str, env.get("load_average_at_end", [])))),
+        ("created", lambda env, doc: doc.get("created")),
+        ("command", lambda env, doc: doc.get("command")),
+    ]
+    body = [[name, *field_of(get)] for name, get in fields]
+    body = [row for row in body if any(cell != "-" for cell in row[1:])]
+    return header, body
+
+
+def profile_blocks(rows: Sequence[Row]) -> list[tuple[str, list[str], list[list[str]], list[str], list[list[str]]]]:
+    blocks = []
+    for row in rows:
+        profile = row.profile
+        if not profile:
+            continue
+        unit = "ms" if profile["metric"] == "time_ms" else "est. cost"
+        title = (
+            f"{row.device}, {row.model}, {row.target}, batch {row.batch}: {profile.get('source', '')}, "
+            f"{profile['runs']} profiled runs, {profile['layers']} layers, {profile['mapped_share']:.0%} of the "
+            f"time mapped to stages"
+        )
+        stage_header = ["stage", unit, "share", "layers"]
+        stage_body = [[s["stage"], _num(s["value"]), f"{s['share']:.1%}", str(s["layers"])] for s in profile["stages"]]
+        top_header = ["layer", "op", "stage", unit, "share", "device"]
+        top_body = [
+            [t["name"], t.get("op") or "-", t["stage"], _num(t["value"]), f"{t['share']:.1%}", t.get("device") or "-"]
+            for t in profile["top_layers"]
+        ]
+        blocks.append((title, stage_header, stage_body, top_header, top_body))
+    return blocks
