@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from mfdeploy.benchmark.latency import TimingPlan, time_calls
 from mfdeploy.benchmark.stages import OTHER, layer_stage, stage_of, stage_order, summarize_profile
 from mfdeploy.benchmark.stats import Summary, percentile, spread_warnings, summarize
 from mfdeploy.runtime.base import LayerRecord
+from mfdeploy.runtime.timing import TimingPlan, time_calls
 
 
 @pytest.mark.parametrize(
