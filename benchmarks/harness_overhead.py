@@ -24,9 +24,9 @@ from pathlib import Path
 
 from mfdeploy.artifacts import Artifact
 from mfdeploy.benchmark.bench import BenchOptions, run_bench
-from mfdeploy.benchmark.latency import TimingPlan, make_images, time_calls, warm_up
 from mfdeploy.benchmark.noop import NOOP_TARGET, NoopRunner
 from mfdeploy.export.pipeline import ExportOptions, export
+from mfdeploy.runtime.timing import TimingPlan, make_images, time_calls, warm_up
 
 
 def loop_wall_per_call_us(artifact: Artifact, runs: int) -> float:

@@ -18,12 +18,12 @@ from PIL import Image
 
 from mfdeploy.artifacts import Artifact
 from mfdeploy.benchmark.cell import CellRequest, measure_cell
-from mfdeploy.benchmark.latency import TimingPlan
 from mfdeploy.benchmark.noop import NOOP_TARGET, NoopRunner
 from mfdeploy.export.pipeline import ExportOptions, export
 from mfdeploy.runtime.base import LayerRecord
 from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from mfdeploy.runtime.registry import TARGETS
+from mfdeploy.runtime.timing import TimingPlan
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "docs" / "bench-result.schema.json").read_text())

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from mfdeploy.benchmark.latency import TimingPlan, time_calls
 from mfdeploy.benchmark.stages import layer_stage, summarize_profile
 from mfdeploy.benchmark.stats import Summary, percentile, spread_warnings, summarize
 from mfdeploy.model.stages import OTHER, stage_of, stage_order
 from mfdeploy.runtime.base import LayerRecord
+from mfdeploy.runtime.timing import TimingPlan, time_calls
 
 
 @pytest.mark.parametrize(

@@ -132,7 +132,7 @@ def test_runners_share_one_interface(artifact_52m):
         for runner in (torch_runner, ort_runner):
             assert runner.inputs()[0].name == "images" and runner.outputs()[0].name == "logits"
             assert runner.inputs()[0].shape[1:] == (3, 224, 224)
-        x = artifact.preprocessing.batch(__import__("mfdeploy.images.samples").sample_images.builtin_images(5))
+        x = artifact.preprocessing.batch(__import__("mfdeploy.images.samples").images.samples.builtin_images(5))
         np.testing.assert_allclose(ort_runner.infer_all(x, 2), torch_runner.infer(x), atol=1e-4)
 
 

@@ -16,11 +16,11 @@ from typing import Any
 
 from mfdeploy.artifacts import Artifact, utc_now
 from mfdeploy.benchmark.cell import CellRequest
-from mfdeploy.benchmark.latency import TimingPlan
 from mfdeploy.benchmark.schema import RESULT_KIND, SCHEMA_VERSION, check_result
 from mfdeploy.benchmark.stats import Summary, spread_warnings
 from mfdeploy.environment import default_device_name, host_environment
 from mfdeploy.errors import UserError
+from mfdeploy.runtime.timing import TimingPlan
 
 # A machine whose 1-minute load average already exceeds this share of its cores before the benchmark
 # starts is running something else that competes for the cores being measured.

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mfdeploy.artifacts import Artifact
-from mfdeploy.benchmark.latency import TimingPlan, make_images, time_calls, warm_up
 from mfdeploy.benchmark.memory import gpu_device_used_bytes, gpu_memory, peak_rss_bytes
 from mfdeploy.benchmark.noop import NOOP_TARGET, NoopRunner
 from mfdeploy.benchmark.stages import summarize_profile
@@ -25,6 +24,7 @@ from mfdeploy.benchmark.stats import summarize
 from mfdeploy.errors import UserError
 from mfdeploy.runtime.base import Runner
 from mfdeploy.runtime.registry import TARGETS, TargetUnavailable, create_runner
+from mfdeploy.runtime.timing import TimingPlan, make_images, time_calls, warm_up
 
 # Python modules of each registry backend, imported before the clock starts (see _import_backend).
 BACKEND_MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "coreml": "coremltools"}

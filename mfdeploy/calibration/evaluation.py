@@ -9,56 +9,33 @@ optimized graph (which Q/DQ pairs it fused into integer kernels and which it run
 from __future__ import annotations
 
 import statistics
-import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
-from mfdeploy.metrics import compare_logits
+from mfdeploy.runtime.comparison import run_targets
+from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner, optimized_op_counts
+from mfdeploy.runtime.timing import TimingPlan, time_calls, warm_up
 
 LATENCY_BATCHES = (1, 8)
+LATENCY_WARMUP = 5
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "MatMulIntegerToFloat")
 
 
-def _session(path: Path, threads: int | None, optimized_path: Path | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    if optimized_path is not None:
-        options.optimized_model_filepath = str(optimized_path)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def _median_latency_ms(runner: OnnxRuntimeRunner, holdout: np.ndarray, runs: int) -> dict[str, float]:
+    """Median milliseconds of one ``runner.run`` per batch size in LATENCY_BATCHES, ``{"b1": ..., "b8": ...}``."""
+    plan = TimingPlan(warmup=LATENCY_WARMUP, runs=runs)
+    latency = {}
+    for batch in LATENCY_BATCHES:
+        images = np.ascontiguousarray(holdout[:batch], dtype=np.float32)
+        warm_up(runner.run, images, plan.warmup)
+        latency[f"b{batch}"] = round(statistics.median(time_calls(runner.run, images, plan)), 3)
+    return latency
 
 
-def _median_ms(session, images: np.ndarray, runs: int, warmup: int) -> float:
-    feed = {session.get_inputs()[0].name: images}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
-def _ort_optimized_ops(path: Path, threads: int | None) -> Counter:
-    """Op histogram of the graph ONNX Runtime actually runs after its CPU optimizations."""
-    with tempfile.TemporaryDirectory() as tmp:
-        optimized = Path(tmp) / "optimized.onnx"
-        _session(path, threads, optimized)
-        model = onnx.load(str(optimized), load_external_data=False)
-    return Counter(node.op_type for node in model.graph.node)
-
-
-def explain_cpu_slowdown(precision: str, ops: Counter, quantized_ops: int) -> str:
+def explain_cpu_slowdown(precision: str, ops: Counter[str], quantized_ops: int) -> str:
     """A data-driven reason why a TensorRT-oriented graph runs slower on ONNX Runtime's CPU provider."""
     if precision == "int8":
         fused = sum(ops[k] for k in INTEGER_KERNELS)
@@ -86,25 +63,24 @@ def evaluate_graphs(
     runs: int = 20,
 ) -> dict[str, Any]:
     """Agreement with FP32 on ``holdout`` and ORT CPU latency at batch 1 and 8, per precision graph."""
-    reference_session = _session(fp32, threads)
-    reference = reference_session.run(None, {reference_session.get_inputs()[0].name: holdout})[0]
     result: dict[str, Any] = {"holdout_images": int(len(holdout)), "graphs": {}}
     latency: dict[str, dict[str, float]] = {}
-    if measure_latency:
-        latency["fp32"] = {
-            f"b{b}": round(_median_ms(reference_session, holdout[:b], runs, 5), 3) for b in LATENCY_BATCHES
-        }
-    for precision, path in graphs.items():
-        session = _session(path, threads)
-        logits = session.run(None, {session.get_inputs()[0].name: holdout})[0]
-        entry: dict[str, Any] = {"vs_fp32": compare_logits(reference, logits)}
+    whole = max(1, len(holdout))  # the holdout in one batch
+    with OnnxRuntimeRunner(fp32, threads=threads) as reference_runner:
+        reference = reference_runner.infer_all(holdout, whole)
         if measure_latency:
-            latency[precision] = {f"b{b}": round(_median_ms(session, holdout[:b], runs, 5), 3) for b in LATENCY_BATCHES}
+            latency["fp32"] = _median_latency_ms(reference_runner, holdout, runs)
+    candidates = (OnnxRuntimeRunner(path, threads=threads) for path in graphs.values())
+    for precision, run in zip(graphs, run_targets(reference, candidates, holdout, whole), strict=True):
+        entry: dict[str, Any] = {"vs_fp32": run.figures}
+        if measure_latency:
+            latency[precision] = _median_latency_ms(run.runner, holdout, runs)
             slower = [b for b in LATENCY_BATCHES if latency[precision][f"b{b}"] > latency["fp32"][f"b{b}"]]
             if slower:
+                ops = optimized_op_counts(graphs[precision], threads)
                 entry["cpu_slower_than_fp32"] = {
                     "batches": slower,
-                    "why": explain_cpu_slowdown(precision, _ort_optimized_ops(path, threads), quantized_ops),
+                    "why": explain_cpu_slowdown(precision, ops, quantized_ops),
                 }
         result["graphs"][precision] = entry
     if measure_latency:

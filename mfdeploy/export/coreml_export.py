@@ -24,8 +24,8 @@ from mfdeploy.export.coreml_passes import PASSES
 from mfdeploy.export.coreml_program import DEPLOYMENT_TARGETS, OFFICIAL_52M_COMPUTE_OPS, inspect_program
 from mfdeploy.export.verify import VerificationError, verification_inputs
 from mfdeploy.fileio import atomic_path
-from mfdeploy.metrics import compare_logits
 from mfdeploy.option_values import parse_batches as parse_batches_text
+from mfdeploy.runtime.comparison import run_targets
 from mfdeploy.runtime.coreml_env import INSTALL_HINT, coremltools_installed, predict_unavailable_reason
 from mfdeploy.runtime.coreml_runner import CoreMLRunner
 
@@ -253,14 +253,14 @@ def verify_package(package: Path, loaded, preprocessing, options: CoreMLOptions)
     step = max(options.batches)
     with TorchRunner(loaded.model, preprocessing.imgsz) as reference:
         expected = reference.infer_all(images, 32)
-    evaluations: dict[str, dict[str, Any]] = {}
     engines = [("fp32", "evaluator", "fp32"), ("fp16", "evaluator", "fp16")]
     if predict_unavailable_reason() is None:
         engines.append(("predict", "predict", None))
-    for name, engine, precision in engines:
-        with CoreMLRunner(package, engine=engine, evaluator_precision=precision) as runner:
-            figures = compare_logits(expected, runner.infer_all(images, step))
-            evaluations[name] = {"runner": runner.label, **figures}
+    runners = (CoreMLRunner(package, engine=engine, evaluator_precision=precision) for _, engine, precision in engines)
+    evaluations: dict[str, dict[str, Any]] = {
+        name: {"runner": run.runner.label, **run.figures}
+        for (name, _, _), run in zip(engines, run_targets(expected, runners, images, step), strict=True)
+    }
     deployed = "predict" if "predict" in evaluations else options.precision
     result = evaluations[deployed]
     finite = result["nan_count"] == 0 and result["inf_count"] == 0

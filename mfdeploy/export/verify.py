@@ -12,8 +12,8 @@ from mfdeploy.artifacts import ONNX_FILE
 from mfdeploy.errors import UserError
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.images.samples import builtin_images
-from mfdeploy.metrics import compare_logits
 from mfdeploy.runtime.base import Runner
+from mfdeploy.runtime.comparison import run_targets
 
 EXIT_VERIFICATION_FAILED = 4
 DYNAMIC_VERIFY_BATCHES = (1, 7, 32)  # a dynamic-batch graph is verified at these batch sizes
@@ -87,10 +87,12 @@ def verify_runner(
     """Compare ``candidate`` with ``reference``: max abs error on logits <= atol and identical top-1."""
     inputs = verification_inputs(preprocessing, max(batches), in_chans)
     report = VerificationReport(reference.label, candidate.label, atol, passed=True)
+    reference.load()  # loaded here, so that run_targets leaves them loaded for every case
+    candidate.load()
     for kind, data in inputs.items():
         for batch in batches:
-            x = data[:batch]
-            figures = compare_logits(reference.infer(x), candidate.infer(x))
+            (run,) = run_targets(reference, [candidate], data[:batch], batch)
+            figures = run.figures
             passed = figures["max_abs_error"] <= atol and figures["top1_agreement"] == 1.0
             report.cases.append(
                 VerificationCase(

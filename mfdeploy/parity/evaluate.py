@@ -16,7 +16,8 @@ from mfdeploy.artifacts import Artifact, utc_now
 from mfdeploy.console import progress
 from mfdeploy.errors import UserError
 from mfdeploy.images.datasets import BUILTIN_DIGITS, LabelledSplit, load_labelled
-from mfdeploy.runtime.registry import TARGETS, TargetUnavailable, create_runner, parse_targets
+from mfdeploy.runtime.comparison import run_targets
+from mfdeploy.runtime.registry import TARGETS, create_runner, parse_targets
 
 SCHEMA_VERSION = 1
 DEFAULT_TARGETS = ("onnx", "onnx-fp16", "onnx-int8")
@@ -91,28 +92,23 @@ def run_eval(
             "delta_top1_points": 0.0,
         }
     ]
-    for name in names:
-        if name == "torch":
+    candidates = [name for name in names if name != "torch"]
+    for run in run_targets(reference_logits, candidates, images, batch, artifact=artifact, provider=provider):
+        spec = TARGETS[run.target]
+        row: dict[str, Any] = {"target": run.target, "backend": spec.backend, "precision": spec.precision}
+        if run.skipped is not None:
+            rows.append(row | {"status": "skipped", "reason": run.skipped})
             continue
-        spec = TARGETS[name]
-        row: dict[str, Any] = {"target": name, "backend": spec.backend, "precision": spec.precision}
-        try:
-            runner = create_runner(name, artifact, provider=provider)
-        except TargetUnavailable as exc:
-            rows.append(row | {"status": "skipped", "reason": exc.reason})
-            continue
-        with runner:
-            logits = runner.infer_all(images, batch)
-            top1, top5 = _accuracy(logits, labels)
-            row.update(
-                status="ok",
-                label=runner.label,
-                precision=runner.precision,
-                top1=top1,
-                top5=top5,
-                agreement_with_fp32=float(np.mean(logits.argmax(1) == reference_top1)),
-                delta_top1_points=round((top1 - fp32_top1) * 100, 3),
-            )
+        top1, top5 = _accuracy(run.logits, labels)
+        row.update(
+            status="ok",
+            label=run.runner.label,
+            precision=run.runner.precision,
+            top1=top1,
+            top5=top5,
+            agreement_with_fp32=float(np.mean(run.logits.argmax(1) == reference_top1)),
+            delta_top1_points=round((top1 - fp32_top1) * 100, 3),
+        )
         rows.append(row)
     return {
         "schema_version": SCHEMA_VERSION,

@@ -16,10 +16,10 @@ from mfdeploy.console import err, progress
 from mfdeploy.environment import library_versions
 from mfdeploy.errors import UserError
 from mfdeploy.images.sets import ImageSet, load_image_set
-from mfdeploy.metrics import compare_logits
 from mfdeploy.parity.stages import map_stages, stage_errors, torch_stage_outputs
 from mfdeploy.parity.thresholds import DEFAULT_THRESHOLDS, judge, thresholds_for
-from mfdeploy.runtime.registry import TARGETS, TargetUnavailable, create_runner, parse_targets
+from mfdeploy.runtime.comparison import run_targets
+from mfdeploy.runtime.registry import TARGETS, create_runner, parse_targets
 
 SCHEMA_VERSION = 1
 STAGE_BATCH = 4  # images used for the stage-by-stage comparison
@@ -69,8 +69,6 @@ def run_parity(artifact: Artifact, options: ParityOptions) -> dict[str, Any]:
     data = images.images[: options.n]
 
     reference_runner = create_runner("torch", artifact)
-    with reference_runner:
-        reference = reference_runner.infer_all(data, options.batch)
     stage_images = data[:STAGE_BATCH]
     stages, stage_reference = torch_stage_outputs(reference_runner.model, stage_images)
     stage_names = [s.name for s in stages]
@@ -79,35 +77,37 @@ def run_parity(artifact: Artifact, options: ParityOptions) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     with progress() as bar:
         task = bar.add_task("parity", total=len(targets), status="")
-        for name in targets:
-            spec = TARGETS[name]
-            bar.update(task, status=name)
-            entry: dict[str, Any] = {"target": name, "backend": spec.backend, "precision": spec.precision}
-            try:
-                runner = create_runner(name, artifact, provider=options.provider)
-            except TargetUnavailable as exc:
-                entry.update(status="skipped", reason=exc.reason)
+        runs = run_targets(
+            reference_runner,
+            targets,
+            data,
+            options.batch,
+            artifact=artifact,
+            announce=lambda name: bar.update(task, status=name),
+            provider=options.provider,
+        )
+        for run in runs:
+            spec = TARGETS[run.target]
+            entry: dict[str, Any] = {"target": run.target, "backend": spec.backend, "precision": spec.precision}
+            if run.skipped is not None:
+                entry.update(status="skipped", reason=run.skipped)
                 results.append(entry)
                 bar.update(task, advance=1)
                 continue
-            with runner:
-                precision = runner.precision
-                limits = thresholds_for(precision, options.overrides)
-                t0 = time.perf_counter()
-                logits = runner.infer_all(data, options.batch)
-                figures = compare_logits(reference, logits)
-                failures = judge(figures, limits)
-                entry.update(
-                    label=runner.label,
-                    precision=precision,
-                    thresholds=limits.to_dict(),
-                    figures=figures,
-                    seconds=round(time.perf_counter() - t0, 3),
-                    status="passed" if not failures else "failed",
-                    failures=[
-                        {"metric": f.metric, "value": f.value, "limit": f.limit, "text": f.describe()} for f in failures
-                    ],
-                )
+            runner = run.runner
+            limits = thresholds_for(runner.precision, options.overrides)
+            failures = judge(run.figures, limits)
+            entry.update(
+                label=runner.label,
+                precision=runner.precision,
+                thresholds=limits.to_dict(),
+                figures=run.figures,
+                seconds=round(run.seconds, 3),
+                status="passed" if not failures else "failed",
+                failures=[
+                    {"metric": f.metric, "value": f.value, "limit": f.limit, "text": f.describe()} for f in failures
+                ],
+            )
             localizable = spec.backend in LOCALIZABLE_BACKENDS
             if (failures or options.layers) and localizable:
                 if mapping is None:

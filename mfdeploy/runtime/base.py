@@ -118,6 +118,11 @@ class Runner(abc.ABC):
             self._load()
             self._loaded = True
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the session/engine exists now (whoever loaded it closes it)."""
+        return self._loaded
+
     def close(self) -> None:
         if self._loaded:
             self._close()

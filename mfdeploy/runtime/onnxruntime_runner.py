@@ -7,7 +7,7 @@ import os
 import shutil
 import statistics
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -86,17 +86,7 @@ class OnnxRuntimeRunner(Runner):
     def _load(self) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = {
-            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.optimization]
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        options = _session_options(self.threads, self.optimization)
         options.enable_profiling = self.profile
         if self.profile:
             # The trace and the optimized graph go to a private folder, not the working directory: the
@@ -182,6 +172,37 @@ class OnnxRuntimeRunner(Runner):
             )
             for node, values in durations.items()
         ]
+
+
+def optimized_op_counts(path: str | os.PathLike[str], threads: int | None = None) -> Counter[str]:
+    """Op histogram of the graph ONNX Runtime's CPU provider actually runs after its optimizations: which
+    Q/DQ pairs it fused into integer kernels, which casts it inserted (why a graph runs slower on the CPU)."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = _session_options(threads)
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=PROVIDERS["cpu"])
+        model = onnx.load(options.optimized_model_filepath, load_external_data=False)
+    return Counter(node.op_type for node in model.graph.node)
+
+
+def _session_options(threads: int | None, optimization: str = "all"):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
 
 
 def _with_outputs(path: Path, names: Sequence[str]) -> bytes:
