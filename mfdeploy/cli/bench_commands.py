@@ -11,7 +11,6 @@ from rich.table import Table
 
 from mfdeploy import console
 from mfdeploy.benchmark.bench import DEFAULT_BATCHES, BenchOptions
-from mfdeploy.benchmark.latency import TimingPlan
 from mfdeploy.cli.app import INVOCATION, app
 from mfdeploy.cli.options import (
     ImgszOption,
@@ -25,6 +24,7 @@ from mfdeploy.cli.options import (
 )
 from mfdeploy.cli.output import human, write_json
 from mfdeploy.errors import UserError
+from mfdeploy.runtime.timing import TimingPlan
 
 
 @app.command()
