@@ -102,3 +102,21 @@ def test_no_import_cycle_at_import_time():
 def test_the_layer_table_names_real_packages():
     areas = {_area(m) for m in _modules()}
     assert set(LAYERS) <= areas
+
+
+def test_no_runner_imports_the_registry_that_loads_it():
+    modules = _modules()
+    runners = [m for m in modules if m.startswith("mfdeploy.runtime.") and m.endswith("_runner")]
+    assert runners
+    for runner in runners:
+        assert not any(i.startswith("mfdeploy.runtime.registry") for i in _imports(modules[runner], False)), runner
+
+
+def test_the_command_line_starts_without_torch_or_onnx():
+    """Option defaults are read from light options modules, so `mfdeploy --help` does not load the stack."""
+    import subprocess
+    import sys
+
+    code = "import sys, mfdeploy.cli; print(sorted(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

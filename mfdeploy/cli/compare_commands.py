@@ -22,8 +22,7 @@ from mfdeploy.cli.options import (
 )
 from mfdeploy.cli.output import human, write_json
 from mfdeploy.export.options import ExportOptions
-from mfdeploy.parity import evaluate as eval_defaults
-from mfdeploy.parity.harness import ParityOptions
+from mfdeploy.parity.options import EVAL_BATCH, EVAL_DATA, EVAL_TARGETS, ParityOptions
 
 
 def _write_text(path: Optional[Path], text: str) -> None:
@@ -60,7 +59,8 @@ def parity(
     """Every backend against PyTorch on the same images, and where a failing one first parts from it."""
     from mfdeploy.export.workflow import artifact_for_targets
     from mfdeploy.parity import report as parity_report
-    from mfdeploy.parity.harness import check_options, run_parity
+    from mfdeploy.parity.harness import run_parity
+    from mfdeploy.parity.options import check_options
 
     overrides = {
         "max_abs_error": atol,
@@ -94,9 +94,9 @@ def parity(
 @app.command("eval")
 def evaluate(
     artifact_dir: ArtifactArgument,
-    data: data_option("builtin-digits, or an ImageFolder (class sub-folders).") = eval_defaults.BUILTIN_DIGITS,
-    targets: TargetsOption = ",".join(eval_defaults.DEFAULT_TARGETS),
-    batch: batch_option("images per inference call") = eval_defaults.DEFAULT_BATCH,
+    data: data_option("builtin-digits, or an ImageFolder (class sub-folders).") = EVAL_DATA,
+    targets: TargetsOption = ",".join(EVAL_TARGETS),
+    batch: batch_option("images per inference call") = EVAL_BATCH,
     provider: ProviderOption = None,
     json_target: JsonOption = None,
 ) -> None:
@@ -104,7 +104,7 @@ def evaluate(
     from mfdeploy.artifacts import Artifact
     from mfdeploy.parity.evaluate import run_eval
 
-    batch = eval_defaults.DEFAULT_BATCH if batch is None else batch
+    batch = EVAL_BATCH if batch is None else batch
     report = run_eval(Artifact.open(artifact_dir), data, targets, batch, provider)
     write_json(report, json_target)
     say = human(json_target)

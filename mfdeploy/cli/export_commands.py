@@ -41,7 +41,7 @@ from mfdeploy.cli.options import (
 from mfdeploy.cli.output import human, write_json
 from mfdeploy.cli.summaries import print_calibration_summary, print_export_summary
 from mfdeploy.errors import UserError
-from mfdeploy.export.coreml_export import CoreMLOptions
+from mfdeploy.export.coreml_options import CoreMLOptions
 from mfdeploy.export.options import ExportOptions
 from mfdeploy.export.tensorrt_build import EngineOptions
 from mfdeploy.export.verify import VERIFY_ATOL

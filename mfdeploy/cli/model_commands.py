@@ -24,7 +24,7 @@ from mfdeploy.cli.options import (
 from mfdeploy.cli.output import human, write_json
 from mfdeploy.errors import UserError
 from mfdeploy.model.config import DEFAULT_SIZE, PAPER_IMGSZ, PAPER_NUM_CLASSES
-from mfdeploy.training import TrainConfig
+from mfdeploy.training.options import TrainConfig
 
 INFO_IMGSZ = PAPER_IMGSZ  # info compares with the paper's figures by default
 INFO_CLASSES = PAPER_NUM_CLASSES
@@ -112,7 +112,7 @@ def train(
     """Fine-tune a Mobile-Former on labelled images (CPU), reporting validation accuracy every epoch."""
     from mfdeploy.images.preprocess import check_imgsz
     from mfdeploy.model import get_config
-    from mfdeploy.training import train as run_training
+    from mfdeploy.training.loop import train as run_training
 
     cfg = TrainConfig(
         size=get_config(size or default(TrainConfig, "size")).name,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,19 +22,16 @@ from torch import nn
 
 from mfdeploy import __version__
 from mfdeploy.export import coreml_passes
+from mfdeploy.export.coreml_options import CoreMLOptions
 from mfdeploy.export.coreml_program import target_enum
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.runtime.coreml_env import import_coremltools, quiet_coremltools
-
-if TYPE_CHECKING:  # coreml_export parses and validates the options; the conversion only reads them
-    from mfdeploy.export.coreml_export import CoreMLOptions
 
 TENSOR_INPUT = "images"  # the ONNX graph's input name
 IMAGE_INPUT = "image"
 LOGITS = "logits"
 PROBABILITIES = "probabilities"
 CLASS_LABEL = "classLabel"
-COMPRESSIONS = ("none", "int8", "palettize4", "palettize6", "palettize8")
 # Core ML's image-classifier preview in Xcode (drag an image onto the model page).
 _PREVIEW_TYPE_KEY = "com.apple.coreml.model.preview.type"
 

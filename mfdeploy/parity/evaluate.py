@@ -16,12 +16,11 @@ from mfdeploy.artifacts import Artifact, utc_now
 from mfdeploy.console import progress
 from mfdeploy.errors import UserError
 from mfdeploy.images.datasets import BUILTIN_DIGITS, LabelledSplit, load_labelled
+from mfdeploy.parity.options import EVAL_BATCH, EVAL_DATA, EVAL_TARGETS
 from mfdeploy.runtime.comparison import run_targets
 from mfdeploy.runtime.registry import TARGETS, create_runner, parse_targets
 
 SCHEMA_VERSION = 1
-DEFAULT_TARGETS = ("onnx", "onnx-fp16", "onnx-int8")
-DEFAULT_BATCH = 32
 
 
 def _labelled_images(artifact: Artifact, spec: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -66,9 +65,9 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 def run_eval(
     artifact: Artifact,
-    data: str = BUILTIN_DIGITS,
-    targets: list[str] | str = DEFAULT_TARGETS,
-    batch: int = DEFAULT_BATCH,
+    data: str = EVAL_DATA,
+    targets: list[str] | str = EVAL_TARGETS,
+    batch: int = EVAL_BATCH,
     provider: str | None = None,
 ) -> dict[str, Any]:
     names = parse_targets(targets)

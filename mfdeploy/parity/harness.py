@@ -8,43 +8,21 @@ here. A backend that cannot run on this host is reported as skipped with the rea
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from mfdeploy.artifacts import ONNX_FILE, Artifact, utc_now
 from mfdeploy.console import err, progress
 from mfdeploy.environment import library_versions
-from mfdeploy.errors import UserError
 from mfdeploy.images.sets import ImageSet, load_image_set
+from mfdeploy.parity.options import ParityOptions, check_options
 from mfdeploy.parity.stages import map_stages, stage_errors, torch_stage_outputs
 from mfdeploy.parity.thresholds import DEFAULT_THRESHOLDS, judge, thresholds_for
 from mfdeploy.runtime.comparison import run_targets
-from mfdeploy.runtime.registry import TARGETS, create_runner, parse_targets
+from mfdeploy.runtime.registry import TARGETS, create_runner
 
 SCHEMA_VERSION = 1
 STAGE_BATCH = 4  # images used for the stage-by-stage comparison
 LOCALIZABLE_BACKENDS = ("onnxruntime",)
-DEFAULT_TARGETS = ("onnx", "onnx-fp16", "onnx-int8", "coreml", "trt-fp16", "trt-int8")
-
-
-@dataclass
-class ParityOptions:
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    data: str = "builtin"
-    n: int = 64
-    batch: int = 8
-    layers: bool = False
-    provider: str | None = None  # ONNX Runtime execution provider; None: the runner's default (cpu)
-    overrides: dict[str, float | None] = field(default_factory=dict)
-
-
-def check_options(options: ParityOptions) -> list[str]:
-    targets = parse_targets(options.targets)
-    if options.n < 1:
-        raise UserError(f"--n must be at least 1, got {options.n}")
-    if options.batch < 1:
-        raise UserError(f"--batch must be at least 1, got {options.batch}")
-    return targets
 
 
 def _first_parting(errors: dict[str, float], stages: list[str], limit: float) -> dict[str, Any] | None:

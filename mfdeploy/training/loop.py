@@ -27,20 +27,7 @@ from mfdeploy.images.datasets import LabelledSplit, load_labelled
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.model import build_model
 from mfdeploy.model.weights import check_fits, read_checkpoint, save_checkpoint
-
-
-@dataclass
-class TrainConfig:
-    size: str = "26m"
-    data: str = "builtin-digits"
-    epochs: int = 10
-    imgsz: int = 64
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    warmup_epochs: float = 1.0
-    seed: int = 0
+from mfdeploy.training.options import TrainConfig
 
 
 @dataclass

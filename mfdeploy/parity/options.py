@@ -1,0 +1,42 @@
+"""What `mfdeploy parity` and `mfdeploy eval` can be asked, and the checks made before any work.
+
+Apart from the harnesses so that the command line reads these defaults without importing ONNX or torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mfdeploy.errors import UserError
+from mfdeploy.images.datasets import BUILTIN_DIGITS
+from mfdeploy.images.sets import BUILTIN
+
+DEFAULT_TARGETS = ("onnx", "onnx-fp16", "onnx-int8", "coreml", "trt-fp16", "trt-int8")
+
+
+@dataclass
+class ParityOptions:
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    data: str = BUILTIN
+    n: int = 64
+    batch: int = 8
+    layers: bool = False
+    provider: str | None = None  # ONNX Runtime execution provider; None: the runner's default (cpu)
+    overrides: dict[str, float | None] = field(default_factory=dict)
+
+
+def check_options(options: ParityOptions) -> list[str]:
+    from mfdeploy.runtime.registry import parse_targets
+
+    targets = parse_targets(options.targets)
+    if options.n < 1:
+        raise UserError(f"--n must be at least 1, got {options.n}")
+    if options.batch < 1:
+        raise UserError(f"--batch must be at least 1, got {options.batch}")
+    return targets
+
+
+# `mfdeploy eval`: accuracy on labelled data (mfdeploy.parity.evaluate)
+EVAL_TARGETS = ("onnx", "onnx-fp16", "onnx-int8")
+EVAL_BATCH = 32
+EVAL_DATA = BUILTIN_DIGITS  # its validation split: the images `mfdeploy train` held out

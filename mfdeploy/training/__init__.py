@@ -1,0 +1,1 @@
+"""Fine-tuning on labelled images: the options (:mod:`.options`) and the loop behind `mfdeploy train` (:mod:`.loop`)."""
