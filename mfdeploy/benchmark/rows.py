@@ -49,6 +49,8 @@ class Row:
 
 @dataclass
 class Merged:
+    """Several result files as one: the files as loaded, their rows in table order, skips and warnings."""
+
     files: list[tuple[str, dict[str, Any]]]
     rows: list[Row]
     skipped: list[dict[str, Any]]
@@ -56,6 +58,7 @@ class Merged:
 
 
 def model_label(document: dict[str, Any]) -> str:
+    """How tables name the model a result document measured: size and input resolution."""
     model = document["model"]
     return f"{model['size']} @{model['imgsz']}px"
 
