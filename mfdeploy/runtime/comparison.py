@@ -62,6 +62,8 @@ def run_targets(
         if announce is not None:
             announce(name)
         if isinstance(candidate, str):
+            if artifact is None:
+                raise ValueError(f"target {candidate!r} is a name: run_targets needs the artifact to make its runner")
             try:
                 candidate = create_runner(candidate, artifact, **options)
             except TargetUnavailable as exc:
