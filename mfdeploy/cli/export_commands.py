@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from mfdeploy import console
 from mfdeploy.calibration.options import CalibrationOptions
 from mfdeploy.cli.app import app
 from mfdeploy.cli.options import (
@@ -180,8 +181,8 @@ def export(
     result = run_export(options)
     write_json(dict(result.manifest, notes=result.notes), json_target)
     print_export_summary(result, human(json_target))
-    for note in result.notes:
-        human(json_target).print(note, soft_wrap=True, markup=False)
+    for note in result.notes:  # what the user must act on (engine not built, warnings): always on stderr
+        console.err.print(note, soft_wrap=True, markup=False)
     if result.exit_code:
         raise typer.Exit(result.exit_code)
 
