@@ -47,6 +47,7 @@ from mfdeploy.export.options import ExportOptions
 from mfdeploy.export.tensorrt_build import EngineOptions
 from mfdeploy.export.verify import VERIFY_ATOL
 
+PROFILE_FLAGS = "--min-batch/--opt-batch/--max-batch"  # named together: they make one profile
 TRT_FLAGS = {
     "calib_data": "--calib-data",
     "calib_size": "--calib-size",
@@ -54,9 +55,9 @@ TRT_FLAGS = {
     "method": "--method",
     "percentile": "--percentile",
     "fp16_norm": "--fp16-norm",
-    "min_batch": "--min-batch",
-    "opt_batch": "--opt-batch",
-    "max_batch": "--max-batch",
+    "min_batch": PROFILE_FLAGS,
+    "opt_batch": PROFILE_FLAGS,
+    "max_batch": PROFILE_FLAGS,
     "workspace": "--workspace",
     "timing_cache": "--timing-cache",
 }

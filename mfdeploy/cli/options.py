@@ -34,11 +34,11 @@ def default(options_class: type, name: str) -> Any:
 
 
 def given(ctx: typer.Context, **flags: str) -> list[str]:
-    """The flags (``{parameter: "--flag"}``) the user typed, as the parser saw them."""
+    """The flags (``{parameter: "--flag"}``) the user typed, as the parser saw them (each label once)."""
     from typer._click.core import ParameterSource
 
     typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    return [flag for name, flag in flags.items() if ctx.get_parameter_source(name) in typed]
+    return list(dict.fromkeys(flag for name, flag in flags.items() if ctx.get_parameter_source(name) in typed))
 
 
 JsonOption = Annotated[
