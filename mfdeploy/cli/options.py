@@ -35,10 +35,10 @@ def default(options_class: type, name: str) -> Any:
 
 def given(ctx: typer.Context, **flags: str) -> list[str]:
     """The flags (``{parameter: "--flag"}``) the user typed, as the parser saw them (each label once)."""
-    from typer._click.core import ParameterSource
-
-    typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    return list(dict.fromkeys(flag for name, flag in flags.items() if ctx.get_parameter_source(name) in typed))
+    # by name: typer >= 0.20 bundles its own click, older typer uses click's ParameterSource
+    typed = ("COMMANDLINE", "ENVIRONMENT")
+    sources = {name: getattr(ctx.get_parameter_source(name), "name", None) for name in flags}
+    return list(dict.fromkeys(flag for name, flag in flags.items() if sources[name] in typed))
 
 
 JsonOption = Annotated[
