@@ -55,12 +55,11 @@ def write_json(payload: Any, target: str | None) -> None:
     """Write ``payload`` where ``--json`` said (nothing when it was not given)."""
     if target is None:
         return
-    text = json.dumps(payload, indent=2) + "\n"
     if target == STDOUT:
         console.emit_json(payload)
     else:
         with atomic_path(target) as tmp:
-            tmp.write_text(text)
+            tmp.write_text(json.dumps(payload, indent=2) + "\n")
         console.err.print(f"wrote {target}", soft_wrap=True, markup=False)
     _state["written"] = True
 

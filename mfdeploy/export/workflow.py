@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from mfdeploy.artifacts import CALIBRATED_PRECISIONS, Artifact, artifact_dir_name
+from mfdeploy.artifacts import CALIBRATED_PRECISIONS, MANIFEST_NAME, Artifact, artifact_dir_name
 from mfdeploy.errors import UserError
 from mfdeploy.export.pipeline import ExportOptions, export
 from mfdeploy.model import DEFAULT_SIZE, get_config
@@ -35,7 +35,7 @@ def open_or_export(
             raise UserError(f"pass either an artifact folder or {given}, not both")
         return Artifact.open(artifact_dir)
     root = Path(out) / artifact_dir_name(get_config(size or DEFAULT_SIZE).name)
-    if weights is not None or not (root / "manifest.json").exists():
+    if weights is not None or not (root / MANIFEST_NAME).exists():
         options = ExportOptions(size=size, weights=str(weights) if weights else None, target=target, out=Path(out))
         root = export(options).artifact
     return Artifact.open(root)
