@@ -7,6 +7,7 @@ always fed the way it was exported.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mfdeploy.errors import UserError
+from mfdeploy.option_values import shown
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,12 +25,17 @@ DEFAULT_CROP_PCT = 0.875
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+INTERPOLATIONS = tuple(_RESAMPLE)
+MAX_IMGSZ = 2048  # one 2048x2048 image is already 50 MB of float32; beyond it is a typo, not a model input
 
 
 def check_imgsz(imgsz: int) -> int:
-    """Mobile-Former downsamples by 32: the input side must be a positive multiple of 32."""
-    if imgsz < 32 or imgsz % 32:
-        raise UserError(f"image size must be a multiple of 32 (e.g. 160, 224, 256), got {imgsz}")
+    """Mobile-Former downsamples by 32: the input side must be a multiple of 32, from 32 to MAX_IMGSZ."""
+    integer = isinstance(imgsz, numbers.Integral) and not isinstance(imgsz, bool)
+    if not integer or not 32 <= imgsz <= MAX_IMGSZ or imgsz % 32:
+        raise UserError(
+            f"image size must be a multiple of 32 from 32 to {MAX_IMGSZ} (e.g. 160, 224, 256), got {shown(imgsz)}"
+        )
     return imgsz
 
 
