@@ -21,6 +21,7 @@ from typing import Any
 from mfdeploy.errors import UserError
 from mfdeploy.fileio import atomic_path, make_shareable, sha256_file
 from mfdeploy.images.preprocess import Preprocessing
+from mfdeploy.manifest_schema import check_manifest
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -75,13 +76,14 @@ class Artifact:
             raise UserError(f"{root} has no {MANIFEST_NAME}: it is not an mfdeploy artifact folder")
         try:
             manifest = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an over-long integer
             raise UserError(f"cannot read {path}: {exc}") from None
         version = manifest.get("schema_version") if isinstance(manifest, dict) else None
         if version != SCHEMA_VERSION:
             raise UserError(
                 f"{path} has schema version {version!r}, this mfdeploy reads {SCHEMA_VERSION}; re-export the model"
             )
+        check_manifest(manifest, path)
         return cls(root, manifest)
 
     # -- what the model is -----------------------------------------------------------------------
