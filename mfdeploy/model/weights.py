@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,17 @@ from torch import nn
 from mfdeploy.console import warn_once
 from mfdeploy.errors import UserError
 from mfdeploy.fileio import atomic_path, sha256_file
+from mfdeploy.manifest_schema import CHECKPOINT_ACTION, check_checkpoint_metadata
 from mfdeploy.model.config import DEFAULT_SIZE, SIZES, get_config
 from mfdeploy.model.mobileformer import MobileFormer, build_model
+from mfdeploy.option_values import check_num_classes, check_seed, shown
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _MAX_KEYS_SHOWN = 4
+_COUNTERS = ("num_batches_tracked",)  # BatchNorm's step counter: the one integer tensor of a state dict
+_PICKLE_PROTOCOL = re.compile(rb"\x80[\x02-\x05]")  # how a bare pickle (not torch.save's zip) begins
 
 
 @dataclass
@@ -68,30 +73,83 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                 state = {key: handle.get_tensor(key) for key in handle.keys()}
         except (SafetensorError, OSError, ValueError) as exc:
             raise UserError(f"cannot read {path}: not a valid safetensors file ({exc})") from None
-        metadata = {}
-        for key, value in raw_meta.items():
-            try:
-                metadata[key] = json.loads(value)
-            except json.JSONDecodeError:
-                metadata[key] = value
         if not state:
             raise UserError(f"{path} holds no tensors; it is not a Mobile-Former checkpoint")
+        check_tensors(state, path)
+        metadata = _parse_metadata(raw_meta)
+        check_checkpoint_metadata(metadata, path)
         return Checkpoint(state, metadata)
     if suffix in TORCH_SUFFIXES:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any failure to parse a user's file is a user error
-            found = re.search(r"GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
-            if found is not None:
-                raise UserError(
-                    f"refusing to load {path}: it pickles a Python object ({found.group(1)}), and only tensors "
-                    "are loaded safely; save model.state_dict() or a .safetensors file"
-                ) from None
-            first_line = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
-            reason = first_line if isinstance(exc, (RuntimeError, OSError)) and first_line else "corrupt or truncated"
-            raise UserError(f"cannot read {path}: not a valid PyTorch checkpoint ({reason})") from None
-        return Checkpoint(_unwrap(obj, path))
+        state = _unwrap(_torch_load(path), path)
+        check_tensors(state, path)
+        return Checkpoint(state)
     raise UserError(f"unsupported weights file {path.name}: use .safetensors, .pt or .pth")
+
+
+def _parse_metadata(raw: dict[str, str]) -> dict[str, Any]:
+    """safetensors metadata is str -> str; mfdeploy stores JSON values (a foreign file plain strings)."""
+    metadata: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            metadata[key] = json.loads(value)
+        except (ValueError, RecursionError):  # not JSON (a foreign file's plain string), or hostile JSON
+            metadata[key] = value
+    return metadata
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never an arbitrary unpickle."""
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols it was not written with
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse a user's file is a user error
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        if found is not None:
+            raise UserError(
+                f"refusing to load {path}: it pickles a Python object ({found.group(1)}), and only tensors "
+                "are loaded safely; save model.state_dict() or a .safetensors file"
+            ) from None
+        refused = isinstance(exc, pickle.UnpicklingError) or "magic number" in str(exc)
+        if refused and _is_bare_pickle(path):
+            raise UserError(
+                f"refusing to load {path}: it is a bare Python pickle (not torch.save's format), which may run "
+                "code when unpickled, so it is refused for safety (only torch.load(weights_only=True) is used); "
+                "save model.state_dict() with torch.save, or a .safetensors file"
+            ) from None
+        first_line = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        reason = first_line if isinstance(exc, (RuntimeError, OSError)) and first_line else "corrupt or truncated"
+        raise UserError(f"cannot read {path}: not a valid PyTorch checkpoint ({reason})") from None
+
+
+def _is_bare_pickle(path: Path) -> bool:
+    """Whether the file starts like a pickle of protocol 2 to 5 (torch.save writes a zip, starting 'PK')."""
+    try:
+        with path.open("rb") as handle:
+            return _PICKLE_PROTOCOL.match(handle.read(2)) is not None
+    except OSError:
+        return False
+
+
+def check_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse, by name, a tensor that cannot be a Mobile-Former weight: not floating point (BatchNorm's
+    counter aside) or holding NaN/Inf. Caught here, such weights would otherwise surface much later as
+    a verification failure with an infinite error and no cause."""
+    for key, tensor in state.items():
+        if key.rsplit(".", 1)[-1] in _COUNTERS:
+            continue
+        name = key if key.isprintable() and len(key) <= 120 else shown(key)
+        if not tensor.is_floating_point():
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            raise UserError(
+                f"{path.name}: tensor {name} is {dtype}; Mobile-Former weights are floating point; "
+                "save the float state_dict of the trained model (model.state_dict())"
+            )
+        if tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(
+                f"{path.name}: tensor {name} holds NaN/Inf, so the model's outputs would too; the training "
+                "diverged or the file is damaged: use an earlier checkpoint or re-train"
+            )
 
 
 def _expected_shapes(size: str, num_classes: int, in_chans: int) -> dict[str, torch.Size]:
@@ -168,6 +226,23 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], metadata: di
     return path
 
 
+def check_metadata_fits(metadata: dict[str, Any], model: MobileFormer, path: Path) -> None:
+    """The metadata describes these weights: the same size, class count and input channels, and one class
+    name per output (a list of another length would mislabel every prediction, or crash `eval`)."""
+    facts = {"size": model.cfg.name, "num_classes": model.num_classes, "in_chans": model.in_chans}
+    for key, actual in facts.items():
+        if key in metadata and metadata[key] != actual:
+            raise UserError(
+                f"{path}: metadata {key} is {metadata[key]!r} but the weights are {actual!r}; {CHECKPOINT_ACTION}"
+            )
+    classes = metadata.get("classes")
+    if classes is not None and len(classes) != model.num_classes:
+        raise UserError(
+            f"{path}: metadata classes holds {len(classes)} names but the weights have {model.num_classes} "
+            f"outputs; give one name per class, or {CHECKPOINT_ACTION}"
+        )
+
+
 @dataclass
 class LoadedModel:
     """A ready model and where its weights came from (for manifests and reports)."""
@@ -200,6 +275,9 @@ def load_model(
 ) -> LoadedModel:
     """The model a command asks for: from a checkpoint when given (size and classes read from it when
     not passed), otherwise deterministic random weights from ``seed``, with a one-time warning."""
+    if num_classes is not None:
+        check_num_classes(num_classes)
+    check_seed(seed)
     if weights is None:
         size = size or DEFAULT_SIZE
         model = build_model(size, num_classes or 1000, in_chans or 3, seed=seed)
@@ -221,6 +299,7 @@ def load_model(
         raise UserError(f"{path.name} is not a Mobile-Former checkpoint of any known size; pass --size to see why")
     model = build_model(size, num_classes or 1000, in_chans or 3, seed=seed)
     check_fits(checkpoint.state_dict, model, path)
+    check_metadata_fits(checkpoint.metadata, model, path)
     model.load_state_dict(checkpoint.state_dict, strict=True)
     return LoadedModel(
         model.eval(),
