@@ -73,7 +73,10 @@ def _int(value: Any, field: str, low: int, high: int) -> int:
 def _number(value: Any, field: str, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(field, value, "a number")
-    number = float(value) if abs(value) < 1e308 else math.inf
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
     if not math.isfinite(number) or (positive and number <= 0):
         _fail(field, value, "a finite number above 0" if positive else "a finite number")
     return number

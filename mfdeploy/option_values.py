@@ -80,7 +80,10 @@ def check_number(
     allowed = interval(low, high, low_open, high_open)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UserError(f"{flag} must be a number {_in(allowed)}, got {shown(value)}")
-    number = float(value) if abs(value) < 1e308 else math.inf
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
     if not math.isfinite(number):
         raise UserError(f"{flag} must be a finite number {_in(allowed)}, got {number}")
     too_low = number <= low if low_open else number < low
