@@ -45,7 +45,7 @@ def test_info_single_size_has_stage_table(cli):
     [
         (["info", "--size", "53m"], ["unknown size '53m'", "26m, 52m, 96m, 151m, 214m, 294m, 508m"]),
         (["info", "--size", "52m", "--imgsz", "100"], ["multiple of 32", "100"]),
-        (["info", "--size", "52m", "--num-classes", "0"], ["num_classes must be at least 1"]),
+        (["info", "--size", "52m", "--num-classes", "0"], ["--num-classes must be at least 1"]),
         (["info", "--size", "52m", "--all"], ["either --size or --all"]),
         (["train", "--size", "26m", "--data", "/no/such/folder", "--out", "x.safetensors"], ["does not exist"]),
         (["train", "--size", "99m", "--out", "x.safetensors"], ["unknown size"]),

@@ -20,6 +20,16 @@ from mfdeploy.benchmark.schema import RESULT_KIND, SCHEMA_VERSION, check_result
 from mfdeploy.benchmark.stats import Summary, spread_warnings
 from mfdeploy.environment import default_device_name, host_environment
 from mfdeploy.errors import UserError
+from mfdeploy.option_values import (
+    MAX_RUNS,
+    MAX_SECONDS,
+    MAX_TOP,
+    MAX_WARMUP,
+    check_batch,
+    check_int,
+    check_positive,
+    check_threads,
+)
 from mfdeploy.runtime.timing import TimingPlan
 
 # A machine whose 1-minute load average already exceeds this share of its cores before the benchmark
@@ -62,19 +72,31 @@ def timing_plan(warmup: int | None = None, runs: int | None = None, min_time: fl
     warmup = defaults.warmup if warmup is None else warmup
     if warmup < 0:
         raise UserError(f"--warmup must be 0 or more, got {warmup}")
+    plan_ranges(warmup, runs, min_time)
     if min_time is not None:
         return TimingPlan(warmup=warmup, runs=None, min_time_s=min_time)
     return TimingPlan(warmup=warmup, runs=defaults.runs if runs is None else runs)
+
+
+def plan_ranges(warmup: int | None, runs: int | None, min_time: float | None) -> None:
+    """Upper bounds on the timing plan: --min-time 1e300 or --runs 10**12 would never finish."""
+    if warmup is not None:
+        check_int(warmup, "--warmup", 0, MAX_WARMUP)
+    if runs is not None:
+        check_int(runs, "--runs", 1, MAX_RUNS)
+    if min_time is not None:
+        check_positive(min_time, "--min-time", MAX_SECONDS)
 
 
 def check_options(options: BenchOptions) -> None:
     """Refuse bad settings before the first cell runs (one line each)."""
     from mfdeploy.runtime.onnxruntime_runner import PROVIDERS
 
-    if options.threads is not None and options.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {options.threads}")
-    if options.top < 1:
-        raise UserError(f"--top must be at least 1, got {options.top}")
+    check_threads(options.threads)
+    check_int(options.top, "--top", 1, MAX_TOP)
+    for batch in options.batches:
+        check_batch(batch, "--batches")
+    plan_ranges(options.plan.warmup, options.plan.runs, options.plan.min_time_s)
     if options.provider is not None and options.provider not in PROVIDERS:
         raise UserError(f"unknown provider {options.provider!r}; choose one of {', '.join(PROVIDERS)}")
     options.compute_units = check_compute_units(options.compute_units)

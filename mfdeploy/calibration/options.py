@@ -11,6 +11,7 @@ from pathlib import Path
 from mfdeploy.artifacts import CALIBRATED_PRECISIONS
 from mfdeploy.errors import UserError
 from mfdeploy.images.sets import BUILTIN
+from mfdeploy.option_values import MAX_BATCH, MAX_IMAGES, check_int, check_threads
 
 
 @dataclass
@@ -31,10 +32,10 @@ def check_options(options: CalibrationOptions) -> None:
     from mfdeploy.calibration.ranges import check_method
 
     check_method(options.method, options.percentile)
-    if options.batch < 1:
-        raise UserError(f"--calib-batch must be at least 1, got {options.batch}")
-    if options.num_images < 1:
-        raise UserError(f"--calib-size must be at least 1, got {options.num_images}")
+    check_int(options.batch, "--calib-batch", 1, MAX_BATCH)
+    check_int(options.num_images, "--calib-size", 1, MAX_IMAGES)
+    check_int(options.holdout, "holdout", 0, MAX_IMAGES)
+    check_threads(options.threads)
     if options.data != BUILTIN and not Path(options.data).exists():
         raise UserError(
             f"calibration data {options.data} does not exist; pass a folder of images, a .npy/.npz or builtin"

@@ -47,9 +47,10 @@ def info(
     from mfdeploy.images.preprocess import check_imgsz
     from mfdeploy.model import SIZES, build_model, get_config
     from mfdeploy.model.complexity import measure
+    from mfdeploy.option_values import check_num_classes
 
     imgsz = check_imgsz(INFO_IMGSZ if imgsz is None else imgsz)
-    num_classes = INFO_CLASSES if num_classes is None else num_classes
+    num_classes = check_num_classes(INFO_CLASSES if num_classes is None else num_classes)
     if all_sizes and given(ctx, size="--size"):
         raise UserError("pass either --size or --all, not both")
     names = list(SIZES) if all_sizes else [get_config(size or DEFAULT_SIZE).name]

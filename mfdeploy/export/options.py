@@ -39,3 +39,18 @@ class ExportOptions:
     force: bool = False
     simplifier: str = "onnxslim"
     stage_options: dict[str, Any] = field(default_factory=dict)  # per stage: {"coreml": CoreMLOptions(...)}
+
+
+def check_ranges(options: ExportOptions) -> None:
+    """The numeric options, by the rules every command shares: --num-classes 0 is refused, not read as
+    "the default", and a seed torch cannot take is refused before the model is built."""
+    from mfdeploy.images.preprocess import check_imgsz
+    from mfdeploy.option_values import check_batch, check_num_classes, check_seed
+
+    if options.imgsz is not None:
+        check_imgsz(options.imgsz)
+    if options.batch is not None:
+        check_batch(options.batch)
+    if options.num_classes is not None:
+        check_num_classes(options.num_classes)
+    check_seed(options.seed)

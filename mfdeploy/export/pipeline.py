@@ -28,10 +28,10 @@ from mfdeploy.console import progress
 from mfdeploy.environment import library_versions
 from mfdeploy.errors import UserError
 from mfdeploy.export import onnx_export
-from mfdeploy.export.options import EXPORT_TARGETS, STAGES, TARGET_STAGES, ExportOptions
+from mfdeploy.export.options import EXPORT_TARGETS, STAGES, TARGET_STAGES, ExportOptions, check_ranges
 from mfdeploy.export.verify import DYNAMIC_VERIFY_BATCHES, VERIFY_ATOL, VerificationError, verify_runner
 from mfdeploy.graph.checks import check_graph
-from mfdeploy.images.preprocess import Preprocessing, check_imgsz
+from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.model.complexity import measure
 from mfdeploy.model.weights import LoadedModel, load_model, save_checkpoint
 from mfdeploy.runtime.base import TensorSpec
@@ -87,8 +87,7 @@ def check_options(options: ExportOptions) -> None:
             f"unknown simplifier {options.simplifier!r}; choose one of {', '.join(onnx_export.SIMPLIFIERS)}"
         )
     onnx_export.check_opset(options.opset)
-    if options.imgsz is not None:
-        check_imgsz(options.imgsz)
+    check_ranges(options)
 
 
 def _preprocessing(loaded: LoadedModel, imgsz: int | None) -> Preprocessing:

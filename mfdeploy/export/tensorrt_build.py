@@ -20,6 +20,7 @@ from typing import Any
 from mfdeploy.artifacts import ENGINE_PRECISIONS, TIMING_CACHE, engine_plan, precision_graph, utc_now
 from mfdeploy.errors import UserError
 from mfdeploy.fileio import atomic_path, sha256_file
+from mfdeploy.option_values import MAX_WORKSPACE_GIB, check_batch, check_positive
 from mfdeploy.runtime.tensorrt_env import ENGINE_SIDECAR, host_info, read_sidecar
 
 GRAPH_FOR_PRECISION = {p: precision_graph(p) for p in ENGINE_PRECISIONS}
@@ -66,9 +67,15 @@ def engine_options(
     given = [v for v in (min_batch, opt_batch, max_batch) if v is not None]
     if batch is not None and given:
         raise UserError("pass either --batch N or --min-batch/--opt-batch/--max-batch, not both")
+    batches = {"--batch": batch, "--min-batch": min_batch, "--opt-batch": opt_batch, "--max-batch": max_batch}
+    for flag, value in batches.items():
+        if value is not None:
+            check_batch(value, flag)
+    if workspace_gib is not None:
+        check_positive(workspace_gib, "--workspace", MAX_WORKSPACE_GIB)
     profile = None
     if batch is not None:
-        profile = BatchProfile.static(batch) if batch >= 1 else None
+        profile = BatchProfile.static(batch)
     elif given:
         low = min_batch or 1
         high = max_batch or max(given)

@@ -107,8 +107,12 @@ def verify_artifact(
     artifact, provider: str | None = None, atol: float = 1e-4, threads: int | None = None
 ) -> VerificationReport:
     """Re-verify an artifact's ONNX graph against the PyTorch model it was exported from."""
+    from mfdeploy.option_values import check_positive, check_threads
     from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
     from mfdeploy.runtime.torch_runner import TorchRunner
+
+    check_positive(atol, "--atol")  # a bad limit is a bad option, not a failed verification
+    check_threads(threads)
 
     graph = artifact.require(ONNX_FILE, "export it with `mfdeploy export --target onnx`")
     batches = [artifact.static_batch] if artifact.static_batch else list(DYNAMIC_VERIFY_BATCHES)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mfdeploy.errors import UserError
 from mfdeploy.images.datasets import BUILTIN_DIGITS
 from mfdeploy.images.sets import BUILTIN
+from mfdeploy.option_values import MAX_IMAGES, check_batch, check_int
+from mfdeploy.parity.thresholds import check_overrides
 
 DEFAULT_TARGETS = ("onnx", "onnx-fp16", "onnx-int8", "coreml", "trt-fp16", "trt-int8")
 
@@ -29,10 +30,9 @@ def check_options(options: ParityOptions) -> list[str]:
     from mfdeploy.runtime.registry import parse_targets
 
     targets = parse_targets(options.targets)
-    if options.n < 1:
-        raise UserError(f"--n must be at least 1, got {options.n}")
-    if options.batch < 1:
-        raise UserError(f"--batch must be at least 1, got {options.batch}")
+    check_int(options.n, "--n", 1, MAX_IMAGES)
+    check_batch(options.batch)
+    check_overrides(options.overrides)
     return targets
 
 

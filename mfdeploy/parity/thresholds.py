@@ -19,6 +19,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from mfdeploy.errors import UserError
+from mfdeploy.option_values import check_fraction, check_positive
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -54,10 +57,35 @@ class Failure:
         return f"{self.metric} {self.value:.5g} < {self.limit:.5g} (short by {self.limit - self.value:.3g})"
 
 
+# the flag that overrides each threshold; errors and tolerances are above 0, the rest are shares in [0, 1]
+OVERRIDE_FLAGS = {
+    "max_abs_error": "--atol",
+    "min_cosine": "--min-cosine",
+    "min_top1": "--min-top1",
+    "min_top5": "--min-top5",
+    "stage_rel_error": "--stage-tol",
+}
+_TOLERANCES = ("max_abs_error", "stage_rel_error")
+
+
+def check_overrides(overrides: dict[str, float | None] | None) -> dict[str, float]:
+    """The given overrides, each checked: a NaN limit would make every comparison pass, and a cosine of 2
+    or a negative tolerance would fail every backend for a reason that is not the backend's."""
+    checked: dict[str, float] = {}
+    for key, value in (overrides or {}).items():
+        if key not in OVERRIDE_FLAGS:
+            raise UserError(f"unknown parity threshold {key!r}; choose from {', '.join(OVERRIDE_FLAGS)}")
+        if value is None:
+            continue
+        flag = OVERRIDE_FLAGS[key]
+        checked[key] = check_positive(value, flag) if key in _TOLERANCES else check_fraction(value, flag)
+    return checked
+
+
 def thresholds_for(precision: str, overrides: dict[str, float | None] | None = None) -> Thresholds:
     """The default thresholds of ``precision`` with any command-line overrides applied."""
     base = DEFAULT_THRESHOLDS.get(precision, DEFAULT_THRESHOLDS["fp32"])
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    given = check_overrides(overrides)
     return replace(base, **given) if given else base
 
 
@@ -67,13 +95,14 @@ def judge(figures: dict[str, float], limits: Thresholds) -> list[Failure]:
     bad_values = figures["nan_count"] + figures["inf_count"]
     if bad_values:
         failures.append(Failure("nan_inf", bad_values, 0))
-    if limits.max_abs_error is not None and figures["max_abs_error"] > limits.max_abs_error:
+    # written as "not within the limit", so that a NaN figure fails instead of passing every comparison
+    if limits.max_abs_error is not None and not figures["max_abs_error"] <= limits.max_abs_error:
         failures.append(Failure("max_abs_error", figures["max_abs_error"], limits.max_abs_error))
     for metric, limit in (
         ("cosine", limits.min_cosine),
         ("top1_agreement", limits.min_top1),
         ("top5_agreement", limits.min_top5),
     ):
-        if figures[metric] < limit:
+        if not figures[metric] >= limit:
             failures.append(Failure(metric, figures[metric], limit))
     return failures

@@ -27,7 +27,7 @@ from mfdeploy.images.datasets import LabelledSplit, load_labelled
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.model import build_model
 from mfdeploy.model.weights import check_fits, read_checkpoint, save_checkpoint
-from mfdeploy.training.options import TrainConfig
+from mfdeploy.training.options import TrainConfig, check_config
 
 
 @dataclass
@@ -117,12 +117,7 @@ def train(
     out = Path(out)
     if out.suffix.lower() not in (".safetensors", ".pt", ".pth"):
         raise UserError(f"--out {out.name}: use a .safetensors (recommended) or .pt file name")
-    if cfg.epochs < 1:
-        raise UserError(f"--epochs must be at least 1, got {cfg.epochs}")
-    if cfg.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
-    if not cfg.lr > 0:
-        raise UserError(f"--lr must be positive, got {cfg.lr}")
+    check_config(cfg)
     preprocessing = Preprocessing.for_size(cfg.imgsz)
     data = load_labelled(cfg.data)
     model = build_model(cfg.size, num_classes=len(data.classes), seed=cfg.seed)
