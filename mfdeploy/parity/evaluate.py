@@ -16,9 +16,11 @@ from mfdeploy.artifacts import Artifact, utc_now
 from mfdeploy.console import progress
 from mfdeploy.errors import UserError
 from mfdeploy.images.datasets import BUILTIN_DIGITS, LabelledSplit, load_labelled
+from mfdeploy.option_values import check_batch
+from mfdeploy.parity.harness import torch_reference
 from mfdeploy.parity.options import EVAL_BATCH, EVAL_DATA, EVAL_TARGETS
 from mfdeploy.runtime.comparison import run_targets
-from mfdeploy.runtime.registry import TARGETS, create_runner, parse_targets
+from mfdeploy.runtime.registry import TARGETS, parse_targets
 
 SCHEMA_VERSION = 1
 
@@ -71,11 +73,10 @@ def run_eval(
     provider: str | None = None,
 ) -> dict[str, Any]:
     names = parse_targets(targets)
-    if batch < 1:
-        raise UserError(f"--batch must be at least 1, got {batch}")
+    check_batch(batch)
     started = time.perf_counter()
     images, labels, source = _labelled_images(artifact, data)
-    with create_runner("torch", artifact) as reference:
+    with torch_reference(artifact) as reference:
         reference_logits = reference.infer_all(images, batch)
     reference_top1 = reference_logits.argmax(1)
     fp32_top1, fp32_top5 = _accuracy(reference_logits, labels)

@@ -13,12 +13,14 @@ from typing import Any
 from mfdeploy.artifacts import ONNX_FILE, Artifact, utc_now
 from mfdeploy.console import err, progress
 from mfdeploy.environment import library_versions
+from mfdeploy.errors import UserError
 from mfdeploy.images.sets import ImageSet, load_image_set
 from mfdeploy.parity.options import ParityOptions, check_options
 from mfdeploy.parity.stages import map_stages, stage_errors, torch_stage_outputs
 from mfdeploy.parity.thresholds import DEFAULT_THRESHOLDS, judge, thresholds_for
+from mfdeploy.runtime.base import Runner
 from mfdeploy.runtime.comparison import run_targets
-from mfdeploy.runtime.registry import TARGETS, create_runner
+from mfdeploy.runtime.registry import TARGETS, TargetUnavailable, create_runner
 
 SCHEMA_VERSION = 1
 STAGE_BATCH = 4  # images used for the stage-by-stage comparison
@@ -38,15 +40,24 @@ def _first_parting(errors: dict[str, float], stages: list[str], limit: float) ->
     return None
 
 
+def torch_reference(artifact: Artifact) -> Runner:
+    """PyTorch, the reference every comparison needs: unlike a candidate backend it cannot be skipped, so an
+    artifact without its weights is the user's to fix (one line), not a traceback."""
+    try:
+        return create_runner("torch", artifact)
+    except TargetUnavailable as exc:
+        raise UserError(f"cannot compare with PyTorch, the reference: {exc}") from None
+
+
 def run_parity(artifact: Artifact, options: ParityOptions) -> dict[str, Any]:
     """Compare every requested target with PyTorch; the report dict (see docs in parity.report)."""
     targets = check_options(options)
     started = time.perf_counter()
     in_chans = artifact.in_chans
+    reference_runner = torch_reference(artifact)
     images: ImageSet = load_image_set(options.data, artifact.preprocessing, options.n, in_chans, resize_arrays=True)
     data = images.images[: options.n]
 
-    reference_runner = create_runner("torch", artifact)
     stage_images = data[:STAGE_BATCH]
     stages, stage_reference = torch_stage_outputs(reference_runner.model, stage_images)
     stage_names = [s.name for s in stages]
