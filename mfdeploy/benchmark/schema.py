@@ -9,6 +9,7 @@ and files of another version are refused by name rather than misread.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from mfdeploy.errors import UserError
 SCHEMA_VERSION = 1
 RESULT_KIND = "mfdeploy-bench"
 SCHEMA_ID = "https://mfdeploy.invalid/schemas/bench-result-1.schema.json"
+_MAX_INT_DIGITS = 18  # below 2**63: a count, a batch or a file size, never more
 
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
 _SUMMARY = {
@@ -301,13 +303,46 @@ def load_result(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ResultFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
-        document = json.loads(text)
+        document = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
+        check_result(document, str(path))
     except json.JSONDecodeError as exc:
         raise ResultFileError(
             f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); is it truncated?"
         ) from None
-    check_result(document, str(path))
+    except _BadNumber as exc:
+        raise ResultFileError(
+            f"{path} holds the number {exc}; a bench result holds only finite numbers and integers of at most "
+            f"{_MAX_INT_DIGITS} digits"
+        ) from None
+    except RecursionError:
+        raise ResultFileError(f"{path} is nested too deeply to be a bench result") from None
     return document
+
+
+class _BadNumber(Exception):
+    """NaN, an infinity or an integer beyond 64 bits in a result file: JSON has no NaN or infinity, and
+    tables and charts cannot use any of them (matplotlib refuses NaN, float() overflows)."""
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _refuse_constant(name: str) -> float:
+    raise _BadNumber(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf
+        raise _BadNumber(_short(text))
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise _BadNumber(_short(text))
+    return int(text)
 
 
 def schema_text() -> str:
