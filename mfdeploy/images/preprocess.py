@@ -29,12 +29,13 @@ INTERPOLATIONS = tuple(_RESAMPLE)
 MAX_IMGSZ = 2048  # one 2048x2048 image is already 50 MB of float32; beyond it is a typo, not a model input
 
 
-def check_imgsz(imgsz: int) -> int:
+def check_imgsz(imgsz: int, flag: str = "--imgsz") -> int:
     """Mobile-Former downsamples by 32: the input side must be a multiple of 32, from 32 to MAX_IMGSZ."""
     integer = isinstance(imgsz, numbers.Integral) and not isinstance(imgsz, bool)
     if not integer or not 32 <= imgsz <= MAX_IMGSZ or imgsz % 32:
         raise UserError(
-            f"image size must be a multiple of 32 from 32 to {MAX_IMGSZ} (e.g. 160, 224, 256), got {shown(imgsz)}"
+            f"{flag} (the image size) must be a multiple of 32 from 32 to {MAX_IMGSZ} (e.g. 160, 224, 256), "
+            f"got {shown(imgsz)}"
         )
     return imgsz
 
