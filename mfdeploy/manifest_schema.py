@@ -28,6 +28,7 @@ CHANNEL_ORDERS = ("RGB",)  # images are always converted to RGB before normalisa
 LAYOUTS = ("NCHW",)
 MAX_RESIZE_FACTOR = 4  # resize at most 4x the crop: a crop_pct down to 0.25
 MAX_LABEL_CHARS = 256
+MAX_COUNT = 2**53  # bytes, parameters, multiply-adds: exact in a float, which JSON readers use
 # sections later steps add; each is read as an object (with .get) when present
 OPTIONAL_SECTIONS = ("onnx", "tensorrt", "coreml", "calibration", "verification", "versions", "timings_s")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -180,8 +181,7 @@ def _files(value: Any) -> None:
         digest = _require(entry, "sha256", f"{field}.sha256")
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             _fail(f"{field}.sha256", digest, "64 lowercase hex digits")
-        if "bytes" in entry:
-            _int(entry["bytes"], f"{field}.bytes", 0, 2**53)
+        _int(_require(entry, "bytes", f"{field}.bytes"), f"{field}.bytes", 0, MAX_COUNT)
         if "kind" in entry:
             _string(entry["kind"], f"{field}.kind", ("directory",))
 
@@ -193,6 +193,9 @@ def _manifest(manifest: dict[str, Any]) -> None:
     imgsz = _imgsz(_require(model, "imgsz", "model.imgsz"), "model.imgsz")
     in_chans = _int(model.get("in_chans", 3), "model.in_chans", 1, MAX_IN_CHANS)
     _classes(model.get("classes"), "model.classes", num_classes)
+    for key in ("params", "madds"):  # bench divides by and reports these
+        if model.get(key) is not None:
+            _int(model[key], f"model.{key}", 0, MAX_COUNT)
     if _preprocessing(_require(manifest, "preprocessing", "preprocessing"), "preprocessing") != imgsz:
         _fail("preprocessing.imgsz", manifest["preprocessing"]["imgsz"], f"{imgsz}, the same as model.imgsz")
     batch = _first_spec(manifest, "inputs", [in_chans, imgsz, imgsz])

@@ -265,6 +265,8 @@ MANIFEST_CASES = {
     "files-entry-without-sha256": (lambda m: m["files"]["model.onnx"].pop("sha256"), "files['model.onnx'].sha256"),
     "files-as-list": (lambda m: m.__setitem__("files", sorted(m["files"])), "files is ["),
     "no-files": (lambda m: m.pop("files"), "files is missing"),
+    "files-entry-without-bytes": (lambda m: m["files"]["model.onnx"].pop("bytes"), "files['model.onnx'].bytes"),
+    "madds-text": (_set("model", "madds", "many"), "model.madds is 'many'"),
     "no-model": (lambda m: m.pop("model"), "model is missing"),
     "no-preprocessing": (lambda m: m.pop("preprocessing"), "preprocessing is missing"),
     "no-inputs": (lambda m: m.pop("inputs"), "inputs is missing"),
