@@ -21,6 +21,7 @@ from mfdeploy.export.tensorrt_build import (
     build_engine,
 )
 from mfdeploy.graph.tensorrt_lint import lint_graph
+from mfdeploy.option_values import MAX_WORKSPACE_GIB, check_positive
 from mfdeploy.runtime.tensorrt_env import tensorrt_unavailable_reason
 
 TRT_PRECISIONS = tuple(GRAPH_FOR_PRECISION)
@@ -49,8 +50,7 @@ def check_trt_options(options: TensorRTOptions | None) -> None:
         raise UserError(f"unknown TensorRT precision {options.precision!r}; choose one of {', '.join(TRT_PRECISIONS)}")
     if options.engine.profile is not None:
         options.engine.profile.check()
-    if options.engine.workspace_gib <= 0:
-        raise UserError(f"--workspace must be a positive number of GiB, got {options.engine.workspace_gib}")
+    check_positive(options.engine.workspace_gib, "--workspace", MAX_WORKSPACE_GIB)  # GiB; NaN refused too
     check_calibration(options.calibration)
 
 
