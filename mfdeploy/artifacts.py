@@ -4,16 +4,26 @@ reads to know what a model is, how to feed it and what has been verified about i
 Layout: ``<out>/mobileformer_<size>/`` holding ``manifest.json``, ``model.onnx``, ``weights.safetensors``
 and, as later steps add them, precision graphs, engines and Core ML packages. The manifest records the
 sha256 of every file, so a changed file is detected instead of trusted.
+
+The manifest protects itself too: ``manifest_sha256`` is a sha256 over its content, every section except
+``updated`` (rewritten by every save) and the digest itself. It is written by :meth:`Artifact.save` and
+checked before anything trusts the manifest (:meth:`Artifact.require`, :attr:`Artifact.preprocessing`,
+`mfdeploy verify`), so a hand-edited preprocessing or file hash is refused, not used. It detects edits and
+damage, it is no signature: whoever rewrites the digest as well is not stopped. A manifest without one
+(written by an older mfdeploy) is still read; `verify` warns about it, and the next save adds it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,6 +34,8 @@ from mfdeploy.images.preprocess import Preprocessing
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
+MANIFEST_DIGEST = "manifest_sha256"  # the key of the manifest's own content digest
+MANIFEST_VOLATILE = ("updated", MANIFEST_DIGEST)  # the keys the content digest leaves out
 
 # The layout: every file name an artifact folder holds is spelled here and nowhere else.
 ONNX_FILE = "model.onnx"  # the verified FP32 graph (also TensorRT's FP32 source)
@@ -63,6 +75,8 @@ class Artifact:
     def __init__(self, root: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
         self.root = Path(root)
         self.manifest = manifest
+        # judged as read, before any step adds to the manifest in memory: see check_manifest
+        self.manifest_status = manifest_status(manifest)
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -99,6 +113,8 @@ class Artifact:
 
     @property
     def preprocessing(self) -> Preprocessing:
+        """How images are fed to the model; every later step's numbers depend on it, so it is checked first."""
+        self.check_manifest()
         return Preprocessing.from_dict(self.manifest["preprocessing"])
 
     @property
@@ -132,15 +148,40 @@ class Artifact:
         return self.root / name
 
     def require(self, name: str, hint: str) -> Path:
-        """The path of a file the manifest lists; a UserError (with ``hint``) if it is missing or changed."""
+        """The path of a file the manifest lists; a UserError (with ``hint``) if it is missing or changed.
+
+        Every step that uses a file of the artifact comes through here, so the manifest's own digest is
+        checked here too: a file's recorded hash is only worth what the manifest holding it is worth.
+        """
+        self.check_manifest()
+        path = self.path(name)
+        status = self.file_status(name)
+        if status == MISSING:
+            raise UserError(f"{self.root} has no {name}; {hint}")
+        if status == CHANGED:
+            raise UserError(
+                f"{path} changed since it was written (sha256 differs from the manifest); "
+                f"remake it with `{remake_command(self, name)}`"
+            )
+        return path
+
+    def file_status(self, name: str) -> str:
+        """OK, CHANGED or MISSING: file (or folder) ``name`` against the sha256 the manifest lists for it."""
         path = self.path(name)
         entry = self.manifest.get("files", {}).get(name)
-        if entry is None or not path.exists():
-            raise UserError(f"{self.root} has no {name}; {hint}")
+        if not isinstance(entry, dict) or not path.exists():
+            return MISSING
         digest = _folder_digest(path)[0] if path.is_dir() else sha256_file(path)
-        if digest != entry["sha256"]:
-            raise UserError(f"{path} changed since it was written (sha256 differs from the manifest); re-export it")
-        return path
+        return OK if digest == entry.get("sha256") else CHANGED
+
+    def check_manifest(self) -> None:
+        """Refuse a manifest whose content no longer matches its digest: every later step trusts its
+        preprocessing, shapes and file hashes. A manifest without a digest (older mfdeploy) is accepted."""
+        if self.manifest_status == CHANGED:
+            raise UserError(
+                f"{self.path(MANIFEST_NAME)} changed since it was written (its content no longer matches its "
+                f"{MANIFEST_DIGEST}); do not edit it by hand: re-export with `{remake_command(self, MANIFEST_NAME)}`"
+            )
 
     # -- recording -------------------------------------------------------------------------------
     def record_file(self, name: str) -> dict[str, Any]:
@@ -155,10 +196,111 @@ class Artifact:
         return entry
 
     def save(self) -> None:
-        """Write the manifest atomically."""
+        """Write the manifest atomically, with a fresh digest over its content.
+
+        A manifest that was changed by hand is refused rather than saved: saving would sign the edit.
+        """
+        self.check_manifest()
         self.manifest["updated"] = utc_now()
+        self.manifest.pop(MANIFEST_DIGEST, None)
+        # digest what will be read back (tuples become lists, keys strings), not the objects in memory
+        self.manifest[MANIFEST_DIGEST] = manifest_digest(json.loads(json.dumps(self.manifest)))
         with atomic_path(self.path(MANIFEST_NAME)) as tmp:
             tmp.write_text(json.dumps(self.manifest, indent=2) + "\n")
+        self.manifest_status = OK
+
+
+OK, CHANGED, MISSING = "ok", "changed", "missing"
+EXPORT_DEFAULT_IMGSZ, EXPORT_DEFAULT_CLASSES = 224, 1000  # what `export` makes without --imgsz/--num-classes
+UNPROTECTED = "unprotected"  # a manifest without a content digest (written by an older mfdeploy)
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's content: every key but MANIFEST_VOLATILE, as canonical JSON (sorted keys)."""
+    content = {key: value for key, value in manifest.items() if key not in MANIFEST_VOLATILE}
+    return _hash_text(json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True))
+
+
+def manifest_status(manifest: dict[str, Any]) -> str:
+    """OK when the manifest matches its digest, CHANGED when not, UNPROTECTED when it has none."""
+    recorded = manifest.get(MANIFEST_DIGEST) if isinstance(manifest, dict) else None
+    if recorded is None:
+        return UNPROTECTED
+    try:
+        return OK if manifest_digest(manifest) == recorded else CHANGED
+    except (TypeError, ValueError):  # content JSON cannot hold (e.g. a key of another type) was not written by us
+        return CHANGED
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """One entry of `mfdeploy verify`'s file list: a file, its state, and the command that writes it again."""
+
+    name: str
+    status: str  # OK, CHANGED, MISSING; the manifest itself may also be UNPROTECTED
+    remake: str
+
+    @property
+    def failed(self) -> bool:
+        return self.status in (CHANGED, MISSING)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status, "remake": self.remake}
+
+
+def check_files(artifact: Artifact) -> list[FileCheck]:
+    """The manifest's own content, then every file it lists (folders by their folder digest), each with
+    its state: what `mfdeploy verify` reports before it checks any numbers."""
+    checks = [FileCheck(MANIFEST_NAME, artifact.manifest_status, remake_command(artifact, MANIFEST_NAME))]
+    files = artifact.manifest.get("files")
+    for name in files if isinstance(files, dict) else {}:
+        checks.append(FileCheck(name, artifact.file_status(name), remake_command(artifact, name)))
+    return checks
+
+
+def remake_command(artifact: Artifact, name: str) -> str:
+    """The command that writes file ``name`` of ``artifact`` again: for messages about a changed file."""
+    root = shlex.quote(str(artifact.root))
+    calibrated = {precision_graph(p) for p in CALIBRATED_PRECISIONS} | {CALIBRATION_JSON, CALIBRATION_MD}
+    if name in calibrated or name.startswith(f"{CALIBRATION_DIR}/"):
+        return f"mfdeploy calibrate {root}"
+    if name == COREML_PACKAGE:
+        return export_command(artifact, "coreml")
+    for precision in ENGINE_PRECISIONS:
+        if name == engine_plan(precision):
+            return f"mfdeploy build-engine {root} --precision {precision}"
+    if name in (ENGINE_SIDECAR, TIMING_CACHE):
+        return f"mfdeploy build-engine {root}"
+    return export_command(artifact)  # model.onnx, the weights, the manifest: the export itself
+
+
+def export_command(artifact: Artifact, target: str | None = None) -> str:
+    """The `mfdeploy export --force` that re-creates this artifact folder, from what its manifest says.
+
+    Best effort: it repeats the model options the manifest records, not every stage option.
+    """
+    model = artifact.manifest.get("model") if isinstance(artifact.manifest.get("model"), dict) else {}
+    source = model.get("source") if isinstance(model.get("source"), dict) else {}
+    args = ["mfdeploy", "export"]
+    if source.get("weights") not in (None, "random"):
+        args += ["--weights", str(source["weights"])]
+    else:
+        args += ["--size", str(model.get("size", "SIZE"))]
+        if model.get("imgsz") not in (None, EXPORT_DEFAULT_IMGSZ):
+            args += ["--imgsz", str(model["imgsz"])]
+        if model.get("num_classes") not in (None, EXPORT_DEFAULT_CLASSES):
+            args += ["--num-classes", str(model["num_classes"])]
+        if source.get("seed") not in (None, 0):
+            args += ["--seed", str(source["seed"])]
+    graph = artifact.manifest.get("onnx") if isinstance(artifact.manifest.get("onnx"), dict) else {}
+    if isinstance(graph.get("batch"), int):
+        args += ["--batch", str(graph["batch"])]
+    if target is None and artifact.has(COREML_PACKAGE):
+        target = "coreml"
+    if target is not None:
+        args += ["--target", target]
+    args += ["--out", str(artifact.root.parent), "--force"]
+    return shlex.join(args)
 
 
 def _folder_digest(path: Path) -> tuple[str, int]:
@@ -169,8 +311,6 @@ def _folder_digest(path: Path) -> tuple[str, int]:
 
 
 def _hash_text(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode()).hexdigest()
 
 
