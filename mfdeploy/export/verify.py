@@ -12,7 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from mfdeploy.artifacts import MANIFEST_NAME, ONNX_FILE, UNPROTECTED, WEIGHTS_FILE, FileCheck, check_files
+from mfdeploy.artifacts import (
+    CHANGED,
+    MANIFEST_NAME,
+    MISSING,
+    ONNX_FILE,
+    UNPROTECTED,
+    WEIGHTS_FILE,
+    FileCheck,
+    check_files,
+)
 from mfdeploy.errors import UserError
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.images.samples import builtin_images
@@ -85,6 +94,9 @@ UNPROTECTED_WARNING = (
 )
 
 
+_STATE_TEXT = {CHANGED: "changed since it was written", MISSING: "is missing"}
+
+
 @dataclass
 class ArtifactCheck:
     """What `mfdeploy verify` found: every file's state, then the numbers (None when not computed)."""
@@ -118,7 +130,7 @@ class ArtifactCheck:
 
     def failure_message(self) -> str:
         """Which file changed and which command remakes it, then the figures that failed."""
-        parts = [f"{f.name} {f.status}, remake it with `{f.remake}`" for f in self.broken_files]
+        parts = [f"{f.name} {_STATE_TEXT[f.status]}; remake it with `{f.remake}`" for f in self.broken_files]
         if self.numbers is not None and not self.numbers.passed:
             parts.append(self.numbers.figures_failure())
         return "verification failed: " + "; ".join(parts)
