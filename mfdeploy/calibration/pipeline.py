@@ -125,7 +125,7 @@ def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[
         cache.parent.mkdir(exist_ok=True)
         stats.save(cache)
     else:
-        err.print(f"reusing cached statistics {cache.name} (same model, data and preprocessing)")
+        err.print(f"reusing cached statistics {cache.name} (same model, data and preprocessing)", markup=False)
     timings["stats"] = round(time.perf_counter() - started - timings["data"], 3)
 
     written: dict[str, Path] = {}
