@@ -129,6 +129,18 @@ def test_a_damaged_calibration_file_fails_verify_naming_it_and_calibrate(cli, ar
     assert name in error and f"mfdeploy calibrate {artifact}" in error
 
 
+def test_a_damaged_statistics_cache_is_recomputed_not_trusted(cli, artifact, hostile):
+    (cache,) = (artifact / "calibration").glob("stats-*.npz")
+    flip_byte(cache)
+    result = cli("verify", artifact)
+    assert result.code == 4 and f"calibration/{cache.name}" in result.err and "mfdeploy calibrate" in result.err
+    # the remake the message names: the damaged cache is neither loaded (a traceback) nor reused
+    again = cli("calibrate", artifact, "--calib-data", hostile.data, "--calib-size", "16", "--no-latency", "--json")
+    assert again.code == 0 and "Traceback" not in again.err, again.err
+    assert not again.json()["stats"]["reused"]
+    assert cli("verify", artifact).code == 0
+
+
 def test_a_changed_graph_is_named_with_the_export_that_remakes_it(cli, artifact):
     flip_byte(artifact / "model.onnx")
     result = cli("verify", artifact, "--json")

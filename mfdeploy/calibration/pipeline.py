@@ -22,6 +22,7 @@ from mfdeploy.artifacts import (
     CALIBRATION_DIR,
     CALIBRATION_JSON,
     CALIBRATION_MD,
+    OK,
     ONNX_FILE,
     Artifact,
     precision_graph,
@@ -73,7 +74,19 @@ def _save_graph(model: onnx.ModelProto, path: Path) -> None:
         onnx.save_model(model, str(tmp))
 
 
+def _vouched_for(artifact: Artifact, path: Path) -> bool:
+    """Whether the manifest lists this cache file with its current sha256: a cache that changed (or that
+    no finished run recorded) is recomputed, never trusted, so `mfdeploy calibrate` does remake it."""
+    return artifact.file_status(path.relative_to(artifact.root).as_posix()) == OK
+
+
+def _cached_stats(artifact: Artifact, cache: Path, key: str) -> CalibrationStats | None:
+    return CalibrationStats.load(cache, key) if cache.exists() and _vouched_for(artifact, cache) else None
+
+
 def _read_data_index(artifact: Artifact) -> dict[str, Any]:
+    if not _vouched_for(artifact, artifact.path(DATA_INDEX)):
+        return {}
     try:
         return json.loads(artifact.path(DATA_INDEX).read_text())
     except (OSError, json.JSONDecodeError):
@@ -105,7 +118,7 @@ def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[
     if data_info is not None:
         key = stats_key(model_sha, data_info["sha256"], artifact.manifest["preprocessing"])
         cache = artifact.path(CALIBRATION_DIR) / f"stats-{key}.npz"
-        stats = CalibrationStats.load(cache, key) if cache.exists() else None
+        stats = _cached_stats(artifact, cache, key)
     if stats is None:
         data = load_image_set(options.data, artifact.preprocessing, options.num_images, in_chans)
         data_info = data.describe()
@@ -114,7 +127,7 @@ def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[
             _write_data_index(artifact, known)
         key = stats_key(model_sha, data.sha256, artifact.manifest["preprocessing"])
         cache = artifact.path(CALIBRATION_DIR) / f"stats-{key}.npz"
-        stats = CalibrationStats.load(cache, key) if cache.exists() else None
+        stats = _cached_stats(artifact, cache, key)
     timings["data"] = round(time.perf_counter() - started, 3)
     reused = stats is not None
     if stats is None:
