@@ -16,6 +16,7 @@ import numpy as np
 
 from mfdeploy.console import progress, warn
 from mfdeploy.errors import UserError
+from mfdeploy.images.files import scan_files, warn_skipped
 from mfdeploy.images.preprocess import IMAGE_EXTENSIONS, Preprocessing, is_image_file, load_image
 from mfdeploy.images.samples import builtin_images
 
@@ -28,7 +29,7 @@ class ImageSet:
     images: np.ndarray  # float32 [N, C, H, W], preprocessed
     source: str  # "builtin", a folder or an array file
     sha256: str  # of the preprocessed array (shape and bytes)
-    skipped: list[str] = field(default_factory=list)  # unreadable files that were left out
+    skipped: list[str] = field(default_factory=list)  # why each unreadable file was left out
 
     def __len__(self) -> int:
         return len(self.images)
@@ -58,11 +59,13 @@ def _evenly_spaced(items: list, count: int) -> list:
 
 
 def _from_folder(folder: Path, preprocessing: Preprocessing, num_images: int, in_chans: int) -> ImageSet:
-    try:
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
-    except OSError as exc:
-        raise UserError(f"cannot read image folder {folder}: {exc.strerror or exc}") from None
+    scan = scan_files(folder, is_image_file, "image")
+    files, skipped = scan.files, list(scan.skipped)
     if not files:
+        if skipped:
+            raise UserError(
+                f"image folder {folder} has no readable images: {len(skipped)} file(s) skipped; first: {skipped[0]}"
+            )
         raise UserError(f"image folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively)")
     if len(files) < num_images:
         warn(
@@ -70,19 +73,19 @@ def _from_folder(folder: Path, preprocessing: Preprocessing, num_images: int, in
             f"{len(files)} (only builtin data is expanded with crops and flips)"
         )
     chosen = _evenly_spaced(files, num_images)
-    arrays, skipped = [], []
+    arrays = []
     with progress() as bar:
         task = bar.add_task("load images", total=len(chosen), status="")
         for path in chosen:
             try:
                 arrays.append(preprocessing(load_image(path)))
-            except UserError:
-                skipped.append(str(path))
+            except UserError as exc:
+                skipped.append(str(exc))
             bar.update(task, advance=1)
-    if skipped:
-        warn(f"skipped {len(skipped)} unreadable or corrupt image(s) in {folder}, e.g. {skipped[0]}")
+    warn_skipped(skipped, folder)
     if len(arrays) < MIN_IMAGES:
-        raise UserError(f"only {len(arrays)} readable image(s) in {folder}; at least {MIN_IMAGES} are needed")
+        left_out = f" ({len(skipped)} unreadable file(s) skipped; first: {skipped[0]})" if skipped else ""
+        raise UserError(f"only {len(arrays)} readable image(s) in {folder}{left_out}; at least {MIN_IMAGES} are needed")
     images = np.stack(arrays)
     if in_chans != 3:
         images = np.repeat(images.mean(axis=1, keepdims=True), in_chans, axis=1)
@@ -155,33 +158,38 @@ def fingerprint(
 ) -> str | None:
     """A cheap identity of the data a spec would load (file names, sizes and times; or the builtin set's
     version), so a repeated calibration finds its cached statistics without decoding a single image.
-    None when the spec cannot be fingerprinted (it is then loaded and hashed as usual)."""
+    None when the spec cannot be fingerprinted (it is then loaded and hashed as usual).
+
+    File names are hashed as the bytes the file system holds (os.fsencode), so a name that is not
+    UTF-8 is part of the identity like any other."""
     from importlib import metadata
 
-    parts: list[str] = [str(num_images), str(in_chans), repr(sorted(preprocessing.to_dict().items()))]
+    parts: list[bytes] = [str(num_images).encode(), str(in_chans).encode()]
+    parts.append(repr(sorted(preprocessing.to_dict().items())).encode())
     if str(spec) == BUILTIN:
-        versions = []
+        parts.append(b"builtin-v1")
         for dist in ("scikit-image", "scikit-learn"):
             try:
-                versions.append(f"{dist}={metadata.version(dist)}")
+                parts.append(f"{dist}={metadata.version(dist)}".encode())
             except metadata.PackageNotFoundError:
-                versions.append(f"{dist}=none")
-        parts += ["builtin-v1", *versions]
+                parts.append(f"{dist}=none".encode())
     else:
         path = Path(spec)
         try:
             if path.is_dir():
-                files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+                scan = scan_files(path, is_image_file, "image")
+                files = scan.files
+                parts += [b"skipped|" + os.fsencode(line) for line in scan.skipped]
             elif path.is_file():
                 files = [path]
             else:
                 return None
             for file in files:
                 info = file.stat()
-                parts.append(f"{file.resolve()}|{info.st_size}|{info.st_mtime_ns}")
-        except OSError:
+                parts.append(os.fsencode(file.resolve()) + f"|{info.st_size}|{info.st_mtime_ns}".encode())
+        except (OSError, UserError):
             return None
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return hashlib.sha256(b"\n".join(parts)).hexdigest()
 
 
 def load_image_set(
