@@ -16,6 +16,7 @@ import numpy as np
 
 from mfdeploy.console import progress, warn
 from mfdeploy.errors import UserError
+from mfdeploy.images.arrays import read_array_header, read_leading
 from mfdeploy.images.files import scan_files, warn_skipped
 from mfdeploy.images.preprocess import IMAGE_EXTENSIONS, Preprocessing, is_image_file, load_image
 from mfdeploy.images.samples import builtin_images
@@ -103,40 +104,32 @@ def _resize(array: np.ndarray, side: int) -> np.ndarray:
 def _from_array(
     path: Path, preprocessing: Preprocessing, num_images: int, in_chans: int, resize: bool = False
 ) -> ImageSet:
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = list(loaded.keys())
-            if not keys:
-                raise UserError(f"{path} holds no arrays")
-            key = next((k for k in ("images", "calib", "data", "x") if k in keys), keys[0])
-            array = loaded[key]
-    else:
-        array = loaded
+    """The leading images of an .npy/.npz, checked from its header before any data is read."""
+    header = read_array_header(path)
+    shape = header.shape
     expected = (in_chans, preprocessing.imgsz, preprocessing.imgsz)
-    if resize and array.ndim == 4 and array.shape[1] == in_chans and tuple(array.shape[2:]) != expected[1:]:
-        warn(
-            f"{path.name} holds {array.shape[2]}x{array.shape[3]} images; resizing them to the artifact's "
-            f"{preprocessing.imgsz}x{preprocessing.imgsz}"
-        )
-        array = _resize(array.astype(np.float32), preprocessing.imgsz)
-    if array.ndim != 4 or tuple(array.shape[1:]) != expected:
+    resizing = resize and len(shape) == 4 and shape[1] == in_chans and min(shape[2:]) > 0 and shape[2:] != expected[1:]
+    if not resizing and (len(shape) != 4 or shape[1:] != expected):
         raise UserError(
-            f"{path.name} has shape {list(array.shape)}; arrays must be preprocessed "
+            f"{path.name} has shape {list(shape)}; arrays must be preprocessed "
             f"(N, {', '.join(map(str, expected))}) float32 for this model"
         )
-    if array.dtype != np.float32:
-        raise UserError(f"{path.name} is {array.dtype}; arrays must be float32 (array.astype('float32'))")
+    if header.dtype.newbyteorder("=") != np.float32:
+        raise UserError(f"{path.name} is {header.dtype}; arrays must be float32 (array.astype('float32'))")
+    if shape[0] < MIN_IMAGES:
+        raise UserError(f"{path.name} has {shape[0]} images; at least {MIN_IMAGES} are needed")
+    if shape[0] < num_images:
+        warn(f"{num_images} images were asked for, more than the {shape[0]} images in {path.name}: using all of them")
+    array = read_leading(header, min(shape[0], num_images))
+    if resizing:
+        warn(
+            f"{path.name} holds {shape[2]}x{shape[3]} images; resizing them to the artifact's "
+            f"{preprocessing.imgsz}x{preprocessing.imgsz}"
+        )
+        array = _resize(array, preprocessing.imgsz)
     if not np.isfinite(array).all():
         raise UserError(f"{path.name} contains NaN or Inf values")
-    if len(array) < MIN_IMAGES:
-        raise UserError(f"{path.name} has {len(array)} images; at least {MIN_IMAGES} are needed")
-    if len(array) < num_images:
-        warn(f"{num_images} images were asked for, more than the {len(array)} images in {path.name}: using all of them")
-    images = np.ascontiguousarray(array[:num_images])
+    images = np.ascontiguousarray(array)
     return ImageSet(images, str(path), array_sha256(images))
 
 
