@@ -31,8 +31,9 @@ _HEADER_READERS = {
     (1, 0): np.lib.format.read_array_header_1_0,
     (2, 0): np.lib.format.read_array_header_2_0,
 }
-# What reading a malformed .npy/.npz raises: numpy's header parser (ValueError), zipfile (BadZipFile,
+# What reading a malformed .npy/.npz raises: numpy's magic check (ValueError), zipfile (BadZipFile,
 # NotImplementedError, RuntimeError for encrypted members), zlib, short reads (EOFError, struct.error).
+# The header text itself is parsed in _parse_header.
 _READ_ERRORS = (
     OSError,
     ValueError,
@@ -142,15 +143,25 @@ def _check_header(header: ArrayHeader, size: int) -> None:
         )
 
 
+def _parse_header(stream: BinaryIO, path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """numpy's own reading of the header: shape, Fortran order, dtype."""
+    version = np.lib.format.read_magic(stream)
+    reader = _HEADER_READERS.get(version)
+    if reader is None:
+        raise UserError(f"{path}: .npy format version {version[0]}.{version[1]} is not read here; {_SAVE_AGAIN}")
+    try:
+        shape, fortran_order, dtype = reader(stream)
+    except Exception as exc:  # numpy evaluates the header text: a hostile one raises TypeError, TokenError, ...
+        text = str(exc).replace("\n", " ").strip()
+        raise UserError(f"{path}: malformed .npy header ({type(exc).__name__}: {text}); {_SAVE_AGAIN}") from None
+    return tuple(shape), bool(fortran_order), dtype
+
+
 def read_array_header(path: Path) -> ArrayHeader:
     """The checked header of the image array in ``path`` (.npy, or the image array of an .npz)."""
     with _reading(path), _npy_stream(path) as (stream, size, member):
-        version = np.lib.format.read_magic(stream)
-        reader = _HEADER_READERS.get(version)
-        if reader is None:
-            raise UserError(f"{path}: .npy format version {version[0]}.{version[1]} is not read here; {_SAVE_AGAIN}")
-        shape, fortran_order, dtype = reader(stream)
-        header = ArrayHeader(path, member, tuple(shape), dtype, bool(fortran_order), stream.tell())
+        shape, fortran_order, dtype = _parse_header(stream, path)
+        header = ArrayHeader(path, member, shape, dtype, fortran_order, stream.tell())
     _check_header(header, size)
     return header
 
