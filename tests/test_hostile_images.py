@@ -362,11 +362,13 @@ def test_parity_on_a_folder_with_a_bomb_reports_the_skip(cli, small_artifact, tm
     save_good(folder)
     (folder / "bomb.png").write_bytes(png_declaring(50_000, 50_000))
     os.mkfifo(folder / "pipe.png")
-    result = cli("parity", small_artifact, "--targets", "onnx", "--data", folder, "--n", "10", "--json")
+    md = tmp_path / "parity.md"
+    result = cli("parity", small_artifact, "--targets", "onnx", "--data", folder, "--n", "10", "--json", "--md", md)
     assert "Traceback" not in result.err and result.code == 0, result.err
     assert "skipped 2 unreadable or corrupt image file(s)" in result.err
     data = result.json()["data"]
     assert data["skipped_files"] == 2 and data["images"] == MIN_IMAGES
+    assert f"Data: {folder}, {MIN_IMAGES} images" in md.read_text() and "2 unreadable files skipped" in md.read_text()
 
 
 def test_calibrate_on_an_empty_array_says_so_in_one_line(cli, small_artifact, tmp_path):
@@ -386,3 +388,18 @@ def test_eval_on_an_image_folder_skips_and_counts(cli, small_artifact, tmp_path)
     data = result.json()["data"]
     assert data["images"] == 6 and data["skipped_files"] == 2
     assert "truncated.png" in result.err and "zero.png" in result.err
+
+
+def test_damaged_calibration_caches_are_cache_misses(cli, small_artifact, tmp_path):
+    from mfdeploy.calibration.stats import CalibrationStats
+
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    assert CalibrationStats.load(tmp_path / "empty.npz", "k") is None
+    assert CalibrationStats.load(tmp_path / "broken.npz", "k") is None
+    index = small_artifact / "calibration" / "data-index.json"
+    index.parent.mkdir(exist_ok=True)
+    index.write_bytes(b'{"\xff": [1]}')
+    result = cli("calibrate", small_artifact, "--calib-size", "8", "--precision", "int8", "--no-latency", "--json")
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert result.json()["data"]["images"] == 8
