@@ -75,10 +75,14 @@ def _save_graph(model: onnx.ModelProto, path: Path) -> None:
 
 
 def _read_data_index(path: Path) -> dict[str, Any]:
+    """Fingerprint -> data description; only well-formed entries (a damaged index is just a cache miss)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        index = json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError: invalid JSON or bytes that are not UTF-8
         return {}
+    if not isinstance(index, dict):
+        return {}
+    return {k: v for k, v in index.items() if isinstance(v, dict) and isinstance(v.get("sha256"), str)}
 
 
 def _write_data_index(path: Path, index: dict[str, Any]) -> None:

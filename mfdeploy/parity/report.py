@@ -45,13 +45,20 @@ def _row(result: dict[str, Any]) -> list[str]:
 HEADER = ["target", "precision", "verdict", "max abs err", "mean abs err", "cosine", "top-1", "top-5", "details"]
 
 
+def _skipped_note(data: dict[str, Any]) -> str:
+    """How many unreadable files the data left out, worded as calibration.md words it."""
+    return f", {data['skipped_files']} unreadable files skipped" if data.get("skipped_files") else ""
+
+
 def markdown(report: dict[str, Any]) -> str:
     model = report["model"]
     lines = [
         f"# Parity report: Mobile-Former {model['size']} ({report['artifact']})",
         "",
         f"Reference: {report['reference']}. Data: {report['data']['source']}, {report['data']['used']} images "
-        f"(sha256 `{report['data']['sha256'][:16]}...`), batch {report['batch']}. "
+        f"(sha256 `{report['data']['sha256'][:16]}...`"
+        + _skipped_note(report["data"])
+        + f"), batch {report['batch']}. "
         f"Overall: **{'PASS' if report['passed'] else 'FAIL'}**.",
         "",
         "| " + " | ".join(HEADER) + " |",
