@@ -28,9 +28,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mfdeploy.commit import COMMITTING, FolderUpdate, folder_update, recover
 from mfdeploy.errors import UserError
-from mfdeploy.fileio import atomic_path, make_shareable, sha256_file
+from mfdeploy.fileio import (
+    atomic_path,
+    check_writable_folder,
+    describe_os_error,
+    is_write_failure,
+    make_shareable,
+    remove_stale_siblings,
+    sha256_file,
+    temporary_prefix,
+)
 from mfdeploy.images.preprocess import Preprocessing
+from mfdeploy.locking import artifact_lock
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -72,9 +83,12 @@ def utc_now() -> str:
 class Artifact:
     """An artifact folder and its parsed manifest."""
 
-    def __init__(self, root: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+    def __init__(self, root: str | os.PathLike[str], manifest: dict[str, Any], staged: bool = False) -> None:
         self.root = Path(root)
         self.manifest = manifest
+        # staged: the folder is an export's staging folder, swapped in whole later, so its updates need
+        # neither the lock nor a commit of their own
+        self.staged = staged
         # judged as read, before any step adds to the manifest in memory: see check_manifest
         self.manifest_status = manifest_status(manifest)
 
@@ -85,6 +99,7 @@ class Artifact:
         path = root / MANIFEST_NAME
         if not root.is_dir():
             raise UserError(f"{root} is not an artifact folder; run `mfdeploy export` first")
+        _finish_interrupted_update(root)
         if not path.is_file():
             raise UserError(f"{root} has no {MANIFEST_NAME}: it is not an mfdeploy artifact folder")
         try:
@@ -184,9 +199,10 @@ class Artifact:
             )
 
     # -- recording -------------------------------------------------------------------------------
-    def record_file(self, name: str) -> dict[str, Any]:
-        """Hash a file (or every file of a folder, e.g. an .mlpackage) into the manifest."""
-        path = self.path(name)
+    def record_file(self, name: str, written_at: Path | None = None) -> dict[str, Any]:
+        """Hash a file (or every file of a folder, e.g. an .mlpackage) into the manifest under ``name``;
+        ``written_at`` is where it is now when that is not yet its place in the folder (a staged update)."""
+        path = written_at or self.path(name)
         if path.is_dir():
             digest, size = _folder_digest(path)
             entry = {"sha256": digest, "bytes": size, "kind": "directory"}
@@ -195,19 +211,94 @@ class Artifact:
         self.manifest.setdefault("files", {})[name] = entry
         return entry
 
-    def save(self) -> None:
-        """Write the manifest atomically, with a fresh digest over its content.
+    def manifest_text(self) -> str:
+        """The manifest as written to disk: stamped with the time of writing and a fresh content digest.
 
-        A manifest that was changed by hand is refused rather than saved: saving would sign the edit.
+        Every write of the manifest goes through here. A manifest that was changed by hand is refused
+        rather than written: writing it would sign the edit.
         """
         self.check_manifest()
         self.manifest["updated"] = utc_now()
         self.manifest.pop(MANIFEST_DIGEST, None)
         # digest what will be read back (tuples become lists, keys strings), not the objects in memory
         self.manifest[MANIFEST_DIGEST] = manifest_digest(json.loads(json.dumps(self.manifest)))
+        return json.dumps(self.manifest, indent=2) + "\n"
+
+    def save(self) -> None:
+        """Write the manifest atomically, with a fresh digest over its content (see :meth:`manifest_text`)."""
+        text = self.manifest_text()
         with atomic_path(self.path(MANIFEST_NAME)) as tmp:
-            tmp.write_text(json.dumps(self.manifest, indent=2) + "\n")
+            tmp.write_text(text)
         self.manifest_status = OK
+
+    @contextmanager
+    def update(self, action: str) -> Iterator["ArtifactUpdate"]:
+        """Change files of this artifact and its manifest as one unit, as its only writer.
+
+        Files written at ``update.path(name)`` are hashed into the manifest and moved into place together
+        with it when the block ends normally; an exception or an interruption leaves the artifact exactly
+        as it was. A second command trying to change the artifact meanwhile is refused.
+        """
+        if self.staged:
+            direct = ArtifactUpdate(self, None)
+            yield direct
+            direct.record()
+            self.save()
+            return
+        with artifact_lock(self.root, action):
+            recover(self.root)
+            latest = Artifact.open(self.root)  # what the last writer left, not a stale copy
+            self.manifest, self.manifest_status = latest.manifest, latest.manifest_status
+            self.check_manifest()  # refused before any work, not after it
+            with folder_update(self.root, last=MANIFEST_NAME) as staging:
+                update = ArtifactUpdate(self, staging)
+                yield update
+                update.record()
+                staging.path(MANIFEST_NAME).write_text(self.manifest_text())
+            self.manifest_status = OK
+
+
+class ArtifactUpdate:
+    """Where one update writes its files: a staging folder, or the folder itself for a staged export."""
+
+    def __init__(self, artifact: Artifact, staging: FolderUpdate | None) -> None:
+        self.artifact = artifact
+        self._staging = staging
+        self._names: list[str] = []
+
+    def path(self, name: str) -> Path:
+        """Where to write ``name`` (relative to the artifact root) in this update."""
+        if name not in self._names:
+            self._names.append(name)
+        if self._staging is None:
+            target = self.artifact.path(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            return target
+        return self._staging.path(name)
+
+    def current(self, name: str) -> Path:
+        """The newest version of ``name``: this update's when it wrote one, else the artifact's."""
+        if name in self._names and self.path(name).exists():
+            return self.path(name)
+        return self.artifact.path(name)
+
+    def record(self) -> None:
+        """Hash every file this update wrote into the manifest."""
+        for name in self._names:
+            written = self.path(name)
+            if written.exists():
+                self.artifact.record_file(name, written)
+
+
+def _finish_interrupted_update(root: Path) -> None:
+    """Roll forward an update a killed command had committed, when no other command holds the artifact."""
+    if not (root / COMMITTING).is_dir():
+        return
+    try:
+        with artifact_lock(root, "recover"):
+            recover(root)
+    except UserError:
+        pass  # a live writer holds it; its own commit finishes the job
 
 
 OK, CHANGED, MISSING = "ok", "changed", "missing"
@@ -320,38 +411,41 @@ def check_output_dir(final: Path, force: bool) -> None:
         raise UserError(f"output path {final} exists and is not a folder; choose another --out")
     if final.is_dir() and any(final.iterdir()) and not force:
         raise UserError(f"output folder {final} is not empty; pass --force to replace it, or choose another --out")
-    parent = final.parent
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"cannot create {final}: {probe} is a file, not a folder; choose another --out")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to {parent}: permission denied; choose a writable --out")
+    check_writable_folder(final.parent, f"--out {final.parent}")
 
 
 @contextmanager
 def staged_dir(final: Path, force: bool) -> Iterator[Path]:
-    """Build a folder under a temporary name beside ``final``, then swap it in whole.
+    """Build a folder under a temporary name beside ``final``, then swap it in whole, as its only writer.
 
     On any failure the temporary folder is removed and ``final`` is left as it was, so nothing that
-    looks like a good artifact is ever left half-written.
+    looks like a good artifact is ever left half-written. Staging folders of killed runs are removed.
     """
     check_output_dir(final, force)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    except OSError as exc:
-        raise UserError(f"cannot write to {final.parent}: {exc.strerror or exc}; choose a writable --out") from None
-    try:
-        yield tmp
-        make_shareable(tmp)
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            os.replace(final, old / final.name)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with artifact_lock(final, "export"):
+        check_output_dir(final, force)  # again: another export may have finished while this one prepared
+        try:
+            remove_stale_siblings(final, STAGING_KINDS)
+            tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(final.name, "partial"), dir=final.parent))
+        except OSError as exc:
+            raise UserError(describe_os_error(exc, final.parent)) from None
+        try:
+            try:
+                yield tmp
+            except OSError as exc:
+                if not is_write_failure(exc):
+                    raise
+                raise UserError(describe_os_error(exc, final)) from None
+            make_shareable(tmp)
+            old = None
+            if final.exists():
+                old = Path(tempfile.mkdtemp(prefix=temporary_prefix(final.name, "old"), dir=final.parent))
+                os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+STAGING_KINDS = ("partial", "old")  # an export's staging folder, and the replaced folder on its way out

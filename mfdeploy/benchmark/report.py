@@ -31,7 +31,7 @@ from mfdeploy.benchmark.rows import (
     terminal_cells,
 )
 from mfdeploy.benchmark.stats import CV_LIMIT, MIN_RUNS_FOR_TAIL, TAIL_RATIO_LIMIT
-from mfdeploy.fileio import atomic_path
+from mfdeploy.fileio import atomic_path, check_file_target
 
 __all__ = ["ReportOutput", "document_rows", "terminal_cells", "to_html", "to_markdown", "write_report"]
 
@@ -221,9 +221,12 @@ def write_report(paths: Sequence[str | Path], md: Path | None = None, html_path:
     plots = render_plots(merged.rows)
     if md is not None:
         md = Path(md)
+        plot_targets = {name: md.with_name(f"{md.stem}-{name.replace('_', '-')}.png") for name in plots}
+        for target in [md, *plot_targets.values(), *([Path(html_path)] if html_path else [])]:
+            check_file_target(target)  # every target before the first write: no half-written report
         plot_files = {}
         for name, png in plots.items():
-            target = md.with_name(f"{md.stem}-{name.replace('_', '-')}.png")
+            target = plot_targets[name]
             with atomic_path(target) as tmp:
                 tmp.write_bytes(png)
             plot_files[name] = target.name

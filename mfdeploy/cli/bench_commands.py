@@ -23,7 +23,7 @@ from mfdeploy.cli.options import (
     batches_option,
     default,
 )
-from mfdeploy.cli.output import human, write_json
+from mfdeploy.cli.output import file_target, human, write_json
 from mfdeploy.errors import UserError
 from mfdeploy.runtime.timing import TimingPlan
 
@@ -187,8 +187,12 @@ def _print_profile(target_console: Console, entry: dict) -> None:
 @app.command()
 def report(
     files: Annotated[list[Path], typer.Argument(help="Result files from `mfdeploy bench --json`, any devices.")],
-    md: Annotated[Optional[Path], typer.Option("--md", help="Write Markdown here (chart PNGs beside it).")] = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Write one self-contained HTML file here.")] = None,
+    md: Annotated[
+        Optional[Path], typer.Option("--md", callback=file_target, help="Write Markdown here (chart PNGs beside it).")
+    ] = None,
+    html: Annotated[
+        Optional[Path], typer.Option("--html", callback=file_target, help="Write one self-contained HTML file here.")
+    ] = None,
     json_target: JsonOption = None,
 ) -> None:
     """Merge bench results from several devices into one table with charts."""
@@ -196,9 +200,6 @@ def report(
 
     from mfdeploy.benchmark.report import write_report
 
-    for path in (md, html):
-        if path is not None and path.is_dir():
-            raise UserError(f"{path} is a folder; give a file name such as {path / 'report.md'}")
     output = write_report(files, md=md, html_path=html)
     merged = output.merged
     say = human(json_target)

@@ -47,6 +47,11 @@ def _row(result: dict[str, Any]) -> list[str]:
 HEADER = ["target", "precision", "verdict", "max abs err", "mean abs err", "cosine", "top-1", "top-5", "details"]
 
 
+def _skipped_note(data: dict[str, Any]) -> str:
+    """How many unreadable files the data left out, worded as calibration.md words it."""
+    return f", {data['skipped_files']} unreadable files skipped" if data.get("skipped_files") else ""
+
+
 def markdown(report: dict[str, Any]) -> str:
     """parity.md: every string from the user or a backend (paths, data source, reasons) goes through
     :mod:`mfdeploy.markdown`, so it renders as text, never as HTML, a link or a table column."""
@@ -55,7 +60,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Parity report: Mobile-Former {md.text(model['size'])} ({md.text(report['artifact'])})",
         "",
         f"Reference: {md.text(report['reference'])}. Data: {md.text(data['source'])}, {md.text(data['used'])} "
-        f"images (sha256 {md.code(str(data['sha256'])[:16] + '...')}), batch {md.text(report['batch'])}. "
+        f"images (sha256 {md.code(str(data['sha256'])[:16] + '...')}{_skipped_note(data)}), "
+        f"batch {md.text(report['batch'])}. "
         f"Overall: **{'PASS' if report['passed'] else 'FAIL'}**.",
         "",
         "| " + " | ".join(HEADER) + " |",
