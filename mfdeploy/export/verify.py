@@ -50,13 +50,6 @@ class VerificationCase:
     passed: bool
 
 
-NUMBERS_REST_ON = (MANIFEST_NAME, ONNX_FILE, WEIGHTS_FILE)  # numbers from these, changed, would prove nothing
-UNPROTECTED_WARNING = (
-    f"{MANIFEST_NAME} has no content digest (written by an older mfdeploy); its own content cannot be "
-    "checked: re-export to protect it"
-)
-
-
 @dataclass
 class VerificationReport:
     reference: str
