@@ -12,8 +12,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 # Everything for humans goes to stderr so that `--json` output on stdout stays parseable.
 # Piped output (CI logs, files) gets a fixed width wide enough for the tables instead of rich's 80.
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+# Printed text is full of user strings (paths, device names, labels, messages): rich markup and emoji
+# codes are off by default, so "[/]" or ":x:" in them is printed as typed instead of raising MarkupError
+# after the work is done. Only warn() and error() style their own prefix, with the message escaped.
+err = Console(stderr=True, highlight=False, markup=False, emoji=False, width=None if sys.stderr.isatty() else 120)
+out = Console(highlight=False, markup=False, emoji=False, width=None if sys.stdout.isatty() else 120)
 
 _warned: set[str] = set()
 
@@ -42,11 +45,11 @@ def emit_json(payload: Any) -> None:
 def progress() -> Progress:
     """A progress bar on stderr (disabled automatically when stderr is not a terminal)."""
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # descriptions and statuses name sizes, targets, files
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
+        TextColumn("{task.fields[status]}", markup=False),
         console=err,
         transient=False,
     )

@@ -108,3 +108,22 @@ def digits(tmp_path_factory, digits_checkpoint):
         "val": val,
         "labels": data.val.labels,
     }
+
+
+@pytest.fixture(scope="session")
+def small_export(tmp_path_factory) -> Path:
+    """A 26m at 64 px (random weights, dynamic batch), exported once per run for tests that only need some
+    valid artifact. Never change it: copy it with the ``small_artifact`` fixture."""
+    from mfdeploy.export.pipeline import ExportOptions, export
+
+    return export(ExportOptions(size="26m", imgsz=64, out=tmp_path_factory.mktemp("small-export"))).artifact
+
+
+@pytest.fixture
+def small_artifact(small_export, tmp_path) -> Path:
+    """A private copy of :func:`small_export` that a test may change, break or calibrate."""
+    import shutil
+
+    copy = tmp_path / "out" / small_export.name
+    shutil.copytree(small_export, copy)
+    return copy

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import CliResult, run_subprocess
-from mfdeploy.artifacts import MANIFEST_NAME, WEIGHTS_FILE, Artifact
+from mfdeploy.artifacts import MANIFEST_DIGEST, MANIFEST_NAME, WEIGHTS_FILE, Artifact, manifest_digest
 from mfdeploy.benchmark.bench import timing_plan
 from mfdeploy.errors import UserError
 from mfdeploy.export.pipeline import ExportOptions, export
@@ -66,13 +66,16 @@ def model():
     return build_model("26m", num_classes=NUM_CLASSES, seed=3)
 
 
-def corrupted_copy(root: Path, where: Path, mutate: Callable[[dict[str, Any]], None]) -> Path:
+def corrupted_copy(root: Path, where: Path, mutate: Callable[[dict[str, Any]], None], sign: bool = True) -> Path:
     """A copy of the artifact (files hard-linked, the manifest rewritten) with ``mutate`` applied to its
-    manifest; the original is never written through the links."""
+    manifest; the original is never written through the links. ``sign``: the damaged manifest carries a
+    matching digest (written so by a faulty tool), so the schema is the only thing that can catch it."""
     copy = where / "artifact"
     shutil.copytree(root, copy, copy_function=os.link)
     manifest = json.loads((root / MANIFEST_NAME).read_text())
     mutate(manifest)
+    if sign:
+        manifest[MANIFEST_DIGEST] = manifest_digest(manifest)
     (copy / MANIFEST_NAME).unlink()
     (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
     return copy
@@ -304,6 +307,26 @@ def test_the_unchanged_copy_opens(artifact_root, tmp_path):
     artifact = Artifact.open(corrupted_copy(artifact_root, tmp_path, lambda m: None))
     assert (artifact.size, artifact.imgsz, artifact.num_classes, artifact.static_batch) == ("26m", 64, 10, None)
     assert artifact.preprocessing.imgsz == 64 and artifact.input_name == "images"
+
+
+@pytest.mark.parametrize("sign", [True, False], ids=["signed", "edited"])
+def test_damaged_values_are_refused_even_in_an_edited_manifest(artifact_root, tmp_path, sign):
+    """Unreadable values are refused at open whether or not the digest matches."""
+    copy = corrupted_copy(artifact_root, tmp_path, _set("model", "num_classes", "ten"), sign=sign)
+    with pytest.raises(UserError) as exc:
+        Artifact.open(copy)
+    assert_one_line(exc, "model.num_classes is 'ten'")
+
+
+def test_an_edited_inconsistent_manifest_is_left_to_the_digest(artifact_root, tmp_path):
+    """Fields that disagree, in a manifest its digest shows was edited: opened (so `verify` can list what
+    changed), then refused by the digest before anything uses it; signed, the schema refuses it at open."""
+    edit = _set("model", "classes", list("abc"))
+    opened = Artifact.open(corrupted_copy(artifact_root, tmp_path / "edited", edit, sign=False))
+    with pytest.raises(UserError, match="manifest.json changed since it was written"):
+        _ = opened.preprocessing
+    with pytest.raises(UserError, match="model.classes holds 3 names for 10 classes"):
+        Artifact.open(corrupted_copy(artifact_root, tmp_path / "signed", edit))
 
 
 @pytest.mark.parametrize("command", ["verify", "check", "eval", "parity"])

@@ -106,14 +106,17 @@ def test_fine_tuning_from_a_checkpoint_with_another_head(cli, tmp_path, digits_c
     assert delta < 0.1
 
 
-def test_corrupt_image_in_folder_stops_training_with_its_name(cli, tmp_path):
+def test_corrupt_image_in_folder_is_skipped_named_and_counted(cli, tmp_path):
+    """As in calibrate, parity and eval: an unreadable image is left out with a warning that names it and
+    counts the skipped files; the readable ones train."""
     for cls in ("a", "b"):
         (tmp_path / cls).mkdir()
         for i in range(3):
             Image.new("RGB", (32, 32), (i * 50, 0, 0)).save(tmp_path / cls / f"{i}.png")
     (tmp_path / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     out = tmp_path / "o.safetensors"
-    result = cli("train", "--data", tmp_path, "--epochs", "1", "--imgsz", "32", "--out", out)
-    assert result.code != 0 and "Traceback" not in result.err
-    assert "broken.jpg" in result.err
-    assert not out.exists()
+    result = cli("train", "--data", tmp_path, "--epochs", "1", "--imgsz", "32", "--out", out, "--json")
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert "skipped 1 unreadable or corrupt image file(s)" in result.err and "broken.jpg" in result.err
+    report = result.json()
+    assert report["num_train"] + report["num_val"] == 6 and out.exists()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mfdeploy import markdown as md
 from mfdeploy.benchmark.rows import (
     SKIPPED_HEADERS,
     TABLE_COLUMNS,
@@ -30,7 +31,7 @@ from mfdeploy.benchmark.rows import (
     terminal_cells,
 )
 from mfdeploy.benchmark.stats import CV_LIMIT, MIN_RUNS_FOR_TAIL, TAIL_RATIO_LIMIT
-from mfdeploy.fileio import atomic_path
+from mfdeploy.fileio import atomic_path, check_file_target
 
 __all__ = ["ReportOutput", "document_rows", "terminal_cells", "to_html", "to_markdown", "write_report"]
 
@@ -59,13 +60,10 @@ PROFILE_NOTE = (
 )
 
 
-def _md_escape(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def _md_table(header: Sequence[str], body: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md_escape(c) for c in cells) + " |" for cells in body]
+    """A Markdown table; every cell may hold a device name, path, label or message, so all are escaped."""
+    lines = ["| " + " | ".join(md.text(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md.text(c) for c in cells) + " |" for cells in body]
     return lines
 
 
@@ -76,7 +74,7 @@ def to_markdown(merged: Merged, plot_files: dict[str, str]) -> str:
         "# Mobile-Former latency report",
         "",
         f"{len(merged.files)} result file(s) from {len(devices)} device(s): "
-        + ", ".join(f"`{Path(p).name}` ({d['device']}, {model_label(d)})" for p, d in merged.files)
+        + ", ".join(md.text(f"{Path(p).name} ({d['device']}, {model_label(d)})") for p, d in merged.files)
         + ".",
         "",
         "## Latency",
@@ -84,12 +82,12 @@ def to_markdown(merged: Merged, plot_files: dict[str, str]) -> str:
         *_md_table(TABLE_COLUMNS, [table_cells(row, marks) for row in merged.rows]),
         "",
     ]
-    lines += [f"{mark} {caveat}" for caveat, mark in marks.items()]
+    lines += [f"{mark} {md.text(caveat)}" for caveat, mark in marks.items()]
     if marks:
         lines.append("")
     if plot_files:
         lines += ["## Charts", ""]
-        lines += [f"![{PLOTS[name]}]({filename})" + "\n" for name, filename in plot_files.items()]
+        lines += [f"![{PLOTS[name]}]({md.link_target(filename)})" + "\n" for name, filename in plot_files.items()]
     if merged.skipped:
         lines += ["## Skipped", ""]
         lines += _md_table(
@@ -98,7 +96,7 @@ def to_markdown(merged: Merged, plot_files: dict[str, str]) -> str:
         )
         lines.append("")
     if merged.warnings:
-        lines += ["## Warnings", ""] + [f"- {_md_escape(w)}" for w in merged.warnings] + [""]
+        lines += ["## Warnings", ""] + [f"- {md.text(w)}" for w in merged.warnings] + [""]
     header, body = environment_rows(merged.files)
     lines += ["## Environment", "", *_md_table(header, body), ""]
     blocks = profile_blocks(merged.rows)
@@ -106,7 +104,7 @@ def to_markdown(merged: Merged, plot_files: dict[str, str]) -> str:
         lines += ["## Per-layer profiles", "", PROFILE_NOTE, ""]
         for title, stage_header, stage_body, top_header, top_body in blocks:
             lines += [
-                f"### {title}",
+                f"### {md.text(title)}",
                 "",
                 *_md_table(stage_header, stage_body),
                 "",
@@ -223,9 +221,12 @@ def write_report(paths: Sequence[str | Path], md: Path | None = None, html_path:
     plots = render_plots(merged.rows)
     if md is not None:
         md = Path(md)
+        plot_targets = {name: md.with_name(f"{md.stem}-{name.replace('_', '-')}.png") for name in plots}
+        for target in [md, *plot_targets.values(), *([Path(html_path)] if html_path else [])]:
+            check_file_target(target)  # every target before the first write: no half-written report
         plot_files = {}
         for name, png in plots.items():
-            target = md.with_name(f"{md.stem}-{name.replace('_', '-')}.png")
+            target = plot_targets[name]
             with atomic_path(target) as tmp:
                 tmp.write_bytes(png)
             plot_files[name] = target.name

@@ -22,8 +22,10 @@ from mfdeploy.artifacts import (
     CALIBRATION_DIR,
     CALIBRATION_JSON,
     CALIBRATION_MD,
+    OK,
     ONNX_FILE,
     Artifact,
+    ArtifactUpdate,
     precision_graph,
     utc_now,
 )
@@ -73,21 +75,45 @@ def _save_graph(model: onnx.ModelProto, path: Path) -> None:
         onnx.save_model(model, str(tmp))
 
 
-def _read_data_index(artifact: Artifact) -> dict[str, Any]:
+def _vouched_for(artifact: Artifact, name: str) -> bool:
+    """Whether the manifest lists cache file ``name`` with its current sha256: a cache that changed (or that
+    no finished run recorded) is recomputed, never trusted, so `mfdeploy calibrate` does remake it."""
+    return artifact.file_status(name) == OK
+
+
+def _cached_stats(artifact: Artifact, cache: Path, key: str) -> CalibrationStats | None:
+    name = cache.relative_to(artifact.root).as_posix()
+    return CalibrationStats.load(cache, key) if cache.exists() and _vouched_for(artifact, name) else None
+
+
+def _read_data_index(path: Path) -> dict[str, Any]:
+    """Fingerprint -> data description; only well-formed entries (a damaged index is just a cache miss)."""
     try:
-        return json.loads(artifact.path(DATA_INDEX).read_text())
-    except (OSError, json.JSONDecodeError):
+        index = json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError: invalid JSON or bytes that are not UTF-8
         return {}
+    if not isinstance(index, dict):
+        return {}
+    return {k: v for k, v in index.items() if isinstance(v, dict) and isinstance(v.get("sha256"), str)}
 
 
-def _write_data_index(artifact: Artifact, index: dict[str, Any]) -> None:
-    with atomic_path(artifact.path(DATA_INDEX)) as tmp:
+def _write_data_index(path: Path, index: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(index, indent=1) + "\n")
 
 
 def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[str, Any]:
-    """Write the requested precision graphs and the calibration report into ``artifact``."""
+    """Write the requested precision graphs and the calibration report into ``artifact``.
+
+    Everything it writes (graphs, statistics, reports, manifest) lands as one unit: an error or an
+    interruption leaves the artifact as it was, and no other command can change it meanwhile.
+    """
     check_options(options)
+    with artifact.update("calibrate") as update:
+        return _calibrate(artifact, options, update)
+
+
+def _calibrate(artifact: Artifact, options: CalibrationOptions, update: ArtifactUpdate) -> dict[str, Any]:
     started = time.perf_counter()
     source = artifact.require(ONNX_FILE, "export it first with `mfdeploy export --target onnx`")
     in_chans = artifact.in_chans
@@ -98,23 +124,23 @@ def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[
     model_sha = sha256_file(source)
     # A data fingerprint seen before names its data hash, so cached statistics are found without
     # decoding any image; otherwise the data is loaded and hashed.
-    known = _read_data_index(artifact)
+    known = _read_data_index(update.current(DATA_INDEX)) if _vouched_for(artifact, DATA_INDEX) else {}
     print_ = fingerprint(options.data, artifact.preprocessing, options.num_images, in_chans)
     data_info = known.get(print_) if print_ else None
     stats = None
     if data_info is not None:
         key = stats_key(model_sha, data_info["sha256"], artifact.manifest["preprocessing"])
         cache = artifact.path(CALIBRATION_DIR) / f"stats-{key}.npz"
-        stats = CalibrationStats.load(cache, key) if cache.exists() else None
+        stats = _cached_stats(artifact, cache, key)
     if stats is None:
         data = load_image_set(options.data, artifact.preprocessing, options.num_images, in_chans)
         data_info = data.describe()
         if print_:
             known[print_] = data_info
-            _write_data_index(artifact, known)
+            _write_data_index(update.path(DATA_INDEX), known)
         key = stats_key(model_sha, data.sha256, artifact.manifest["preprocessing"])
         cache = artifact.path(CALIBRATION_DIR) / f"stats-{key}.npz"
-        stats = CalibrationStats.load(cache, key) if cache.exists() else None
+        stats = _cached_stats(artifact, cache, key)
     timings["data"] = round(time.perf_counter() - started, 3)
     reused = stats is not None
     if stats is None:
@@ -122,10 +148,9 @@ def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[
             prepared_path = Path(tmp) / "prepared.onnx"
             onnx.save_model(prepared, str(prepared_path))
             stats = collect_stats(prepared_path, data.images, plan.activations, options.batch, key, options.threads)
-        cache.parent.mkdir(exist_ok=True)
-        stats.save(cache)
+        stats.save(update.path(f"{CALIBRATION_DIR}/{cache.name}"))
     else:
-        err.print(f"reusing cached statistics {cache.name} (same model, data and preprocessing)")
+        err.print(f"reusing cached statistics {cache.name} (same model, data and preprocessing)", markup=False)
     timings["stats"] = round(time.perf_counter() - started - timings["data"], 3)
 
     written: dict[str, Path] = {}
@@ -149,8 +174,8 @@ def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[
         problems = check_tensorrt_qdq(quantized)
         if problems:
             raise UserError("the INT8 graph breaks TensorRT's Q/DQ rules: " + "; ".join(problems[:5]))
-        _save_graph(quantized, artifact.path(GRAPH_FILES["int8"]))
-        written["int8"] = artifact.path(GRAPH_FILES["int8"])
+        written["int8"] = update.path(GRAPH_FILES["int8"])
+        _save_graph(quantized, written["int8"])
         report["int8"] = {
             "file": GRAPH_FILES["int8"],
             "quantized_nodes": len(plan.nodes),
@@ -171,8 +196,8 @@ def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[
         }
     if "fp16" in options.precisions:
         islands = choose_fp32_islands(prepared, stats, options.keep_norms_fp32)
-        _save_graph(to_fp16(prepared, islands), artifact.path(GRAPH_FILES["fp16"]))
-        written["fp16"] = artifact.path(GRAPH_FILES["fp16"])
+        written["fp16"] = update.path(GRAPH_FILES["fp16"])
+        _save_graph(to_fp16(prepared, islands), written["fp16"])
         report["fp16"] = {
             "file": GRAPH_FILES["fp16"],
             "fp32_islands": [{"node": i.node, "op_type": i.op_type, "reason": i.reason} for i in islands],
@@ -192,20 +217,8 @@ def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[
     report["timings_s"] = timings
     report["seconds"] = round(time.perf_counter() - started, 3)
 
-    with atomic_path(artifact.path(CALIBRATION_JSON)) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    with atomic_path(artifact.path(CALIBRATION_MD)) as tmp:
-        tmp.write_text(render_markdown(report, artifact))
-    for path in [
-        *written.values(),
-        cache,
-        artifact.path(DATA_INDEX),
-        artifact.path(CALIBRATION_JSON),
-        artifact.path(CALIBRATION_MD),
-    ]:
-        if not path.exists():
-            continue
-        artifact.record_file(str(path.relative_to(artifact.root)))
+    update.path(CALIBRATION_JSON).write_text(json.dumps(report, indent=2) + "\n")
+    update.path(CALIBRATION_MD).write_text(render_markdown(report, artifact))
     artifact.manifest["calibration"] = {
         "method": options.method,
         "percentile": report["percentile"],
@@ -217,5 +230,4 @@ def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[
         "norms_kept_fp32": options.keep_norms_fp32,
         "agreement": {p: report["evaluation"]["graphs"][p]["vs_fp32"] for p in written},
     }
-    artifact.save()
     return report

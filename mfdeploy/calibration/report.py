@@ -1,8 +1,13 @@
-"""The human-readable calibration summary (calibration.md) rendered from calibration.json."""
+"""The human-readable calibration summary (calibration.md) rendered from calibration.json.
+
+The data source is a path the user gave and node and tensor names come from the graph: they go through
+:mod:`mfdeploy.markdown`, so a ``<script>`` or a ``[link](...)`` in them is shown, not rendered."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from mfdeploy import markdown as md
 
 MAX_RANGE_ROWS = 25
 
@@ -15,7 +20,7 @@ def _agreement_rows(evaluation: dict[str, Any]) -> list[str]:
     for precision, entry in evaluation["graphs"].items():
         m = entry["vs_fp32"]
         rows.append(
-            f"| {precision} | {m['cosine']:.6f} | {m['max_abs_error']:.3g} | {m['top1_agreement']:.1%} | "
+            f"| {md.text(precision)} | {m['cosine']:.6f} | {m['max_abs_error']:.3g} | {m['top1_agreement']:.1%} | "
             f"{m['top5_agreement']:.1%} | {m['nan_count'] + m['inf_count']} |"
         )
     return rows
@@ -28,26 +33,29 @@ def _latency_rows(evaluation: dict[str, Any]) -> list[str]:
     batches = list(next(iter(latency.values())))
     rows = ["| graph | " + " | ".join(f"batch {b[1:]} (ms)" for b in batches) + " |", "|---|" + "---|" * len(batches)]
     for precision, values in latency.items():
-        rows.append(f"| {precision} | " + " | ".join(f"{values[b]:.2f}" for b in batches) + " |")
+        rows.append(f"| {md.text(precision)} | " + " | ".join(f"{values[b]:.2f}" for b in batches) + " |")
     notes = []
     for precision, entry in evaluation["graphs"].items():
         slower = entry.get("cpu_slower_than_fp32")
         if slower:
             batches = ", ".join(map(str, slower["batches"]))
-            notes.append(f"- {precision} is slower than FP32 on the CPU at batch {batches}: {slower['why']}.")
+            notes.append(
+                f"- {md.text(precision)} is slower than FP32 on the CPU at batch {batches}: {md.text(slower['why'])}."
+            )
     return rows + ([""] + notes if notes else [])
 
 
 def render_markdown(report: dict[str, Any], artifact: Any) -> str:
     data = report["data"]
     lines = [
-        f"# Calibration report: Mobile-Former {artifact.size}",
+        f"# Calibration report: Mobile-Former {md.text(artifact.size)}",
         "",
-        f"- method: **{report['method']}**"
+        f"- method: **{md.text(report['method'])}**"
         + (f" (percentile {report['percentile']})" if report.get("percentile") else ""),
-        f"- data: {data['source']}, {data['images']} images, sha256 `{data['sha256'][:16]}...`"
+        f"- data: {md.text(data['source'])}, {data['images']} images, "
+        f"sha256 {md.code(str(data['sha256'])[:16] + '...')}"
         + (f", {data['skipped_files']} unreadable files skipped" if data.get("skipped_files") else ""),
-        f"- statistics: `{report['stats']['file']}`"
+        f"- statistics: {md.code(report['stats']['file'])}"
         + (" (reused from cache, the model was not run again)" if report["stats"]["reused"] else " (collected now)"),
         f"- created {report['created']}, {report['seconds']:.1f} s ("
         + ", ".join(f"{k} {v:.1f} s" for k, v in report.get("timings_s", {}).items())
@@ -74,7 +82,10 @@ def render_markdown(report: dict[str, Any], artifact: Any) -> str:
             "| node | op | reason |",
             "|---|---|---|",
         ]
-        lines += [f"| `{i['node']}` | {i['op_type']} | {i['reason']} |" for i in islands]
+        lines += [
+            f"| {md.code(i['node'], in_table=True)} | {md.text(i['op_type'])} | {md.text(i['reason'])} |"
+            for i in islands
+        ]
         lines.append("")
     if "int8" in report:
         int8 = report["int8"]
@@ -82,14 +93,14 @@ def render_markdown(report: dict[str, Any], artifact: Any) -> str:
         lines += [
             "## INT8 graph",
             "",
-            f"{int8['quantized_nodes']} Conv/MatMul/Gemm nodes quantized; weights {int8['weights']}; "
-            f"activations {int8['activations']}. {len(int8['float_nodes'])} stay float:",
+            f"{int8['quantized_nodes']} Conv/MatMul/Gemm nodes quantized; weights {md.text(int8['weights'])}; "
+            f"activations {md.text(int8['activations'])}. {len(int8['float_nodes'])} stay float:",
             "",
         ]
         reasons: dict[str, int] = {}
         for reason in int8["float_nodes"].values():
             reasons[reason] = reasons.get(reason, 0) + 1
-        lines += [f"- {count} x {reason}" for reason, count in reasons.items()]
+        lines += [f"- {count} x {md.text(reason)}" for reason, count in reasons.items()]
         if int8.get("guarded_ranges"):
             lines += [
                 "",
@@ -106,7 +117,8 @@ def render_markdown(report: dict[str, Any], artifact: Any) -> str:
             "|---|---|---|---|---|",
         ]
         lines += [
-            f"| `{name}` | {r['threshold']:.4g} | {r['scale']:.4g} | {r['absmax']:.4g} | {r['clipped_share']:.3%} |"
+            f"| {md.code(name, in_table=True)} | {r['threshold']:.4g} | {r['scale']:.4g} | {r['absmax']:.4g} | "
+            f"{r['clipped_share']:.3%} |"
             for name, r in ranges[:MAX_RANGE_ROWS]
         ]
         lines.append("")

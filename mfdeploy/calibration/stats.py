@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,21 @@ from mfdeploy.console import progress
 from mfdeploy.fileio import atomic_path
 
 STATS_FORMAT = 1
+# What reading a damaged cache file raises (empty file: EOFError; broken zip: BadZipFile, zlib.error;
+# unexpected content: KeyError, TypeError, AttributeError). A cache that cannot be read is no cache.
+_CACHE_READ_ERRORS = (
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    EOFError,
+    struct.error,
+    zipfile.BadZipFile,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+)
 NUM_BINS = 2048  # signed histogram over [-T, T]; T grows by powers of two as larger values appear
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 2.0**-14
@@ -99,7 +117,7 @@ class CalibrationStats:
                     key=key,
                     meta=meta,
                 )
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        except _CACHE_READ_ERRORS:
             return None
 
 

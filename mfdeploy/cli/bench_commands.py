@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mfdeploy import console
 from mfdeploy.benchmark.bench import DEFAULT_BATCHES, BenchOptions
@@ -22,7 +23,7 @@ from mfdeploy.cli.options import (
     batches_option,
     default,
 )
-from mfdeploy.cli.output import human, write_json
+from mfdeploy.cli.output import file_target, human, write_json
 from mfdeploy.errors import UserError
 from mfdeploy.runtime.timing import TimingPlan
 
@@ -93,7 +94,7 @@ def bench(
     if imgsz is not None:
         check_imgsz(imgsz)
     if artifact_dir is not None:
-        Artifact.open(artifact_dir)  # a bad folder is reported now, not after the first cell
+        Artifact.open(artifact_dir).check_manifest()  # a bad folder is reported now, not after the first cell
         document = _run_bench_with_progress(run_bench, options)
     else:
         with temporary_artifact(size, imgsz, options.targets) as artifact:
@@ -122,6 +123,7 @@ def _run_bench_with_progress(run_bench, options: BenchOptions) -> dict[str, Any]
 def _finish_bench(document: dict, json_target: Optional[str]) -> None:
     from mfdeploy.benchmark.report import document_rows
 
+    write_json(document, json_target)  # first: the measurements are kept whatever printing them meets
     say = human(json_target)
     print_rows(say, document_rows(document, "this run"), title=f"{document['device']}")
     for skip in document["skipped"]:
@@ -136,7 +138,6 @@ def _finish_bench(document: dict, json_target: Optional[str]) -> None:
             _print_profile(say, entry)
     for warning in document["warnings"]:
         console.warn(warning)
-    write_json(document, json_target)
     failed = [s for s in document["skipped"] if s["kind"] == "failed"]
     if failed or not document["results"]:
         raise typer.Exit(3)
@@ -150,11 +151,12 @@ def print_rows(target_console: Console, rows, title: str) -> None:
         target_console.print("nothing was measured", soft_wrap=True)
         return
     header, body, footnotes = terminal_cells(rows)
-    table = Table(title=title)
+    # Text, not str: device names, labels and notes are shown as typed, never read as rich markup
+    table = Table(title=Text(title))
     for column in header:
         table.add_column(column, justify="left" if column in ("device", "model", "target", "notes") else "right")
     for cells in body:
-        table.add_row(*cells)
+        table.add_row(*(Text(cell) for cell in cells))
     target_console.print(table)
     for line in footnotes:
         target_console.print(line, soft_wrap=True, markup=False)
@@ -185,8 +187,12 @@ def _print_profile(target_console: Console, entry: dict) -> None:
 @app.command()
 def report(
     files: Annotated[list[Path], typer.Argument(help="Result files from `mfdeploy bench --json`, any devices.")],
-    md: Annotated[Optional[Path], typer.Option("--md", help="Write Markdown here (chart PNGs beside it).")] = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Write one self-contained HTML file here.")] = None,
+    md: Annotated[
+        Optional[Path], typer.Option("--md", callback=file_target, help="Write Markdown here (chart PNGs beside it).")
+    ] = None,
+    html: Annotated[
+        Optional[Path], typer.Option("--html", callback=file_target, help="Write one self-contained HTML file here.")
+    ] = None,
     json_target: JsonOption = None,
 ) -> None:
     """Merge bench results from several devices into one table with charts."""
@@ -194,9 +200,6 @@ def report(
 
     from mfdeploy.benchmark.report import write_report
 
-    for path in (md, html):
-        if path is not None and path.is_dir():
-            raise UserError(f"{path} is a folder; give a file name such as {path / 'report.md'}")
     output = write_report(files, md=md, html_path=html)
     merged = output.merged
     say = human(json_target)

@@ -20,7 +20,7 @@ from mfdeploy.cli.options import (
     data_option,
     default,
 )
-from mfdeploy.cli.output import human, write_json
+from mfdeploy.cli.output import file_target, human, write_json
 from mfdeploy.export.options import ExportOptions
 from mfdeploy.parity.options import EVAL_BATCH, EVAL_DATA, EVAL_TARGETS, ParityOptions
 
@@ -53,8 +53,12 @@ def parity(
     min_top5: Annotated[Optional[float], typer.Option("--min-top5", help="Override: min top-5 agreement.")] = None,
     stage_tol: Annotated[Optional[float], typer.Option("--stage-tol", help="Override: stage relative error.")] = None,
     json_target: JsonOption = None,
-    md_path: Annotated[Optional[Path], typer.Option("--md", help="Write a Markdown report here.")] = None,
-    html_path: Annotated[Optional[Path], typer.Option("--html", help="Write an HTML report (with a plot).")] = None,
+    md_path: Annotated[
+        Optional[Path], typer.Option("--md", callback=file_target, help="Write a Markdown report here.")
+    ] = None,
+    html_path: Annotated[
+        Optional[Path], typer.Option("--html", callback=file_target, help="Write an HTML report (with a plot).")
+    ] = None,
 ) -> None:
     """Every backend against PyTorch on the same images, and where a failing one first parts from it."""
     from mfdeploy.export.workflow import artifact_for_targets

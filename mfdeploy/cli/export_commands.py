@@ -206,24 +206,42 @@ def verify(
     threads: ThreadsOption = None,
     json_target: JsonOption = None,
 ) -> None:
-    """Re-check an artifact's ONNX graph against its PyTorch model (files unchanged, logits equal)."""
+    """Re-check an artifact: the manifest and every file it lists (unchanged), then its ONNX graph against its
+    PyTorch model (logits equal)."""
     from mfdeploy.artifacts import Artifact
     from mfdeploy.export.verify import VerificationError, verify_artifact
 
-    report = verify_artifact(Artifact.open(artifact_dir), provider, atol, threads)
-    write_json(report.to_dict(), json_target)
+    check = verify_artifact(Artifact.open(artifact_dir), provider, atol, threads)
+    write_json(check.to_dict(), json_target)
     say = human(json_target)
-    for case in report.cases:
+    _print_file_checks(say, check.files)
+    for warning in check.warnings:
+        console.warn(warning)
+    numbers = check.numbers
+    for case in numbers.cases if numbers else []:
         mark = "ok  " if case.passed else "FAIL"
         say.print(
             f"{mark} {case.inputs:>6} batch {case.batch:>3}: max abs error {case.max_abs_error:.2e}, "
             f"top-1 agreement {case.top1_agreement:.1%}",
             soft_wrap=True,
+            markup=False,
         )
-    if report.passed:
-        say.print(f"{report.candidate} matches {report.reference} (limit {report.atol:.0e})", markup=False)
-    if not report.passed:
-        raise VerificationError(report.failure_message())
+    if check.skipped:
+        say.print(check.skipped, soft_wrap=True, markup=False)
+    if check.passed:
+        say.print(f"{numbers.candidate} matches {numbers.reference} (limit {numbers.atol:.0e})", markup=False)
+    else:
+        raise VerificationError(check.failure_message())
+
+
+def _print_file_checks(say, files) -> None:
+    """One line per file: its state and, when it is not intact, the command that writes it again."""
+    width = max(len(f.name) for f in files)
+    for f in files:
+        line = f"{f.status:<11} {f.name:<{width}}"
+        if f.failed:
+            line += f"  remake: {f.remake}"
+        say.print(line.rstrip(), soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()

@@ -21,7 +21,7 @@ from mfdeploy.cli.options import (
     default,
     given,
 )
-from mfdeploy.cli.output import human, write_json
+from mfdeploy.cli.output import file_target, human, write_json
 from mfdeploy.errors import UserError
 from mfdeploy.model.config import DEFAULT_SIZE, PAPER_IMGSZ, PAPER_NUM_CLASSES
 from mfdeploy.training.options import TrainConfig
@@ -97,7 +97,9 @@ def info(
 
 @app.command()
 def train(
-    out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (.safetensors or .pt).")],
+    out: Annotated[
+        Path, typer.Option("--out", callback=file_target, help="Checkpoint to write (.safetensors or .pt).")
+    ],
     size: SizeOption = default(TrainConfig, "size"),
     data: data_option("builtin-digits, or an ImageFolder (one sub-folder per class).") = default(TrainConfig, "data"),
     epochs: Annotated[int, typer.Option("--epochs")] = default(TrainConfig, "epochs"),

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from mfdeploy import console
 from mfdeploy.errors import UserError
-from mfdeploy.fileio import atomic_path
+from mfdeploy.fileio import atomic_path, check_file_target
 
 STDOUT = "-"
 _state: dict[str, Any] = {"target": None, "written": False}
@@ -39,10 +39,17 @@ def normalise_json_flag(args: list[str]) -> list[str]:
 def json_target(value: str | None) -> str | None:
     """Option callback for ``--json``: refuse a folder before any work, remember where errors go."""
     if value is not None and value != STDOUT:
-        path = Path(value)
-        if path.is_dir():
-            raise UserError(f"--json {path} is a folder; give a file name such as {path / 'result.json'}")
+        check_file_target(value, "--json")
     _state["target"] = value
+    return value
+
+
+def file_target(ctx: object, param: object, value: Path | None) -> Path | None:
+    """Option callback for an output file (``--md``, ``--html``, ``train --out``): refuse a folder, a
+    special file or an unwritable place before any work, not after it."""
+    if value is not None:
+        option = max(getattr(param, "opts", None) or [""], key=len)
+        check_file_target(value, option)
     return value
 
 

@@ -203,7 +203,7 @@ def export(options: ExportOptions) -> ExportResult:
             "verification": {"onnx": verification.to_dict()},
             "versions": library_versions(),
         }
-        artifact = Artifact(tmp, manifest)
+        artifact = Artifact(tmp, manifest, staged=True)
         for name in (ONNX_FILE, WEIGHTS_FILE):
             artifact.record_file(name)
         ctx = ExportContext(options, loaded, preprocessing, artifact, final, bar)

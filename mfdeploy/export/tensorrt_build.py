@@ -109,7 +109,15 @@ def _profile_for(artifact, options: EngineOptions) -> BatchProfile:
 
 
 def build_engine(artifact, options: EngineOptions) -> dict[str, Any]:
-    """Parse, build and serialize one engine into the artifact; record it in engine.json and the manifest."""
+    """Parse, build and serialize one engine into the artifact; record it in engine.json and the manifest.
+
+    The plan, engine.json and the manifest land together (or not at all), as the artifact's only writer.
+    """
+    with artifact.update("build-engine") as update:
+        return _build_engine(artifact, options, update)
+
+
+def _build_engine(artifact, options: EngineOptions, update) -> dict[str, Any]:
     import tensorrt as trt
 
     if options.precision not in GRAPH_FOR_PRECISION:
@@ -154,8 +162,7 @@ def build_engine(artifact, options: EngineOptions) -> dict[str, Any]:
             f"TensorRT failed to build the {options.precision} engine from {graph_name} (see its log above)"
         )
     plan_name = PLAN_FOR_PRECISION[options.precision]
-    with atomic_path(artifact.path(plan_name)) as tmp:
-        tmp.write_bytes(bytes(serialized))
+    update.path(plan_name).write_bytes(bytes(serialized))
     with atomic_path(cache_path) as tmp:
         tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
 
@@ -175,10 +182,6 @@ def build_engine(artifact, options: EngineOptions) -> dict[str, Any]:
     }
     sidecar = read_sidecar(artifact.root)
     sidecar["engines"][options.precision] = entry
-    with atomic_path(artifact.path(ENGINE_SIDECAR)) as tmp:
-        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
-    for name in (plan_name, ENGINE_SIDECAR):
-        artifact.record_file(name)
+    update.path(ENGINE_SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
     artifact.manifest.setdefault("tensorrt", {}).setdefault("engines", {})[options.precision] = entry
-    artifact.save()
     return entry

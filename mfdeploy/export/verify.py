@@ -1,5 +1,9 @@
 """Every export is verified before it is kept: the exported model against PyTorch, on real photographs
-and on random inputs, at batch 1 and at larger batches."""
+and on random inputs, at batch 1 and at larger batches.
+
+`mfdeploy verify` re-checks a kept artifact: first its manifest's own content digest and every file the
+manifest lists (each ok, changed or missing, with the command that remakes it), then the numbers. The
+numbers are only computed when what they rest on (the manifest, model.onnx, the weights) is intact."""
 
 from __future__ import annotations
 
@@ -8,7 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from mfdeploy.artifacts import ONNX_FILE
+from mfdeploy.artifacts import (
+    CHANGED,
+    MANIFEST_NAME,
+    MISSING,
+    ONNX_FILE,
+    UNPROTECTED,
+    WEIGHTS_FILE,
+    FileCheck,
+    check_files,
+)
 from mfdeploy.errors import UserError
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.images.samples import builtin_images
@@ -55,13 +68,65 @@ class VerificationReport:
         return data
 
     def failure_message(self) -> str:
+        return f"verification failed, {self.figures_failure()}"
+
+    def figures_failure(self) -> str:
         bad = [c for c in self.cases if not c.passed]
         details = "; ".join(
             f"{c.inputs} batch {c.batch}: max abs error {c.max_abs_error:.3g} (limit {self.atol:g}), "
             f"top-1 agreement {c.top1_agreement:.1%}"
             for c in bad
         )
-        return f"verification failed, {self.candidate} vs {self.reference}: {details}"
+        return f"{self.candidate} vs {self.reference}: {details}"
+
+
+NUMBERS_REST_ON = (MANIFEST_NAME, ONNX_FILE, WEIGHTS_FILE)  # numbers from these, changed, would prove nothing
+UNPROTECTED_WARNING = (
+    f"{MANIFEST_NAME} has no content digest (written by an older mfdeploy), so its own content cannot be "
+    "checked; re-export to protect it"
+)
+
+
+_STATE_TEXT = {CHANGED: "changed since it was written", MISSING: "is missing"}
+
+
+@dataclass
+class ArtifactCheck:
+    """What `mfdeploy verify` found: every file's state, then the numbers (None when not computed)."""
+
+    files: list[FileCheck]  # the manifest first, then every file it lists
+    numbers: VerificationReport | None
+    atol: float
+    skipped: str | None = None  # why the numbers were not computed
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def broken_files(self) -> list[FileCheck]:
+        return [f for f in self.files if f.failed]
+
+    @property
+    def passed(self) -> bool:
+        return not self.broken_files and self.numbers is not None and self.numbers.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        """The numeric report's keys (as before files were checked), with the file list beside them."""
+        numbers = self.numbers.to_dict() if self.numbers else {"reference": None, "candidate": None, "cases": []}
+        return {
+            **numbers,
+            "atol": self.atol,
+            "passed": self.passed,
+            "numbers_passed": self.numbers.passed if self.numbers else None,
+            "skipped": self.skipped,
+            "files": [f.to_dict() for f in self.files],
+            "warnings": self.warnings,
+        }
+
+    def failure_message(self) -> str:
+        """Which file changed and which command remakes it, then the figures that failed."""
+        parts = [f"{f.name} {_STATE_TEXT[f.status]}; remake it with `{f.remake}`" for f in self.broken_files]
+        if self.numbers is not None and not self.numbers.passed:
+            parts.append(self.numbers.figures_failure())
+        return "verification failed: " + "; ".join(parts)
 
 
 def verification_inputs(
@@ -105,14 +170,26 @@ def verify_runner(
 
 def verify_artifact(
     artifact, provider: str | None = None, atol: float = 1e-4, threads: int | None = None
-) -> VerificationReport:
-    """Re-verify an artifact's ONNX graph against the PyTorch model it was exported from."""
+) -> ArtifactCheck:
+    """Re-check an artifact: the manifest and every file it lists, then its ONNX graph against the PyTorch
+    model it was exported from (not computed when a file the numbers rest on is changed or missing)."""
     from mfdeploy.option_values import check_positive, check_threads
-    from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
-    from mfdeploy.runtime.torch_runner import TorchRunner
 
     check_positive(atol, "--atol")  # a bad limit is a bad option, not a failed verification
     check_threads(threads)
+    files = check_files(artifact)
+    warnings = [UNPROTECTED_WARNING] if files[0].status == UNPROTECTED else []
+    blocking = [f.name for f in files if f.failed and f.name in NUMBERS_REST_ON]
+    if blocking:
+        skipped = f"numbers not compared: {', '.join(blocking)} cannot be trusted"
+        return ArtifactCheck(files, None, atol, skipped, warnings)
+    return ArtifactCheck(files, _verify_numbers(artifact, provider, atol, threads), atol, None, warnings)
+
+
+def _verify_numbers(artifact, provider: str | None, atol: float, threads: int | None) -> VerificationReport:
+    """The artifact's ONNX graph against the PyTorch model from its stored weights."""
+    from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from mfdeploy.runtime.torch_runner import TorchRunner
 
     graph = artifact.require(ONNX_FILE, "export it with `mfdeploy export --target onnx`")
     batches = [artifact.static_batch] if artifact.static_batch else list(DYNAMIC_VERIFY_BATCHES)

@@ -7,6 +7,7 @@ these targets" is answered the same way everywhere, from the command line or fro
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,9 +37,36 @@ def open_or_export(
         return Artifact.open(artifact_dir)
     root = Path(out) / artifact_dir_name(get_config(size or DEFAULT_SIZE).name)
     if weights is not None or not (root / MANIFEST_NAME).exists():
+        _refuse_folder_in_the_way(_export_root(out, size, weights), out, weights)
         options = ExportOptions(size=size, weights=str(weights) if weights else None, target=target, out=Path(out))
         root = export(options).artifact
     return Artifact.open(root)
+
+
+def _export_root(out: str | Path, size: str | None, weights: str | Path | None) -> Path | None:
+    """The folder the export made for this command would write; None when only the export can tell."""
+    if weights is None or size is not None:
+        return Path(out) / artifact_dir_name(get_config(size or DEFAULT_SIZE).name)
+    from mfdeploy.model.weights import identify, read_checkpoint
+
+    found = identify(read_checkpoint(weights).state_dict)
+    return Path(out) / artifact_dir_name(found[0]) if found else None
+
+
+def _refuse_folder_in_the_way(root: Path | None, out: str | Path, weights: str | Path | None) -> None:
+    """calibrate, parity and bench export on demand but have no --force: a non-empty folder where that
+    export would go is refused here with what to do, instead of the export's advice to pass --force."""
+    if root is None or not root.is_dir() or not any(root.iterdir()):
+        return
+    if weights is not None:
+        command = shlex.join(["mfdeploy", "export", "--weights", str(weights), "--out", str(out), "--force"])
+        raise UserError(
+            f"{root} already exists and --weights asks for a new export there; replace it with `{command}` "
+            "and then give the folder, or choose another --out"
+        )
+    raise UserError(
+        f"{root} is not empty and has no {MANIFEST_NAME}, so it is not an artifact; remove it or choose another --out"
+    )
 
 
 def with_precision_graphs(artifact: Artifact, targets: Sequence[str]) -> Artifact:

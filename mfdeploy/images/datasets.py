@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from mfdeploy.errors import UserError
-from mfdeploy.images.preprocess import is_image_file, load_image
+from mfdeploy.images.files import scan_files, warn_skipped
+from mfdeploy.images.preprocess import is_image_file, load_image, probe_image
 
 BUILTIN_DIGITS = "builtin-digits"
 VAL_EVERY = 5  # every 5th image of a class goes to validation: a 20% split, identical on every run
@@ -43,6 +44,7 @@ class LabelledData:
     classes: list[str]
     train: LabelledSplit
     val: LabelledSplit
+    skipped: list[str] = field(default_factory=list)  # why each unreadable file was left out
 
 
 def _split(sources: Sequence[ImageSource], labels: Sequence[int]) -> tuple[LabelledSplit, LabelledSplit]:
@@ -68,20 +70,45 @@ def load_digits_data() -> LabelledData:
     return LabelledData(BUILTIN_DIGITS, [str(c) for c in bunch.target_names], train, val)
 
 
+def _class_images(folder: Path, skipped: list[str]) -> list[Path]:
+    """The images of one class folder whose headers read as a sane image; the others go to ``skipped``.
+
+    Only headers are read (no pixels decoded), so this stays cheap on a large folder while an empty,
+    truncated-header, non-image or oversized file, a FIFO or a broken link never reaches a split."""
+    scan = scan_files(folder, is_image_file, "image")
+    skipped.extend(scan.skipped)
+    readable = []
+    for path in scan.files:
+        try:
+            probe_image(path)
+        except UserError as exc:
+            skipped.append(str(exc))
+            continue
+        readable.append(path)
+    return readable
+
+
 def load_image_folder(root: str | os.PathLike[str]) -> LabelledData:
-    """An ImageFolder: one sub-folder per class, images found recursively inside each."""
+    """An ImageFolder: one sub-folder per class, images found recursively inside each; unreadable files
+    are skipped and counted (``LabelledData.skipped``)."""
     root = Path(root)
     if not root.exists():
         raise UserError(f"data folder {root} does not exist; pass an ImageFolder or {BUILTIN_DIGITS}")
     if not root.is_dir():
         raise UserError(f"data path {root} is not a folder; pass an ImageFolder (one sub-folder per class)")
+    skipped: list[str] = []
     try:
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        per_class = {d.name: sorted(f for f in d.rglob("*") if f.is_file() and is_image_file(f)) for d in class_dirs}
+        per_class = {d.name: _class_images(d, skipped) for d in class_dirs}
     except OSError as exc:
         raise UserError(f"cannot read data folder {root}: {exc.strerror or exc}") from None
+    warn_skipped(skipped, root)
     per_class = {name: files for name, files in per_class.items() if files}
     if not per_class:
+        if skipped:
+            raise UserError(
+                f"data folder {root} has no readable images: {len(skipped)} file(s) skipped; first: {skipped[0]}"
+            )
         raise UserError(f"data folder {root} has no class sub-folders with images (jpg, png, bmp, webp...)")
     if len(per_class) < 2:
         only = next(iter(per_class))
@@ -97,7 +124,7 @@ def load_image_folder(root: str | os.PathLike[str]) -> LabelledData:
     train, val = _split(sources, labels)
     if len(val) == 0:
         raise UserError(f"data folder {root} is too small for a validation split; give each class at least 2 images")
-    return LabelledData(str(root), classes, train, val)
+    return LabelledData(str(root), classes, train, val, skipped)
 
 
 def load_labelled(spec: str) -> LabelledData:

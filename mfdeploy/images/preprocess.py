@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,12 +19,17 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mfdeploy.errors import UserError
+from mfdeploy.images.files import open_regular
 from mfdeploy.option_values import shown
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_CROP_PCT = 0.875
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+# The largest image decoded: Pillow's own warning threshold (about 9459 x 9459, 268 MB as 8-bit RGB), far
+# above any calibration or evaluation photo. Checked from the header before any pixel is decoded, so a
+# few-hundred-byte file declaring 50000 x 50000 pixels is skipped instead of exhausting memory.
+MAX_IMAGE_PIXELS = 89_478_485
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 INTERPOLATIONS = tuple(_RESAMPLE)
@@ -124,15 +131,78 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open an image file as RGB, honouring EXIF orientation. Raises UserError if it cannot be read."""
+class _Undecodable(Exception):
+    """Why a file that opened is still not an image we decode (size limits); becomes a UserError."""
+
+
+def _check_pixels(image: Image.Image) -> None:
+    """Refuse, before decoding, an image that has no pixels or more than MAX_IMAGE_PIXELS."""
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise _Undecodable(f"it declares {width}x{height} pixels (no image)")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _Undecodable(
+            f"it declares {width}x{height} pixels, over the limit of {MAX_IMAGE_PIXELS} "
+            "(a decompression bomb, or an image far larger than a model input: downscale it)"
+        )
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says; unturned when the EXIF block itself is malformed
+    (the pixels are fine, only the orientation tag is unreadable)."""
     try:
-        with Image.open(path) as handle:
-            handle.load()
-            image = ImageOps.exif_transpose(handle) or handle
-            return to_rgb(image.copy())
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
+        return ImageOps.exif_transpose(image) or image
+    except Exception:  # Pillow's EXIF parser raises struct.error, TypeError, ... on malformed tags
+        return image
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, _Undecodable):
+        return str(exc)
+    text = str(exc).replace("\n", " ").strip()
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"too large to decode safely, a decompression bomb? ({text})"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image Pillow can identify"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextmanager
+def _opened(path: str | os.PathLike[str]) -> Iterator[Image.Image]:
+    """The image at ``path`` with its header read and its size checked; any failure is a UserError.
+
+    Pillow's format plugins raise nearly any exception type on malformed input (OSError, SyntaxError,
+    struct.error, EOFError, ZeroDivisionError, IndexError, ...), so everything raised while parsing a
+    file is treated as "this file is not a readable image"; the type name stays in the message."""
+    with open_regular(path, "image") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            raise UserError(f"cannot read image {path}: empty file (0 bytes)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Pillow's notes on odd files ("Corrupt EXIF data"), not ours
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(file) as handle:
+                    _check_pixels(handle)
+                    yield handle
+        except UserError:
+            raise
+        except Exception as exc:  # a hostile file: see the docstring
+            raise UserError(f"cannot read image {path}: {_reason(exc)}") from None
+
+
+def probe_image(path: str | os.PathLike[str]) -> None:
+    """Cheap check that ``path`` is an image of a sane size (header only, no pixels decoded); UserError if not."""
+    with _opened(path):
+        pass
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open an image file as RGB, honouring EXIF orientation. Raises UserError if it cannot be read:
+    not a regular file, not an image, corrupt, truncated, or over MAX_IMAGE_PIXELS."""
+    with _opened(path) as handle:
+        handle.load()
+        _check_pixels(handle)  # some formats only know their final size once loaded
+        return to_rgb(_upright(handle).copy())
 
 
 def is_image_file(path: str | os.PathLike[str], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:

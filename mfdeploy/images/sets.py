@@ -16,6 +16,8 @@ import numpy as np
 
 from mfdeploy.console import progress, warn
 from mfdeploy.errors import UserError
+from mfdeploy.images.arrays import read_array_header, read_leading
+from mfdeploy.images.files import scan_files, warn_skipped
 from mfdeploy.images.preprocess import IMAGE_EXTENSIONS, Preprocessing, is_image_file, load_image
 from mfdeploy.images.samples import builtin_images
 
@@ -28,7 +30,7 @@ class ImageSet:
     images: np.ndarray  # float32 [N, C, H, W], preprocessed
     source: str  # "builtin", a folder or an array file
     sha256: str  # of the preprocessed array (shape and bytes)
-    skipped: list[str] = field(default_factory=list)  # unreadable files that were left out
+    skipped: list[str] = field(default_factory=list)  # why each unreadable file was left out
 
     def __len__(self) -> int:
         return len(self.images)
@@ -58,11 +60,13 @@ def _evenly_spaced(items: list, count: int) -> list:
 
 
 def _from_folder(folder: Path, preprocessing: Preprocessing, num_images: int, in_chans: int) -> ImageSet:
-    try:
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
-    except OSError as exc:
-        raise UserError(f"cannot read image folder {folder}: {exc.strerror or exc}") from None
+    scan = scan_files(folder, is_image_file, "image")
+    files, skipped = scan.files, list(scan.skipped)
     if not files:
+        if skipped:
+            raise UserError(
+                f"image folder {folder} has no readable images: {len(skipped)} file(s) skipped; first: {skipped[0]}"
+            )
         raise UserError(f"image folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively)")
     if len(files) < num_images:
         warn(
@@ -70,19 +74,19 @@ def _from_folder(folder: Path, preprocessing: Preprocessing, num_images: int, in
             f"{len(files)} (only builtin data is expanded with crops and flips)"
         )
     chosen = _evenly_spaced(files, num_images)
-    arrays, skipped = [], []
+    arrays = []
     with progress() as bar:
         task = bar.add_task("load images", total=len(chosen), status="")
         for path in chosen:
             try:
                 arrays.append(preprocessing(load_image(path)))
-            except UserError:
-                skipped.append(str(path))
+            except UserError as exc:
+                skipped.append(str(exc))
             bar.update(task, advance=1)
-    if skipped:
-        warn(f"skipped {len(skipped)} unreadable or corrupt image(s) in {folder}, e.g. {skipped[0]}")
+    warn_skipped(skipped, folder)
     if len(arrays) < MIN_IMAGES:
-        raise UserError(f"only {len(arrays)} readable image(s) in {folder}; at least {MIN_IMAGES} are needed")
+        left_out = f" ({len(skipped)} unreadable file(s) skipped; first: {skipped[0]})" if skipped else ""
+        raise UserError(f"only {len(arrays)} readable image(s) in {folder}{left_out}; at least {MIN_IMAGES} are needed")
     images = np.stack(arrays)
     if in_chans != 3:
         images = np.repeat(images.mean(axis=1, keepdims=True), in_chans, axis=1)
@@ -100,40 +104,32 @@ def _resize(array: np.ndarray, side: int) -> np.ndarray:
 def _from_array(
     path: Path, preprocessing: Preprocessing, num_images: int, in_chans: int, resize: bool = False
 ) -> ImageSet:
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = list(loaded.keys())
-            if not keys:
-                raise UserError(f"{path} holds no arrays")
-            key = next((k for k in ("images", "calib", "data", "x") if k in keys), keys[0])
-            array = loaded[key]
-    else:
-        array = loaded
+    """The leading images of an .npy/.npz, checked from its header before any data is read."""
+    header = read_array_header(path)
+    shape = header.shape
     expected = (in_chans, preprocessing.imgsz, preprocessing.imgsz)
-    if resize and array.ndim == 4 and array.shape[1] == in_chans and tuple(array.shape[2:]) != expected[1:]:
-        warn(
-            f"{path.name} holds {array.shape[2]}x{array.shape[3]} images; resizing them to the artifact's "
-            f"{preprocessing.imgsz}x{preprocessing.imgsz}"
-        )
-        array = _resize(array.astype(np.float32), preprocessing.imgsz)
-    if array.ndim != 4 or tuple(array.shape[1:]) != expected:
+    resizing = resize and len(shape) == 4 and shape[1] == in_chans and min(shape[2:]) > 0 and shape[2:] != expected[1:]
+    if not resizing and (len(shape) != 4 or shape[1:] != expected):
         raise UserError(
-            f"{path.name} has shape {list(array.shape)}; arrays must be preprocessed "
+            f"{path.name} has shape {list(shape)}; arrays must be preprocessed "
             f"(N, {', '.join(map(str, expected))}) float32 for this model"
         )
-    if array.dtype != np.float32:
-        raise UserError(f"{path.name} is {array.dtype}; arrays must be float32 (array.astype('float32'))")
+    if header.dtype.newbyteorder("=") != np.float32:
+        raise UserError(f"{path.name} is {header.dtype}; arrays must be float32 (array.astype('float32'))")
+    if shape[0] < MIN_IMAGES:
+        raise UserError(f"{path.name} has {shape[0]} images; at least {MIN_IMAGES} are needed")
+    if shape[0] < num_images:
+        warn(f"{num_images} images were asked for, more than the {shape[0]} images in {path.name}: using all of them")
+    array = read_leading(header, min(shape[0], num_images))
+    if resizing:
+        warn(
+            f"{path.name} holds {shape[2]}x{shape[3]} images; resizing them to the artifact's "
+            f"{preprocessing.imgsz}x{preprocessing.imgsz}"
+        )
+        array = _resize(array, preprocessing.imgsz)
     if not np.isfinite(array).all():
         raise UserError(f"{path.name} contains NaN or Inf values")
-    if len(array) < MIN_IMAGES:
-        raise UserError(f"{path.name} has {len(array)} images; at least {MIN_IMAGES} are needed")
-    if len(array) < num_images:
-        warn(f"{num_images} images were asked for, more than the {len(array)} images in {path.name}: using all of them")
-    images = np.ascontiguousarray(array[:num_images])
+    images = np.ascontiguousarray(array)
     return ImageSet(images, str(path), array_sha256(images))
 
 
@@ -155,33 +151,38 @@ def fingerprint(
 ) -> str | None:
     """A cheap identity of the data a spec would load (file names, sizes and times; or the builtin set's
     version), so a repeated calibration finds its cached statistics without decoding a single image.
-    None when the spec cannot be fingerprinted (it is then loaded and hashed as usual)."""
+    None when the spec cannot be fingerprinted (it is then loaded and hashed as usual).
+
+    File names are hashed as the bytes the file system holds (os.fsencode), so a name that is not
+    UTF-8 is part of the identity like any other."""
     from importlib import metadata
 
-    parts: list[str] = [str(num_images), str(in_chans), repr(sorted(preprocessing.to_dict().items()))]
+    parts: list[bytes] = [str(num_images).encode(), str(in_chans).encode()]
+    parts.append(repr(sorted(preprocessing.to_dict().items())).encode())
     if str(spec) == BUILTIN:
-        versions = []
+        parts.append(b"builtin-v1")
         for dist in ("scikit-image", "scikit-learn"):
             try:
-                versions.append(f"{dist}={metadata.version(dist)}")
+                parts.append(f"{dist}={metadata.version(dist)}".encode())
             except metadata.PackageNotFoundError:
-                versions.append(f"{dist}=none")
-        parts += ["builtin-v1", *versions]
+                parts.append(f"{dist}=none".encode())
     else:
         path = Path(spec)
         try:
             if path.is_dir():
-                files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+                scan = scan_files(path, is_image_file, "image")
+                files = scan.files
+                parts += [b"skipped|" + os.fsencode(line) for line in scan.skipped]
             elif path.is_file():
                 files = [path]
             else:
                 return None
             for file in files:
                 info = file.stat()
-                parts.append(f"{file.resolve()}|{info.st_size}|{info.st_mtime_ns}")
-        except OSError:
+                parts.append(os.fsencode(file.resolve()) + f"|{info.st_size}|{info.st_mtime_ns}".encode())
+        except (OSError, UserError):
             return None
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return hashlib.sha256(b"\n".join(parts)).hexdigest()
 
 
 def load_image_set(

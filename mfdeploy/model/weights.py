@@ -7,6 +7,7 @@ failing on the first key.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -22,7 +23,7 @@ from torch import nn
 from mfdeploy.console import warn_once
 from mfdeploy.errors import UserError
 from mfdeploy.fileio import atomic_path, sha256_file
-from mfdeploy.manifest_schema import CHECKPOINT_ACTION, check_checkpoint_metadata
+from mfdeploy.manifest_schema import CHECKPOINT_ACTION, validate_checkpoint_metadata
 from mfdeploy.model.config import DEFAULT_SIZE, SIZES, get_config
 from mfdeploy.model.mobileformer import MobileFormer, build_model
 from mfdeploy.option_values import check_num_classes, check_seed, shown
@@ -77,7 +78,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             raise UserError(f"{path} holds no tensors; it is not a Mobile-Former checkpoint")
         check_tensors(state, path)
         metadata = _parse_metadata(raw_meta)
-        check_checkpoint_metadata(metadata, path)
+        validate_checkpoint_metadata(metadata, path)
         return Checkpoint(state, metadata)
     if suffix in TORCH_SUFFIXES:
         state = _unwrap(_torch_load(path), path)
@@ -210,19 +211,25 @@ def check_fits(state: dict[str, torch.Tensor], model: MobileFormer, path: Path) 
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
-    """Write the state dict atomically, as .safetensors (with JSON metadata) or as a .pt state dict."""
+    """Write the state dict atomically, as .safetensors (with JSON metadata) or as a .pt state dict.
+
+    The bytes are serialised in memory (tens of MB at most) and written by Python, so a full disk is an
+    OSError the writer names, not a serialiser's own error type.
+    """
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-            from safetensors.torch import save_file
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        from safetensors.torch import save
 
-            meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-            save_file(state, str(tmp), metadata=meta)
-        elif path.suffix.lower() in TORCH_SUFFIXES:
-            torch.save(state, tmp)
-        else:
-            raise UserError(f"unsupported checkpoint name {path.name}: use .safetensors or .pt")
+        data = save(state, metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+    elif path.suffix.lower() in TORCH_SUFFIXES:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
+    else:
+        raise UserError(f"unsupported checkpoint name {path.name}: use .safetensors or .pt")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     return path
 
 

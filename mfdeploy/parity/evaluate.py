@@ -16,6 +16,8 @@ from mfdeploy.artifacts import Artifact, utc_now
 from mfdeploy.console import progress
 from mfdeploy.errors import UserError
 from mfdeploy.images.datasets import BUILTIN_DIGITS, LabelledSplit, load_labelled
+from mfdeploy.images.files import warn_skipped
+from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.option_values import check_batch
 from mfdeploy.parity.harness import torch_reference
 from mfdeploy.parity.options import EVAL_BATCH, EVAL_DATA, EVAL_TARGETS
@@ -25,7 +27,26 @@ from mfdeploy.runtime.registry import TARGETS, parse_targets
 SCHEMA_VERSION = 1
 
 
-def _labelled_images(artifact: Artifact, spec: str) -> tuple[np.ndarray, np.ndarray, str]:
+def _decoded(split: LabelledSplit, pre: Preprocessing, skipped: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The split's images preprocessed, and their labels; an image that fails to decode is left out and
+    its reason appended to ``skipped`` (the folder scan only read headers)."""
+    arrays, kept = [], []
+    with progress() as bar:
+        task = bar.add_task("load labelled images", total=len(split), status="")
+        for i in range(len(split)):
+            try:
+                arrays.append(pre(split.image(i)))
+                kept.append(i)
+            except UserError as exc:
+                skipped.append(str(exc))
+            bar.update(task, advance=1)
+    if not arrays:
+        return np.zeros((0, 3, pre.imgsz, pre.imgsz), np.float32), split.labels[:0]
+    return np.stack(arrays), split.labels[kept]
+
+
+def _labelled_images(artifact: Artifact, spec: str) -> tuple[np.ndarray, np.ndarray, str, int]:
+    """Preprocessed images, model-class labels, the data's name and how many files were skipped."""
     data = load_labelled(spec)
     split = data.val
     if spec != BUILTIN_DIGITS:  # a user's evaluation folder: every image counts
@@ -48,14 +69,14 @@ def _labelled_images(artifact: Artifact, spec: str) -> tuple[np.ndarray, np.ndar
             + f" (the model's classes: {', '.join(classes[:10])}{'...' if len(classes) > 10 else ''})"
         )
     to_model = np.array([classes.index(c) for c in data.classes])
-    pre = artifact.preprocessing
-    with progress() as bar:
-        task = bar.add_task("load labelled images", total=len(split), status="")
-        arrays = []
-        for i in range(len(split)):
-            arrays.append(pre(split.image(i)))
-            bar.update(task, advance=1)
-    return np.stack(arrays), to_model[split.labels], data.name
+    undecodable: list[str] = []
+    images, labels = _decoded(split, artifact.preprocessing, undecodable)
+    warn_skipped(undecodable, spec, "undecodable")
+    skipped = len(data.skipped) + len(undecodable)
+    if len(images) == 0:
+        first = (data.skipped + undecodable)[0]
+        raise UserError(f"no image in {spec} could be read: {skipped} file(s) skipped; first: {first}")
+    return images, to_model[labels], data.name, skipped
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -75,7 +96,7 @@ def run_eval(
     names = parse_targets(targets)
     check_batch(batch)
     started = time.perf_counter()
-    images, labels, source = _labelled_images(artifact, data)
+    images, labels, source, skipped = _labelled_images(artifact, data)
     with torch_reference(artifact) as reference:
         reference_logits = reference.infer_all(images, batch)
     reference_top1 = reference_logits.argmax(1)
@@ -114,7 +135,7 @@ def run_eval(
         "schema_version": SCHEMA_VERSION,
         "created": utc_now(),
         "artifact": str(artifact.root),
-        "data": {"source": source, "images": int(len(labels))},
+        "data": {"source": source, "images": int(len(labels)), "skipped_files": skipped},
         "results": rows,
         "seconds": round(time.perf_counter() - started, 2),
     }

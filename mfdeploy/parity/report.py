@@ -19,6 +19,8 @@ import html
 import io
 from typing import Any
 
+from mfdeploy import markdown as md
+
 
 def _row(result: dict[str, Any]) -> list[str]:
     if result["status"] == "skipped":
@@ -45,47 +47,61 @@ def _row(result: dict[str, Any]) -> list[str]:
 HEADER = ["target", "precision", "verdict", "max abs err", "mean abs err", "cosine", "top-1", "top-5", "details"]
 
 
+def _skipped_note(data: dict[str, Any]) -> str:
+    """How many unreadable files the data left out, worded as calibration.md words it."""
+    return f", {data['skipped_files']} unreadable files skipped" if data.get("skipped_files") else ""
+
+
 def markdown(report: dict[str, Any]) -> str:
-    model = report["model"]
+    """parity.md: every string from the user or a backend (paths, data source, reasons) goes through
+    :mod:`mfdeploy.markdown`, so it renders as text, never as HTML, a link or a table column."""
+    model, data = report["model"], report["data"]
     lines = [
-        f"# Parity report: Mobile-Former {model['size']} ({report['artifact']})",
+        f"# Parity report: Mobile-Former {md.text(model['size'])} ({md.text(report['artifact'])})",
         "",
-        f"Reference: {report['reference']}. Data: {report['data']['source']}, {report['data']['used']} images "
-        f"(sha256 `{report['data']['sha256'][:16]}...`), batch {report['batch']}. "
+        f"Reference: {md.text(report['reference'])}. Data: {md.text(data['source'])}, {md.text(data['used'])} "
+        f"images (sha256 {md.code(str(data['sha256'])[:16] + '...')}{_skipped_note(data)}), "
+        f"batch {md.text(report['batch'])}. "
         f"Overall: **{'PASS' if report['passed'] else 'FAIL'}**.",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
     ]
-    lines += ["| " + " | ".join(_row(r)) + " |" for r in report["results"]]
+    lines += ["| " + " | ".join(md.text(cell) for cell in _row(r)) + " |" for r in report["results"]]
     staged = [r for r in report["results"] if (r.get("stages") or {}).get("rel_error")]
     if staged:
-        stage_names = list(next(iter(staged))["stages"]["rel_error"])
-        lines += ["", "## Error per stage (relative L2 against PyTorch)", "", report["stage_comparison"] + ".", ""]
-        lines.append("| stage | " + " | ".join(r["target"] for r in staged) + " |")
-        lines.append("|---|" + "---|" * len(staged))
-        for stage in stage_names:
-            cells = [f"{r['stages']['rel_error'].get(stage, float('nan')):.3g}" for r in staged]
-            lines.append(f"| {stage} | " + " | ".join(cells) + " |")
-        for r in staged:
-            parting = r["stages"]["first_parting"]
-            if parting:
-                growth = ", ".join(f"{g['stage']} {g['rel_error']:.3g}" for g in parting["growth"][:6])
-                lines.append("")
-                lines.append(
-                    f"- {r['target']} first parts from PyTorch at **{parting['stage']}** (relative error "
-                    f"{parting['rel_error']:.3g} > {parting['limit']:.3g}); from there: {growth}"
-                )
+        lines += _stage_lines(report, staged)
     lines += ["", "Thresholds per precision:", ""]
-    for precision, t in report["default_thresholds"].items():
+    for precision, t in report["default_thresholds"].items():  # numbers and mfdeploy's own names: no escaping
+        max_abs = t["max_abs_error"] if t["max_abs_error"] is not None else "not checked"
         lines.append(
-            f"- {precision}: max abs error {t['max_abs_error'] if t['max_abs_error'] is not None else 'not checked'}, "
-            f"cosine >= {t['min_cosine']}, top-1 >= {t['min_top1']}, top-5 >= {t['min_top5']}, "
-            f"stage relative error <= {t['stage_rel_error']}"
+            f"- {precision}: max abs error {max_abs}, cosine >= {t['min_cosine']}, top-1 >= {t['min_top1']}, "
+            f"top-5 >= {t['min_top5']}, stage relative error <= {t['stage_rel_error']}"
         )
     if report["overrides"]:
-        lines.append(f"- overridden for this run: {report['overrides']}")
+        lines.append(f"- overridden for this run: {md.text(report['overrides'])}")
     return "\n".join(lines) + "\n"
+
+
+def _stage_lines(report: dict[str, Any], staged: list[dict[str, Any]]) -> list[str]:
+    """The error-per-stage table and where each localised backend first parts from PyTorch."""
+    stage_names = list(next(iter(staged))["stages"]["rel_error"])
+    lines = ["", "## Error per stage (relative L2 against PyTorch)", "", md.text(report["stage_comparison"]) + ".", ""]
+    lines.append("| stage | " + " | ".join(md.text(r["target"]) for r in staged) + " |")
+    lines.append("|---|" + "---|" * len(staged))
+    for stage in stage_names:
+        cells = [f"{r['stages']['rel_error'].get(stage, float('nan')):.3g}" for r in staged]
+        lines.append(f"| {md.text(stage)} | " + " | ".join(cells) + " |")
+    for r in staged:
+        parting = r["stages"]["first_parting"]
+        if parting:
+            growth = ", ".join(f"{g['stage']} {g['rel_error']:.3g}" for g in parting["growth"][:6])
+            lines.append("")
+            lines.append(
+                f"- {md.text(r['target'])} first parts from PyTorch at **{md.text(parting['stage'])}** (relative "
+                f"error {parting['rel_error']:.3g} > {parting['limit']:.3g}); from there: {md.text(growth)}"
+            )
+    return lines
 
 
 def stage_plot_png(report: dict[str, Any]) -> bytes | None:

@@ -105,7 +105,7 @@ def _load_backbone(model: nn.Module, path: Path) -> None:
     if state.get("head.fc2.weight") is not None and state["head.fc2.weight"].shape != own["head.fc2.weight"].shape:
         state = {k: v for k, v in state.items() if not k.startswith("head.fc2.")}
         state.update({k: v for k, v in own.items() if k.startswith("head.fc2.")})
-        err.print(f"{path.name}: new classifier layer for {own['head.fc2.weight'].shape[0]} classes")
+        err.print(f"{path.name}: new classifier layer for {own['head.fc2.weight'].shape[0]} classes", markup=False)
     check_fits(state, model, path)
     model.load_state_dict(state)
 
@@ -148,7 +148,8 @@ def train(
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     err.print(
         f"training Mobile-Former {model.cfg.name} on {data.name}: {len(data.train)} train / {len(data.val)} "
-        f"validation images, {len(data.classes)} classes, {cfg.imgsz}x{cfg.imgsz}, {cfg.epochs} epochs"
+        f"validation images, {len(data.classes)} classes, {cfg.imgsz}x{cfg.imgsz}, {cfg.epochs} epochs",
+        markup=False,
     )
 
     history: list[EpochResult] = []
