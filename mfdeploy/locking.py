@@ -1,8 +1,9 @@
 """One writer per artifact folder: an advisory lock beside the folder, held while a command changes it.
 
 The lock is ``.<folder>.lock`` next to the folder (the folder itself is swapped whole by an export, so a
-lock inside it would be swapped too). The operating system drops it when the holder exits, however it
-exits, so a killed run never leaves a stale lock; the file itself stays, empty of meaning, and is reused.
+lock inside it would be swapped too), and exists only while a command writes: the holder removes it before
+releasing it. The operating system drops the lock when the holder exits, however it exits, so a killed run
+never leaves a stale lock; its file stays, unlocked, and the next writer takes it over.
 """
 
 from __future__ import annotations
@@ -47,20 +48,8 @@ def artifact_lock(root: str | os.PathLike[str], action: str) -> Iterator[None]:
             _release_depth(root)
         return
     path = lock_path(root)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")
-    except OSError as exc:
-        raise UserError(describe_os_error(exc, path)) from None
+    handle = _acquire(path, root, action)
     with handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"{root} is being written by another mfdeploy command ({_holder(handle)}); "
-                f"wait for it to finish and run this again{', or choose another --out' if action == 'export' else ''}",
-                EXIT_LOCKED,
-            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "action": action, "since": time.strftime("%H:%M:%S")}))
@@ -70,7 +59,36 @@ def artifact_lock(root: str | os.PathLike[str], action: str) -> Iterator[None]:
             yield
         finally:
             _held.pop(root, None)
+            path.unlink(missing_ok=True)  # while still held: whoever opens the name next gets a fresh file
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _acquire(path: Path, root: Path, action: str):
+    """Open and lock ``path``; retried when the file was removed by its last holder between our open and
+    our lock (we would hold a lock on a file nobody else can find)."""
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")
+        except OSError as exc:
+            raise UserError(describe_os_error(exc, path)) from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(handle)
+            handle.close()
+            raise UserError(
+                f"{root} is being written by another mfdeploy command ({holder}); "
+                f"wait for it to finish and run this again{', or choose another --out' if action == 'export' else ''}",
+                EXIT_LOCKED,
+            ) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return handle
+        handle.close()
 
 
 def _release_depth(root: Path) -> None:

@@ -195,11 +195,13 @@ def test_leftovers_of_killed_runs_are_removed_and_nothing_else(cli, small_artifa
     users_own = out / f".{small_artifact.name}.partial-notes"
     for folder in (stale_update, stale_staging, live_staging, users_own):
         _a_users_folder(folder)
+    stale_lock = out / f".{small_artifact.name}.lock"  # a killed writer's lock file: unlocked, taken over
+    stale_lock.write_text(json.dumps({"pid": dead, "action": "export"}))
 
     assert cli("calibrate", small_artifact, "--calib-size", "8", "--precision", "fp16").code == 0
     assert not stale_update.exists()
     assert cli("export", "--size", "26m", "--imgsz", "64", "--out", out, "--force").code == 0
-    assert not stale_staging.exists()
+    assert not stale_staging.exists() and not stale_lock.exists()
     assert live_staging.exists() and users_own.exists()  # a live writer's work and the user's own folder
 
 
