@@ -23,9 +23,15 @@ _LONE_UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
+def _writable(value: Any) -> str:
+    """``str(value)`` that can be written as UTF-8: a file name that is not UTF-8 (its bytes decoded by
+    Python as lone surrogates) shows its bytes as ``\\udcXX`` instead of failing the write."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def text(value: Any) -> str:
     """``value`` as literal Markdown text on one line: safe in running text, list items and table cells."""
-    escaped = _LINE_BREAK.sub(" ", str(value))
+    escaped = _LINE_BREAK.sub(" ", _writable(value))
     escaped = _PUNCTUATION.sub(lambda m: "\\" + m.group(0), escaped)
     escaped = _LONE_UNDERSCORE.sub(r"\\_", escaped)
     return "".join(_HTML.get(ch, ch) for ch in escaped)
@@ -36,7 +42,7 @@ def code(value: Any, in_table: bool = False) -> str:
 
     In a table cell a ``|`` ends the cell even inside a code span (GitHub Markdown), so it is escaped there.
     """
-    content = _LINE_BREAK.sub(" ", str(value))
+    content = _LINE_BREAK.sub(" ", _writable(value))
     longest = max((len(run) for run in re.findall(r"`+", content)), default=0)
     fence = "`" * (longest + 1)
     if content.startswith("`") or content.endswith("`"):
@@ -49,4 +55,4 @@ def code(value: Any, in_table: bool = False) -> str:
 def link_target(path: Any) -> str:
     """A relative file name as a link or image address: percent-encoded, so ``)``, spaces or a scheme
     such as ``javascript:`` in it cannot end the address or make it anything but a relative file."""
-    return quote(str(path), safe="/-_.~")
+    return quote(_writable(path), safe="/-_.~")

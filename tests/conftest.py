@@ -110,13 +110,17 @@ def digits(tmp_path_factory, digits_checkpoint):
     }
 
 
+SMALL_NUM_CLASSES = 10
+
+
 @pytest.fixture(scope="session")
 def small_export(tmp_path_factory) -> Path:
-    """A 26m at 64 px (random weights, dynamic batch), exported once per run for tests that only need some
-    valid artifact. Never change it: copy it with the ``small_artifact`` fixture."""
+    """A 26m at 64 px with 10 classes (random weights, dynamic batch), exported once per run for tests that
+    only need some valid artifact. Never change it: copy it with the ``small_artifact`` fixture."""
     from mfdeploy.export.pipeline import ExportOptions, export
 
-    return export(ExportOptions(size="26m", imgsz=64, out=tmp_path_factory.mktemp("small-export"))).artifact
+    out = tmp_path_factory.mktemp("small-export")
+    return export(ExportOptions(size="26m", imgsz=64, num_classes=SMALL_NUM_CLASSES, out=out)).artifact
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from safetensors.torch import save_file
 
 from mfdeploy.artifacts import MANIFEST_DIGEST, MANIFEST_NAME, Artifact, manifest_digest
 from mfdeploy.errors import UserError
-from mfdeploy.export.pipeline import ExportOptions, export
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.model import build_model
 from mfdeploy.model.weights import check_metadata_fits, read_checkpoint
@@ -170,9 +169,10 @@ def test_fuzzed_checkpoint_metadata_loads_or_is_refused(model, tmp_path):
 
 # -- manifests ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def artifact_root(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fuzz-artifact")
-    return export(ExportOptions(size="26m", imgsz=64, num_classes=NUM_CLASSES, out=out)).artifact
+def artifact_root(small_export) -> Path:
+    """The run's shared 26m/64px/10-class export (conftest); only read, the fuzzing mutates copies."""
+    assert Artifact.open(small_export).num_classes == NUM_CLASSES
+    return small_export
 
 
 def read_everything(artifact: Artifact) -> None:

@@ -350,11 +350,7 @@ def test_existing_array_checks_still_hold(tmp_path):
 # -- through the command line ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def small_artifact(tmp_path_factory):
-    from mfdeploy.export.pipeline import ExportOptions, export
-
-    return export(ExportOptions(size="26m", imgsz=64, num_classes=10, out=tmp_path_factory.mktemp("hostile"))).artifact
+# small_artifact (conftest): a private copy of one 26m/64px/10-class export shared by the whole run
 
 
 def test_parity_on_a_folder_with_a_bomb_reports_the_skip(cli, small_artifact, tmp_path, no_hang):
@@ -388,6 +384,7 @@ def test_eval_on_an_image_folder_skips_and_counts(cli, small_artifact, tmp_path)
     data = result.json()["data"]
     assert data["images"] == 6 and data["skipped_files"] == 2
     assert "truncated.png" in result.err and "zero.png" in result.err
+    assert "(6 labelled images, 2 unreadable files skipped)" in result.err  # the summary says so too
 
 
 def test_damaged_calibration_caches_are_cache_misses(cli, small_artifact, tmp_path):

@@ -55,10 +55,11 @@ def assert_one_line(exc: pytest.ExceptionInfo[UserError], *fragments: str) -> No
 
 # -- fixtures: one real artifact per module, one real model ------------------------------------------
 @pytest.fixture(scope="module")
-def artifact_root(tmp_path_factory) -> Path:
-    """A 26m exported at 64px with 10 classes: small, but a complete artifact (graph, weights, manifest)."""
-    out = tmp_path_factory.mktemp("hostile-artifact")
-    return export(ExportOptions(size="26m", imgsz=64, num_classes=NUM_CLASSES, out=out)).artifact
+def artifact_root(small_export) -> Path:
+    """A 26m exported at 64px with 10 classes (conftest, shared by the run): small, but a complete artifact
+    (graph, weights, manifest). Only read here: tests corrupt copies of it."""
+    assert Artifact.open(small_export).num_classes == NUM_CLASSES
+    return small_export
 
 
 @pytest.fixture(scope="module")

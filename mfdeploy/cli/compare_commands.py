@@ -112,7 +112,12 @@ def evaluate(
     report = run_eval(Artifact.open(artifact_dir), data, targets, batch, provider)
     write_json(report, json_target)
     say = human(json_target)
-    say.print(f"accuracy on {report['data']['source']} ({report['data']['images']} labelled images):", markup=False)
+    skipped = report["data"].get("skipped_files") or 0
+    skipped_note = f", {skipped} unreadable files skipped" if skipped else ""
+    say.print(
+        f"accuracy on {report['data']['source']} ({report['data']['images']} labelled images{skipped_note}):",
+        markup=False,
+    )
     for row in report["results"]:
         if row["status"] == "skipped":
             say.print(f"  {row['target']:<10} skipped: {row['reason']}", soft_wrap=True, markup=False)
