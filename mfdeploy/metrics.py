@@ -41,3 +41,16 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, fl
         "inf_count": inf,
         "samples": int(len(reference)),
     }
+
+
+def logit_scale(reference: np.ndarray) -> float:
+    """The largest finite |logit| of the reference: the magnitude that FP32 rounding errors grow with, so
+    verification limits are stated relative to it (a non-finite logit must not make every limit infinite)."""
+    values = np.abs(np.asarray(reference, dtype=np.float64))
+    return float(values[np.isfinite(values)].max(initial=0.0))
+
+
+def tolerance(atol: float, rtol: float, scale: float) -> float:
+    """The largest abs error allowed on logits of magnitude up to ``scale``: numpy's allclose rule, with the
+    case's largest |logit| standing in for each element's own."""
+    return atol + rtol * scale

@@ -24,6 +24,7 @@ MAX_SECONDS = 3600.0  # --min-time: an hour per target and batch
 MAX_EPOCHS = 10_000
 MAX_TOP = 10_000
 MAX_WORKSPACE_GIB = 1024.0
+MAX_RTOL = 1.0  # an error as large as the logits themselves would prove nothing
 
 
 def parse_batches(text: str | None, flag: str = "--batches") -> tuple[int, ...]:
@@ -121,3 +122,9 @@ def check_batch(value: object, flag: str = "--batch") -> int:
 
 def check_threads(value: object | None, flag: str = "--threads") -> int | None:
     return None if value is None else check_int(value, flag, 1, MAX_THREADS)
+
+
+def check_tolerances(atol: object, rtol: object) -> tuple[float, float]:
+    """Verification limits: --atol above zero, --rtol in [0, 1] (0: an absolute limit only); NaN refused, since
+    a NaN limit would pass every comparison."""
+    return check_positive(atol, "--atol"), check_number(rtol, "--rtol", 0.0, MAX_RTOL)

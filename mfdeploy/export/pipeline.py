@@ -29,7 +29,7 @@ from mfdeploy.environment import library_versions
 from mfdeploy.errors import UserError
 from mfdeploy.export import onnx_export
 from mfdeploy.export.options import EXPORT_TARGETS, STAGES, TARGET_STAGES, ExportOptions, check_ranges
-from mfdeploy.export.verify import DYNAMIC_VERIFY_BATCHES, VERIFY_ATOL, VerificationError, verify_runner
+from mfdeploy.export.verify import DYNAMIC_VERIFY_BATCHES, VerificationError, verify_runner
 from mfdeploy.graph.checks import check_graph
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.model.complexity import measure
@@ -154,7 +154,7 @@ def export(options: ExportOptions) -> ExportResult:
         bar.update(task, advance=1, status="verify with ONNX Runtime")
         with TorchRunner(model, imgsz) as reference, OnnxRuntimeRunner(tmp / ONNX_FILE) as candidate:
             verification = verify_runner(
-                reference, candidate, preprocessing, verify_batches, loaded.in_chans, VERIFY_ATOL
+                reference, candidate, preprocessing, verify_batches, loaded.in_chans, options.atol, options.rtol
             )
         if not verification.passed:
             raise VerificationError(verification.failure_message())
