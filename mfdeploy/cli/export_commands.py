@@ -13,6 +13,7 @@ from mfdeploy.cli.app import app
 from mfdeploy.cli.options import (
     COREML,
     ArtifactArgument,
+    AtolOption,
     CalibBatchOption,
     CalibDataOption,
     CalibSizeOption,
@@ -28,6 +29,7 @@ from mfdeploy.cli.options import (
     OutOption,
     PercentileOption,
     ProviderOption,
+    RtolOption,
     SeedOption,
     SizeOption,
     ThreadsOption,
@@ -45,7 +47,6 @@ from mfdeploy.errors import UserError
 from mfdeploy.export.coreml_options import CoreMLOptions
 from mfdeploy.export.options import ExportOptions
 from mfdeploy.export.tensorrt_build import EngineOptions
-from mfdeploy.export.verify import VERIFY_ATOL
 
 PROFILE_FLAGS = "--min-batch/--opt-batch/--max-batch"  # named together: they make one profile
 TRT_FLAGS = {
@@ -103,6 +104,8 @@ def export(
     simplifier: Annotated[str, typer.Option("--simplifier", help="onnxslim, onnxsim or none.")] = default(
         ExportOptions, "simplifier"
     ),
+    atol: AtolOption = default(ExportOptions, "atol"),
+    rtol: RtolOption = default(ExportOptions, "rtol"),
     precision: Annotated[
         Optional[str],
         typer.Option(
@@ -177,6 +180,8 @@ def export(
         out=out,
         force=force,
         simplifier=simplifier,
+        atol=atol,
+        rtol=rtol,
         stage_options=stage_options,
     )
     result = run_export(options)
@@ -202,7 +207,8 @@ def _refuse_flags_without_stage(
 def verify(
     artifact_dir: ArtifactArgument,
     provider: ProviderOption = None,
-    atol: Annotated[float, typer.Option("--atol", help="Largest allowed abs error on logits.")] = VERIFY_ATOL,
+    atol: AtolOption = default(ExportOptions, "atol"),
+    rtol: RtolOption = default(ExportOptions, "rtol"),
     threads: ThreadsOption = None,
     json_target: JsonOption = None,
 ) -> None:
@@ -210,8 +216,10 @@ def verify(
     PyTorch model (logits equal)."""
     from mfdeploy.artifacts import Artifact
     from mfdeploy.export.verify import VerificationError, verify_artifact
+    from mfdeploy.option_values import check_tolerances
 
-    check = verify_artifact(Artifact.open(artifact_dir), provider, atol, threads)
+    check_tolerances(atol, rtol)  # a bad limit is refused before the folder is read
+    check = verify_artifact(Artifact.open(artifact_dir), provider, atol, threads, rtol)
     write_json(check.to_dict(), json_target)
     say = human(json_target)
     _print_file_checks(say, check.files)
@@ -221,15 +229,19 @@ def verify(
     for case in numbers.cases if numbers else []:
         mark = "ok  " if case.passed else "FAIL"
         say.print(
-            f"{mark} {case.inputs:>6} batch {case.batch:>3}: max abs error {case.max_abs_error:.2e}, "
-            f"top-1 agreement {case.top1_agreement:.1%}",
+            f"{mark} {case.inputs:>6} batch {case.batch:>3}: max abs error {case.max_abs_error:.2e} on logits up to "
+            f"{case.scale:.4g} (limit {case.limit:.3g}), top-1 agreement {case.top1_agreement:.1%}",
             soft_wrap=True,
             markup=False,
         )
     if check.skipped:
         say.print(check.skipped, soft_wrap=True, markup=False)
     if check.passed:
-        say.print(f"{numbers.candidate} matches {numbers.reference} (limit {numbers.atol:.0e})", markup=False)
+        say.print(
+            f"{numbers.candidate} matches {numbers.reference} (limit {numbers.atol:g} + {numbers.rtol:g} x largest "
+            "|logit| per case)",
+            markup=False,
+        )
     else:
         raise VerificationError(check.failure_message())
 

@@ -73,6 +73,22 @@ TargetsOption = Annotated[
 ImgszOption = Annotated[Optional[int], typer.Option("--imgsz", help="Input side, a multiple of 32.")]
 NumClassesOption = Annotated[Optional[int], typer.Option("--num-classes", help="Classifier outputs.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the random weights (and shuffling, in train).")]
+VERIFICATION = "Verification (the ONNX graph against PyTorch)"
+# The ONNX verification of `export` and `verify`: max abs error on logits <= atol + rtol * largest |logit|.
+AtolOption = Annotated[
+    float,
+    typer.Option(
+        "--atol", help="Allowed abs error on logits, > 0 (plus the --rtol share).", rich_help_panel=VERIFICATION
+    ),
+]
+RtolOption = Annotated[
+    float,
+    typer.Option(
+        "--rtol",
+        help="Plus this share, in [0, 1], of the largest |logit| PyTorch gives in each case (0: --atol alone).",
+        rich_help_panel=VERIFICATION,
+    ),
+]
 ArtifactArgument = Annotated[Path, typer.Argument(help="An artifact folder written by `mfdeploy export`.")]
 OptionalArtifactArgument = Annotated[Optional[Path], typer.Argument(help="An artifact folder (or use --size).")]
 
