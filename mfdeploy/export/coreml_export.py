@@ -34,7 +34,7 @@ from mfdeploy.export.coreml_options import (  # noqa: F401 (re-exported: the sta
 )
 from mfdeploy.export.coreml_passes import PASSES
 from mfdeploy.export.coreml_program import OFFICIAL_52M_COMPUTE_OPS, inspect_program
-from mfdeploy.export.verify import VerificationError, verification_inputs
+from mfdeploy.export.verify import VERIFY_RTOL, VerificationError, verification_inputs
 from mfdeploy.fileio import atomic_path
 from mfdeploy.metrics import logit_scale, tolerance
 from mfdeploy.runtime.comparison import run_targets
@@ -42,10 +42,11 @@ from mfdeploy.runtime.coreml_env import INSTALL_HINT, coremltools_installed, pre
 from mfdeploy.runtime.coreml_runner import CoreMLRunner
 
 # FP32 ML program against PyTorch: max abs error on logits <= FP32_ATOL + FP32_RTOL * the largest |logit|
-# PyTorch gives (the ONNX verification's rule, at ten times its limits: the numpy evaluator sums in other
-# orders than ONNX Runtime); a trained checkpoint's logits are far from order 1.
+# PyTorch gives, the ONNX verification's rule. The absolute part is ten times ONNX's (the numpy evaluator
+# sums in other orders than ONNX Runtime); the relative part is ONNX's: a 26m with logits up to 1172
+# measured 8.9e-4, 7.5e-7 of its scale, where an absolute limit alone would refuse larger logits.
 FP32_ATOL = 1e-3
-FP32_RTOL = 1e-3
+FP32_RTOL = VERIFY_RTOL
 # Top-1 agreement with PyTorch that the deployed numerics must reach, per weight compression. 6- and
 # 4-bit palettization are lossy by choice (52m, random weights: cosine 0.92 for 4 bits, top-1 agreement
 # 82-88%): their figures are reported and a warning is printed below LOSSY_WARN_TOP1, but only
