@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import replace
 
 import onnx
 import pytest
@@ -21,7 +22,7 @@ from mfdeploy.errors import UserError
 from mfdeploy.export import onnx_export
 from mfdeploy.export.options import VERIFY_ATOL, VERIFY_RTOL, ExportOptions
 from mfdeploy.export.pipeline import export
-from mfdeploy.export.verify import verify_runner
+from mfdeploy.export.verify import VerificationCase, VerificationReport, verify_runner
 from mfdeploy.model import build_model
 from mfdeploy.model.weights import save_checkpoint
 from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
@@ -159,3 +160,15 @@ def test_the_python_api_checks_the_limits_too(tmp_path):
     with pytest.raises(UserError, match="--rtol must be a finite number"):
         export(ExportOptions(size="26m", imgsz=64, out=tmp_path, rtol=float("nan")))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_message_states_the_scale_and_hints_only_when_top1_agrees():
+    """Issue 16's figures: only the size of the error fails, so raising the limit is the hint; when top-1
+    differs no limit would help, and no hint is given."""
+    case = VerificationCase("random", 32, 0.102, 1.0, 0.9999999, False, scale=1950.0, limit=1e-4 + 1e-5 * 1950)
+    report = VerificationReport("torch", "onnxruntime", 1e-4, False, [case], rtol=1e-5)
+    message = report.failure_message()
+    assert "random batch 32: max abs error 0.102 on logits up to 1950 (limit 0.0196 = 0.0001 + 1e-05 x 1950)" in message
+    assert message.endswith("if the model's logits are this large by design, pass --rtol/--atol")
+    flipped = VerificationReport("torch", "onnxruntime", 1e-4, False, [replace(case, top1_agreement=0.5)], rtol=1e-5)
+    assert "top-1 agreement 50.0%" in flipped.failure_message() and "--rtol" not in flipped.failure_message()
