@@ -17,10 +17,10 @@ from mfdeploy.errors import UserError
 from mfdeploy.images.sets import ImageSet, load_image_set
 from mfdeploy.parity.options import ParityOptions, check_options
 from mfdeploy.parity.stages import map_stages, stage_errors, torch_stage_outputs
-from mfdeploy.parity.thresholds import DEFAULT_THRESHOLDS, judge, thresholds_for
 from mfdeploy.runtime.base import Runner
 from mfdeploy.runtime.comparison import run_targets
 from mfdeploy.runtime.registry import TARGETS, TargetUnavailable, create_runner
+from mfdeploy.thresholds import DEFAULT_THRESHOLDS, judge, thresholds_for
 
 SCHEMA_VERSION = 1
 STAGE_BATCH = 4  # images used for the stage-by-stage comparison

@@ -1,4 +1,4 @@
-"""The pass/fail thresholds of the parity harness: one table, per numeric precision.
+"""The pass/fail thresholds of `mfdeploy parity` (and the verdict of `calibrate`): one table, per precision.
 
 A backend passes when, against PyTorch FP32 on the same inputs:
 - max_abs_error (on logits) <= max_abs_error (None: not checked; absolute logit errors of FP16 and INT8
