@@ -129,6 +129,13 @@ class Artifact:
         return int(self.manifest["model"]["imgsz"])
 
     @property
+    def untrained(self) -> bool:
+        """Whether the model has random weights (no checkpoint), as the export recorded: its agreement
+        figures are noise, so reports say so and parity does not gate top-k agreement by default."""
+        source = self.manifest["model"].get("source")
+        return isinstance(source, dict) and source.get("weights") == "random"
+
+    @property
     def preprocessing(self) -> Preprocessing:
         """How images are fed to the model; every later step's numbers depend on it, so it is checked first."""
         self.check_manifest()

@@ -163,8 +163,9 @@ def test_fp32_islands_come_from_the_statistics(cli, tmp_path):
     measured = [i for i in islands if "output reaches |x|" in i["reason"]]
     assert any(i["node"].startswith("/blocks.2/mobile/pw2") for i in measured), islands
     assert {"LayerNormalization", "Softmax"} <= {i["op_type"] for i in islands}
+    # random-init weights: top-1 agreement would be noise (flat logits), cosine is what the islands keep
     agreement = result.json()["evaluation"]["graphs"]["fp16"]["vs_fp32"]
-    assert agreement["top1_agreement"] >= 0.95 and agreement["nan_count"] == agreement["inf_count"] == 0
+    assert agreement["cosine"] >= 0.999 and agreement["nan_count"] == agreement["inf_count"] == 0
     markdown = (root / "calibration.md").read_text()
     # escaped in the table: a bare | would end the reason's cell
     assert "output reaches \\|x\\|" in markdown and "FP32 islands" in markdown

@@ -29,7 +29,7 @@ from mfdeploy.export.verify import verify_artifact
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.model import build_model
 from mfdeploy.model.weights import load_model, read_checkpoint, save_checkpoint
-from mfdeploy.parity.thresholds import DEFAULT_THRESHOLDS, judge, thresholds_for
+from mfdeploy.thresholds import DEFAULT_THRESHOLDS, judge, thresholds_for
 from mfdeploy.training.options import TrainConfig, check_config
 
 NUM_CLASSES = 10

@@ -20,7 +20,7 @@ LAYERS = {
     "runtime": 2,
     "model": 1,
 }
-BOTTOM = 0  # artifacts, images/, graph/, metrics, fileio, console, errors, environment, option_values
+BOTTOM = 0  # artifacts, images/, graph/, metrics, thresholds, fileio, console, errors, environment, option_values
 # Same-layer imports across packages that the design allows: export's TensorRT stage calibrates first,
 # and export's workflow finds or makes what calibrate/parity/bench work on.
 ALLOWED_SIDEWAYS = {("export", "calibration")}

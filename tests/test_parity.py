@@ -62,18 +62,22 @@ def test_random_52m_passes_and_reports(cli, random_52m, tmp_path):
     assert result.code == 0, result.out + result.err
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["schema_version"] == 1 and report["passed"]
+    # random weights: top-k agreement is CPU-dependent noise, reported but not gated (tests/test_untrained_gates.py)
+    assert report["untrained"] and report["untrained_note"] in result.out
     by_target = {r["target"]: r for r in report["results"]}
+    assert by_target["onnx-int8"]["thresholds"]["min_top1"] is None
     for name in ("onnx", "onnx-fp16", "onnx-int8"):
         assert by_target[name]["status"] == "passed", by_target[name]
         figures = by_target[name]["figures"]
         assert figures["samples"] == 32 and figures["nan_count"] == 0
         assert set(by_target[name]["stages"]["rel_error"]) >= {"stem/feature_map", "blocks.7/tokens", "head/logits"}
     assert by_target["onnx"]["figures"]["max_abs_error"] < 1e-4
+    assert by_target["onnx-int8"]["figures"]["cosine"] >= 0.99
     for name in ("trt-fp16", "trt-int8"):
         assert by_target[name]["status"] == "skipped" and by_target[name]["reason"]
     coreml = by_target["coreml"]
     assert coreml["status"] == "passed", coreml  # the numpy MIL evaluator off macOS, labelled as such
-    assert "evaluator" in coreml["label"].lower() and coreml["figures"]["top1_agreement"] >= 0.99
+    assert "evaluator" in coreml["label"].lower() and coreml["figures"]["cosine"] >= 0.999
     markdown = (tmp_path / "r.md").read_text()
     assert "| onnx-int8 | int8 | PASS |" in markdown and "Error per stage" in markdown
     page = (tmp_path / "r.html").read_text()

@@ -194,7 +194,8 @@ def test_engines_build_run_and_match_pytorch(cli, tmp_path, precision):
     from mfdeploy.metrics import compare_logits
     from mfdeploy.runtime.registry import create_runner
 
-    tolerances = {"fp32": (1e-3, 1.0), "fp16": (5e-2, 0.99), "int8": (None, 0.9)}
+    # random weights: below FP32 top-1 agreement is noise (flat logits), so FP16/INT8 are held to cosine
+    tolerances = {"fp32": (1e-3, 0.99999), "fp16": (5e-2, 0.999), "int8": (None, 0.99)}
     root = export(ExportOptions(size="52m", out=tmp_path)).artifact
     artifact = Artifact.open(root)
     if precision != "fp32":
@@ -207,8 +208,9 @@ def test_engines_build_run_and_match_pytorch(cli, tmp_path, precision):
     with create_runner("torch", artifact) as reference, create_runner(f"trt-{precision}", artifact) as engine:
         for batch in (1, 7, 32):
             figures = compare_logits(reference.infer(images[:batch]), engine.infer(images[:batch]))
-            atol, top1 = tolerances[precision]
-            assert figures["top1_agreement"] >= top1 and figures["nan_count"] == 0
+            atol, min_cosine = tolerances[precision]
+            assert figures["cosine"] >= min_cosine and figures["nan_count"] == 0
+            assert precision != "fp32" or figures["top1_agreement"] == 1.0
             if atol is not None:
                 assert figures["max_abs_error"] <= atol
         gpu = engine.pop_device_timings()["gpu_compute"]

@@ -29,7 +29,7 @@ from mfdeploy.artifacts import (
     precision_graph,
     utc_now,
 )
-from mfdeploy.calibration.evaluation import evaluate_graphs
+from mfdeploy.calibration.evaluation import evaluate_graphs, judge_graphs
 from mfdeploy.calibration.fp16 import choose_fp32_islands, to_fp16
 from mfdeploy.calibration.int8 import plan_quantization, quantize
 from mfdeploy.calibration.options import CalibrationOptions, check_options
@@ -43,6 +43,7 @@ from mfdeploy.graph.checks import check_graph
 from mfdeploy.graph.tensorrt_lint import check_tensorrt_qdq
 from mfdeploy.images.samples import builtin_images
 from mfdeploy.images.sets import BUILTIN, fingerprint, load_image_set
+from mfdeploy.thresholds import untrained_note
 
 GRAPH_FILES = {p: precision_graph(p) for p in CALIBRATED_PRECISIONS}
 DATA_INDEX = f"{CALIBRATION_DIR}/data-index.json"
@@ -214,6 +215,9 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
         options.measure_latency,
     )
     timings["evaluation"] = round(time.perf_counter() - evaluation_started, 3)
+    report["untrained"] = artifact.untrained
+    report["untrained_note"] = untrained_note(artifact.untrained)
+    report["verdict"] = judge_graphs(report["evaluation"]["graphs"], artifact.untrained)
     report["timings_s"] = timings
     report["seconds"] = round(time.perf_counter() - started, 3)
 
@@ -229,5 +233,6 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
         "fp32_islands": len(report.get("fp16", {}).get("fp32_islands", [])),
         "norms_kept_fp32": options.keep_norms_fp32,
         "agreement": {p: report["evaluation"]["graphs"][p]["vs_fp32"] for p in written},
+        "verdict": "passed" if report["verdict"]["passed"] else "failed",
     }
     return report

@@ -12,6 +12,27 @@ from mfdeploy import markdown as md
 MAX_RANGE_ROWS = 25
 
 
+def verdict_lines(report: dict[str, Any]) -> list[str]:
+    """The verdict per precision and overall, why calibrate still exits 0 when it fails, and the untrained
+    note: plain text from mfdeploy's own names and numbers, shared by calibration.md and the summary."""
+    verdict = report["verdict"]
+    parts = []
+    for precision, entry in verdict["precisions"].items():
+        failures = "; ".join(f["text"] for f in entry["failures"])
+        parts.append(
+            f"{precision} {'PASS' if entry['status'] == 'passed' else 'FAIL'}" + (f" ({failures})" if failures else "")
+        )
+    lines = [
+        f"verdict: {'PASS' if verdict['passed'] else 'FAIL'}: {', '.join(parts)}, against the thresholds "
+        f"`mfdeploy parity` uses, vs {verdict['reference']}"
+    ]
+    if not verdict["passed"]:
+        lines.append(f"the verdict is {verdict['note']}")
+    if report.get("untrained_note"):
+        lines.append(f"note: {report['untrained_note']}")
+    return lines
+
+
 def _agreement_rows(evaluation: dict[str, Any]) -> list[str]:
     rows = [
         "| graph | cosine | max abs error | top-1 agreement | top-5 agreement | NaN/Inf |",
@@ -45,10 +66,21 @@ def _latency_rows(evaluation: dict[str, Any]) -> list[str]:
     return rows + ([""] + notes if notes else [])
 
 
+def _verdict_paragraphs(report: dict[str, Any]) -> list[str]:
+    """The verdict first, in bold, then the lines that qualify it, one paragraph each."""
+    first, *rest = (line[0].upper() + line[1:] + "." for line in verdict_lines(report))
+    paragraphs = [f"**{first}**"]
+    for line in rest:
+        paragraphs += ["", line]
+    return paragraphs
+
+
 def render_markdown(report: dict[str, Any], artifact: Any) -> str:
     data = report["data"]
     lines = [
         f"# Calibration report: Mobile-Former {md.text(artifact.size)}",
+        "",
+        *_verdict_paragraphs(report),
         "",
         f"- method: **{md.text(report['method'])}**"
         + (f" (percentile {report['percentile']})" if report.get("percentile") else ""),

@@ -127,3 +127,5 @@ def evaluate(
             f"agrees with FP32 {row['agreement_with_fp32']:.2%}  ({row['delta_top1_points']:+.2f} points)",
             markup=False,
         )
+    if report["untrained_note"]:
+        say.print(f"note: {report['untrained_note']}", soft_wrap=True, markup=False)

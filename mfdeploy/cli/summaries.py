@@ -38,6 +38,7 @@ def print_export_summary(result: Any, say_to: Console) -> None:
 
 def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Console) -> None:
     from mfdeploy.artifacts import CALIBRATION_JSON, CALIBRATION_MD
+    from mfdeploy.calibration.report import verdict_lines
 
     def say(text: str) -> None:
         say_to.print(text, soft_wrap=True, markup=False)
@@ -73,4 +74,6 @@ def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Con
                 f"{p} " + "/".join(f"{v:.2f}" for v in values.values()) + " ms (b1/b8)" for p, values in latency.items()
             )
         )
+    for line in verdict_lines(report):
+        say(f"  {line}")
     say(f"  report: {artifact.path(CALIBRATION_MD)} and {CALIBRATION_JSON} ({report['seconds']:.1f} s)")

@@ -23,6 +23,7 @@ from mfdeploy.parity.harness import torch_reference
 from mfdeploy.parity.options import EVAL_BATCH, EVAL_DATA, EVAL_TARGETS
 from mfdeploy.runtime.comparison import run_targets
 from mfdeploy.runtime.registry import TARGETS, parse_targets
+from mfdeploy.thresholds import untrained_note
 
 SCHEMA_VERSION = 1
 
@@ -136,6 +137,8 @@ def run_eval(
         "created": utc_now(),
         "artifact": str(artifact.root),
         "data": {"source": source, "images": int(len(labels)), "skipped_files": skipped},
+        "untrained": artifact.untrained,
+        "untrained_note": untrained_note(artifact.untrained),
         "results": rows,
         "seconds": round(time.perf_counter() - started, 2),
     }

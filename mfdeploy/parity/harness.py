@@ -17,10 +17,10 @@ from mfdeploy.errors import UserError
 from mfdeploy.images.sets import ImageSet, load_image_set
 from mfdeploy.parity.options import ParityOptions, check_options
 from mfdeploy.parity.stages import map_stages, stage_errors, torch_stage_outputs
-from mfdeploy.parity.thresholds import DEFAULT_THRESHOLDS, judge, thresholds_for
 from mfdeploy.runtime.base import Runner
 from mfdeploy.runtime.comparison import run_targets
 from mfdeploy.runtime.registry import TARGETS, TargetUnavailable, create_runner
+from mfdeploy.thresholds import DEFAULT_THRESHOLDS, judge, thresholds_for, untrained_note
 
 SCHEMA_VERSION = 1
 STAGE_BATCH = 4  # images used for the stage-by-stage comparison
@@ -84,7 +84,7 @@ def run_parity(artifact: Artifact, options: ParityOptions) -> dict[str, Any]:
                 bar.update(task, advance=1)
                 continue
             runner = run.runner
-            limits = thresholds_for(runner.precision, options.overrides)
+            limits = thresholds_for(runner.precision, options.overrides, artifact.untrained)
             failures = judge(run.figures, limits)
             entry.update(
                 label=runner.label,
@@ -93,9 +93,7 @@ def run_parity(artifact: Artifact, options: ParityOptions) -> dict[str, Any]:
                 figures=run.figures,
                 seconds=round(run.seconds, 3),
                 status="passed" if not failures else "failed",
-                failures=[
-                    {"metric": f.metric, "value": f.value, "limit": f.limit, "text": f.describe()} for f in failures
-                ],
+                failures=[f.to_dict() for f in failures],
             )
             localizable = spec.backend in LOCALIZABLE_BACKENDS
             if (failures or options.layers) and localizable:
@@ -121,7 +119,11 @@ def run_parity(artifact: Artifact, options: ParityOptions) -> dict[str, Any]:
         "data": images.describe() | {"used": int(len(data))},
         "batch": options.batch,
         "reference": "torch (PyTorch eager, FP32, CPU)",
-        "default_thresholds": {p: t.to_dict() for p, t in DEFAULT_THRESHOLDS.items()},
+        "untrained": artifact.untrained,
+        "untrained_note": untrained_note(artifact.untrained),
+        "default_thresholds": {
+            p: thresholds_for(p, untrained=artifact.untrained).to_dict() for p in DEFAULT_THRESHOLDS
+        },
         "overrides": {k: v for k, v in options.overrides.items() if v is not None},
         "stage_comparison": (
             f"stage outputs compared on {len(stage_images)} images; only the stage outputs are exposed as extra "

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from mfdeploy.images.datasets import BUILTIN_DIGITS
 from mfdeploy.images.sets import BUILTIN
 from mfdeploy.option_values import MAX_IMAGES, check_batch, check_int
-from mfdeploy.parity.thresholds import check_overrides
+from mfdeploy.thresholds import check_overrides
 
 DEFAULT_TARGETS = ("onnx", "onnx-fp16", "onnx-int8", "coreml", "trt-fp16", "trt-int8")
 

@@ -2,8 +2,10 @@
 the error per stage, and the terminal summary.
 
 JSON schema (version 1), top level: schema_version, created, artifact, model {size, num_classes, imgsz,
-source}, data {source, images, shape, sha256, skipped_files, used}, batch, reference,
-default_thresholds {fp32|fp16|int8: {max_abs_error, min_cosine, min_top1, min_top5, stage_rel_error}},
+source}, data {source, images, shape, sha256, skipped_files, used}, batch, reference, untrained (the
+manifest records random weights), untrained_note (why its agreement figures mean nothing; null when
+trained), default_thresholds {fp32|fp16|int8: {max_abs_error, min_cosine, min_top1, min_top5,
+stage_rel_error}} as applied to this model (min_top1/min_top5 null: not gated, an untrained model),
 overrides, stage_comparison, stage_mapping {stage: onnx tensor}, results [...], passed, failed_targets,
 seconds, versions. Each result: target, backend, precision, status (passed | failed | skipped); skipped
 ones have reason; the others label, thresholds, figures {max_abs_error, mean_abs_error, max_rel_error,
@@ -52,6 +54,27 @@ def _skipped_note(data: dict[str, Any]) -> str:
     return f", {data['skipped_files']} unreadable files skipped" if data.get("skipped_files") else ""
 
 
+def _limit(value: float | None, untrained: bool) -> str:
+    """A top-k limit as the reports print it: None means not gated, which only an untrained model gets."""
+    if value is not None:
+        return f">= {value}"
+    return "not gated (untrained model)" if untrained else "not gated"
+
+
+def threshold_lines(report: dict[str, Any]) -> list[str]:
+    """One line per precision with the limits this run judged by (mfdeploy's own names and numbers)."""
+    untrained = bool(report.get("untrained"))
+    lines = []
+    for precision, t in report["default_thresholds"].items():
+        max_abs = t["max_abs_error"] if t["max_abs_error"] is not None else "not checked"
+        lines.append(
+            f"{precision}: max abs error {max_abs}, cosine >= {t['min_cosine']}, "
+            f"top-1 {_limit(t['min_top1'], untrained)}, top-5 {_limit(t['min_top5'], untrained)}, "
+            f"stage relative error <= {t['stage_rel_error']}"
+        )
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     """parity.md: every string from the user or a backend (paths, data source, reasons) goes through
     :mod:`mfdeploy.markdown`, so it renders as text, never as HTML, a link or a table column."""
@@ -63,6 +86,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"images (sha256 {md.code(str(data['sha256'])[:16] + '...')}{_skipped_note(data)}), "
         f"batch {md.text(report['batch'])}. "
         f"Overall: **{'PASS' if report['passed'] else 'FAIL'}**.",
+        *(["", f"Note: {report['untrained_note']}."] if report.get("untrained_note") else []),
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
@@ -72,12 +96,7 @@ def markdown(report: dict[str, Any]) -> str:
     if staged:
         lines += _stage_lines(report, staged)
     lines += ["", "Thresholds per precision:", ""]
-    for precision, t in report["default_thresholds"].items():  # numbers and mfdeploy's own names: no escaping
-        max_abs = t["max_abs_error"] if t["max_abs_error"] is not None else "not checked"
-        lines.append(
-            f"- {precision}: max abs error {max_abs}, cosine >= {t['min_cosine']}, top-1 >= {t['min_top1']}, "
-            f"top-5 >= {t['min_top5']}, stage relative error <= {t['stage_rel_error']}"
-        )
+    lines += [f"- {line}" for line in threshold_lines(report)]  # numbers and mfdeploy's own names: no escaping
     if report["overrides"]:
         lines.append(f"- overridden for this run: {md.text(report['overrides'])}")
     return "\n".join(lines) + "\n"
@@ -145,14 +164,21 @@ def html_report(report: dict[str, Any]) -> str:
         else "<p>No stage comparison in this run (use --layers).</p>"
     )
     verdict = "PASS" if report["passed"] else "FAIL"
+    note = (
+        f"<p><strong>Note:</strong> {html.escape(report['untrained_note'])}.</p>"
+        if report.get("untrained_note")
+        else ""
+    )
+    limits = "".join(f"<li>{html.escape(line)}</li>" for line in threshold_lines(report))
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>mfdeploy parity</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}</style></head><body>"
         f"<h1>Parity: Mobile-Former {html.escape(str(report['model']['size']))} &mdash; {verdict}</h1>"
         f"<p>Reference: {html.escape(report['reference'])}; data: {html.escape(str(report['data']['source']))}, "
-        f"{report['data']['used']} images.</p>"
-        "<table><tr>" + "".join(f"<th>{h}</th>" for h in HEADER) + f"</tr>{rows}</table>{plot}"
+        f"{report['data']['used']} images.</p>{note}"
+        "<table><tr>" + "".join(f"<th>{h}</th>" for h in HEADER) + f"</tr>{rows}</table>"
+        f"<h2>Thresholds per precision</h2><ul>{limits}</ul>{plot}"
         "</body></html>\n"
     )
 
@@ -172,5 +198,7 @@ def terminal_lines(report: dict[str, Any]) -> list[str]:
         if parting:
             growth = " -> ".join(f"{g['stage']} {g['rel_error']:.2g}" for g in parting["growth"][:5])
             lines.append(f"             error grows from {growth}")
+    if report.get("untrained_note"):
+        lines.append(f"note: {report['untrained_note']}")
     lines.append("overall: " + ("PASS" if report["passed"] else f"FAIL ({', '.join(report['failed_targets'])})"))
     return lines
