@@ -99,6 +99,10 @@ def _writer_pid(name: str, prefix: str) -> int | None:
     return int(pid) if pid.isdigit() else None
 
 
+# a file name to suggest inside a folder given where a file goes, by option
+_EXAMPLE_NAMES = {"--json": "result.json", "--md": "report.md", "--html": "report.html", "--out": "model.safetensors"}
+
+
 def check_file_target(path: str | os.PathLike[str], option: str = "") -> Path:
     """Refuse, before any work, an output file path that cannot be written or that would replace
     something other than a regular file (a folder, a device, a FIFO). Returns the path."""
@@ -107,9 +111,11 @@ def check_file_target(path: str | os.PathLike[str], option: str = "") -> Path:
     if path.is_symlink() and not path.exists():
         pass  # a dangling link: the rename replaces the link itself, nothing is lost
     elif path.exists() and path.is_dir():
-        raise UserError(f"{label} is a folder; give a file name such as {path / 'result'}{path.suffix or ''}")
+        example = path / _EXAMPLE_NAMES.get(option, f"output{path.suffix}")
+        raise UserError(f"{label} is a folder; give a file name such as {example}")
     elif path.exists() and not path.is_file():
-        raise UserError(f"{label} exists and is not a regular file; give another file name")
+        stdout = " (or - for stdout)" if option == "--json" else ""
+        raise UserError(f"{label} exists and is not a regular file; give another file name{stdout}")
     check_writable_folder(path.parent, label)
     return path
 
