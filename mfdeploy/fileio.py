@@ -105,19 +105,35 @@ _EXAMPLE_NAMES = {"--json": "result.json", "--md": "report.md", "--html": "repor
 
 def check_file_target(path: str | os.PathLike[str], option: str = "") -> Path:
     """Refuse, before any work, an output file path that cannot be written or that would replace
-    something other than a regular file (a folder, a device, a FIFO). Returns the path."""
+    something other than a regular file (a folder, a device, a FIFO). Returns the path to write: a
+    symbolic link is followed, so the file it points to is replaced and the link itself is kept."""
     path = Path(path)
     label = f"{option} {path}" if option else str(path)
-    if path.is_symlink() and not path.exists():
-        pass  # a dangling link: the rename replaces the link itself, nothing is lost
-    elif path.exists() and path.is_dir():
+    stdout = " (or - for stdout)" if option == "--json" else ""
+    if path.is_symlink():
+        if _links_through_a_device(path):
+            raise UserError(f"{label} is a link to a device or a stream; give a file name{stdout}")
+        path = Path(os.path.realpath(path))
+    if path.exists() and path.is_dir():
         example = path / _EXAMPLE_NAMES.get(option, f"output{path.suffix}")
         raise UserError(f"{label} is a folder; give a file name such as {example}")
-    elif path.exists() and not path.is_file():
-        stdout = " (or - for stdout)" if option == "--json" else ""
+    if path.exists() and not path.is_file():
         raise UserError(f"{label} exists and is not a regular file; give another file name{stdout}")
     check_writable_folder(path.parent, label)
     return path
+
+
+def _links_through_a_device(path: Path) -> bool:
+    """Whether following ``path``'s links passes through /dev or /proc (/dev/stdout -> /proc/self/fd/1
+    -> whatever the shell redirected): never a file to replace."""
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        if not path.is_symlink():
+            return False
+        target = Path(os.readlink(path))
+        path = target if target.is_absolute() else path.parent / target
+        if path.parts[:2] in (("/", "proc"), ("/", "dev")):
+            return True
+    return True  # a loop
 
 
 def check_writable_folder(folder: Path, label: str) -> None:
@@ -145,8 +161,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``, else delete it.
 
     The caller may create a file or a folder (e.g. an .mlpackage) at the temporary path. ``target``
-    itself may only be absent or a regular file (or a link): a folder or anything else standing there
-    is refused before any work, never removed.
+    itself may only be absent or a regular file: a folder or anything else standing there is refused
+    before any work, never removed; a link is followed, so the file it points to is replaced, not the link.
     """
     target = check_file_target(target)
     parent = target.parent

@@ -60,6 +60,25 @@ def test_atomic_path_refuses_a_fifo(tmp_path):
     assert fifo.exists() and not fifo.is_file()
 
 
+def test_atomic_path_follows_a_link_and_keeps_it(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "results.json").write_text("old")
+    link = tmp_path / "results.json"
+    link.symlink_to(shared / "results.json")
+    with atomic_path(link) as tmp:
+        tmp.write_text("new")
+    assert link.is_symlink() and (shared / "results.json").read_text() == "new"
+
+
+def test_json_to_a_device_link_is_refused_not_replaced(cli, tmp_path):
+    stdout_link = tmp_path / "stdout"
+    stdout_link.symlink_to("/proc/self/fd/1")  # what /dev/stdout is: writing "onto" it replaced the link
+    result = cli("info", "--size", "26m", "--json", stdout_link)
+    assert result.code == 1 and "device or a stream" in result.err and "- for stdout" in result.err
+    assert stdout_link.is_symlink()
+
+
 @pytest.mark.parametrize(
     "args",
     [
