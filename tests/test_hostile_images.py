@@ -101,6 +101,14 @@ def test_decompression_bomb_png_is_skipped_and_counted(tmp_path):
     assert "bomb.png" in data.skipped[0]
 
 
+def test_an_unreadable_file_among_the_chosen_is_replaced_by_a_spare(tmp_path):
+    """Asking for exactly as many images as there are good ones: the bad file costs a skip, not an image."""
+    save_good(tmp_path / "photos", MIN_IMAGES + 4)
+    truncated_png(tmp_path / "photos" / "good-bad.png")  # sorts among the good ones, so it is chosen
+    data = load_image_set(tmp_path / "photos", PRE, MIN_IMAGES + 4)
+    assert len(data) == MIN_IMAGES + 4 and data.describe()["skipped_files"] == 1
+
+
 def test_the_pixel_limit_holds_even_when_pillows_own_check_is_off(tmp_path, monkeypatch):
     """Some libraries set Image.MAX_IMAGE_PIXELS = None; MAX_IMAGE_PIXELS is checked from the header anyway."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)

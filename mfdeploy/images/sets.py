@@ -74,14 +74,22 @@ def _from_folder(folder: Path, preprocessing: Preprocessing, num_images: int, in
             f"{len(files)} (only builtin data is expanded with crops and flips)"
         )
     chosen = _evenly_spaced(files, num_images)
+    # an unreadable file among the chosen is replaced by one of the others, so a bad file costs a skip,
+    # not an image, while the folder has readable images to spare
+    taken = set(chosen)
+    candidates = chosen + [f for f in files if f not in taken]
+    wanted = min(num_images, len(files))
     arrays = []
     with progress() as bar:
-        task = bar.add_task("load images", total=len(chosen), status="")
-        for path in chosen:
+        task = bar.add_task("load images", total=wanted, status="")
+        for path in candidates:
+            if len(arrays) == wanted:
+                break
             try:
                 arrays.append(preprocessing(load_image(path)))
             except UserError as exc:
                 skipped.append(str(exc))
+                continue
             bar.update(task, advance=1)
     warn_skipped(skipped, folder)
     if len(arrays) < MIN_IMAGES:
