@@ -117,6 +117,7 @@ def evaluate(
     say.print(
         f"accuracy on {report['data']['source']} ({report['data']['images']} labelled images{skipped_note}):",
         markup=False,
+        soft_wrap=True,
     )
     for row in report["results"]:
         if row["status"] == "skipped":
