@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import SMALL_NUM_CLASSES
 from mfdeploy.errors import UserError
 from mfdeploy.images.arrays import MEMBER_PREFERENCE
 from mfdeploy.images.datasets import load_image_folder
@@ -383,16 +384,25 @@ def test_calibrate_on_an_empty_array_says_so_in_one_line(cli, small_artifact, tm
 
 
 def test_eval_on_an_image_folder_skips_and_counts(cli, small_artifact, tmp_path):
-    save_good(tmp_path / "data" / "0", 3)
-    save_good(tmp_path / "data" / "1", 3)
+    for label in range(SMALL_NUM_CLASSES):  # one folder per output of the 10-class model
+        save_good(tmp_path / "data" / str(label), 2)
     (tmp_path / "data" / "0" / "zero.png").write_bytes(b"")
     truncated_png(tmp_path / "data" / "1" / "truncated.png")
     result = cli("eval", small_artifact, "--data", tmp_path / "data", "--targets", "onnx", "--json")
     assert "Traceback" not in result.err and result.code == 0, result.err
     data = result.json()["data"]
-    assert data["images"] == 6 and data["skipped_files"] == 2
+    assert data["images"] == 20 and data["skipped_files"] == 2
     assert "truncated.png" in result.err and "zero.png" in result.err
-    assert "(6 labelled images, 2 unreadable files skipped)" in result.err  # the summary says so too
+    assert "(20 labelled images, 2 unreadable files skipped)" in result.err  # the summary says so too
+
+
+def test_eval_refuses_data_whose_classes_the_model_cannot_match(cli, small_artifact, tmp_path):
+    """A model without class names and a data set with another class count: every accuracy would be noise."""
+    for label in range(3):
+        save_good(tmp_path / "data" / str(label), 2)
+    result = cli("eval", small_artifact, "--data", tmp_path / "data", "--targets", "onnx")
+    assert result.code == 1 and "Traceback" not in result.err
+    assert "has 3 classes" in result.err and "10 outputs without class names" in result.err
 
 
 def test_damaged_calibration_caches_are_cache_misses(cli, small_artifact, tmp_path):

@@ -56,10 +56,14 @@ def _labelled_images(artifact: Artifact, spec: str) -> tuple[np.ndarray, np.ndar
         )
     classes = artifact.manifest["model"].get("classes")
     if classes is None:
-        if len(data.classes) > artifact.num_classes or any(not c.isdigit() for c in data.classes):
+        # without class names, folder "3" can only mean output 3, and that means something only for a data
+        # set with exactly the model's classes: 10 digit folders against 1000 outputs scored 0.00% everywhere
+        if len(data.classes) != artifact.num_classes or any(not c.isdigit() for c in data.classes):
             raise UserError(
-                f"the model in {artifact.root} has no class names, so the classes of {spec} cannot be matched; "
-                "evaluate a model trained with `mfdeploy train` (its checkpoint carries them)"
+                f"{spec} has {len(data.classes)} classes and the model in {artifact.root} has "
+                f"{artifact.num_classes} outputs without class names, so its classes cannot be matched; "
+                "evaluate on data with the model's classes, or a model trained with `mfdeploy train` on this data "
+                "(its checkpoint carries the class names)"
             )
         classes = [str(i) for i in range(artifact.num_classes)]
     unknown = [c for c in data.classes if c not in classes]
