@@ -29,8 +29,9 @@ def print_export_summary(result: Any, say_to: Console) -> None:
     batches = "/".join(str(b) for b in sorted({c["batch"] for c in cases}))
     say(
         f"  verified against PyTorch with {verification['candidate']}: {' and '.join(kinds)} at batch {batches}, "
-        f"max abs error {verification['worst_max_abs_error']:.2e} (limit {verification['atol']:g} + "
-        f"{verification['rtol']:g} x largest |logit|, at most {max(c['scale'] for c in cases):.4g}), top-1 identical"
+        f"max abs error {verification['worst_max_abs_error']:.2e} on logits up to "
+        f"{max(c['scale'] for c in cases):.4g} (limit {verification['atol']:g} + {verification['rtol']:g} x the "
+        f"largest |logit|, at most {max(c['limit'] for c in cases):.3g}), top-1 identical"
     )
     t = result.timings
     say(f"  took {t['total']:.1f} s (export {t['export']:.1f}, simplify {t['simplify']:.1f}, verify {t['verify']:.1f})")
