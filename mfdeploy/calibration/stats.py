@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 import time
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,23 +21,12 @@ import onnx
 
 from mfdeploy.console import progress
 from mfdeploy.fileio import atomic_path
+from mfdeploy.images.arrays import ARRAY_READ_ERRORS
 
 STATS_FORMAT = 1
-# What reading a damaged cache file raises (empty file: EOFError; broken zip: BadZipFile, zlib.error;
-# unexpected content: KeyError, TypeError, AttributeError). A cache that cannot be read is no cache.
-_CACHE_READ_ERRORS = (
-    OSError,
-    ValueError,
-    KeyError,
-    TypeError,
-    AttributeError,
-    EOFError,
-    struct.error,
-    zipfile.BadZipFile,
-    zlib.error,
-    NotImplementedError,
-    RuntimeError,
-)
+# What reading a damaged cache file raises: whatever a malformed .npz raises (ARRAY_READ_ERRORS), and for
+# unexpected content KeyError, TypeError, AttributeError. A cache that cannot be read is no cache.
+_CACHE_READ_ERRORS = (*ARRAY_READ_ERRORS, KeyError, TypeError, AttributeError)
 NUM_BINS = 2048  # signed histogram over [-T, T]; T grows by powers of two as larger values appear
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 2.0**-14

@@ -34,7 +34,7 @@ _HEADER_READERS = {
 # What reading a malformed .npy/.npz raises: numpy's magic check (ValueError), zipfile (BadZipFile,
 # NotImplementedError, RuntimeError for encrypted members), zlib, short reads (EOFError, struct.error).
 # The header text itself is parsed in _parse_header.
-_READ_ERRORS = (
+ARRAY_READ_ERRORS = (
     OSError,
     ValueError,
     EOFError,
@@ -87,7 +87,7 @@ def _reading(path: Path) -> Iterator[None]:
         yield
     except UserError:
         raise
-    except _READ_ERRORS as exc:
+    except ARRAY_READ_ERRORS as exc:
         text = str(exc).replace("\n", " ").strip() or type(exc).__name__
         raise UserError(f"cannot read {path}: {text} (truncated or corrupt?); {_SAVE_AGAIN}") from None
 
