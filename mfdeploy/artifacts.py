@@ -374,8 +374,9 @@ def remake_command(artifact: Artifact, name: str) -> str:
     return export_command(artifact)  # model.onnx, the weights, the manifest: the export itself
 
 
-def export_command(artifact: Artifact, target: str | None = None) -> str:
-    """The `mfdeploy export --force` that re-creates this artifact folder, from what its manifest says.
+def export_command(artifact: Artifact, target: str | None = None, force: bool = True) -> str:
+    """The `mfdeploy export` that writes this artifact folder again (``force``), or adds ``target`` to it,
+    from what its manifest says: the same model and graph options, so the export grows the folder.
 
     Best effort: it repeats the model options the manifest records, not every stage option.
     """
@@ -399,7 +400,7 @@ def export_command(artifact: Artifact, target: str | None = None) -> str:
         target = "coreml"
     if target is not None:
         args += ["--target", target]
-    args += ["--out", str(artifact.root.parent), "--force"]
+    args += ["--out", str(artifact.root.parent)] + (["--force"] if force else [])
     return shlex.join(args)
 
 

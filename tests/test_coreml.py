@@ -273,15 +273,21 @@ def test_trained_checkpoint_keeps_its_class_names_and_predictions(digits_checkpo
     assert (expected.argmax(1) == truth).mean() >= 0.85
 
 
-def _small_compressed_export(out, compress, target):
+def _small_compressed_export(small_export, out, compress, target):
+    """The Core ML target added to a copy of the small ONNX artifact: the export grows the folder (same model
+    and settings), so the verified graph is kept, not exported again."""
+    shutil.copytree(small_export, out / small_export.name)
+    graph = (out / small_export.name / "model.onnx").read_bytes()
     options = CoreMLOptions(compress=compress, deployment_target=target, verify_images=24)
     stage = {"coreml": options}
-    return export(ExportOptions(size="26m", imgsz=64, num_classes=10, target="coreml", out=out, stage_options=stage))
+    result = export(ExportOptions(size="26m", imgsz=64, num_classes=10, target="coreml", out=out, stage_options=stage))
+    assert result.mode == "grow" and (result.artifact / "model.onnx").read_bytes() == graph
+    return result
 
 
 @pytest.fixture(scope="module")
-def int8_ios18(tmp_path_factory):
-    return _small_compressed_export(tmp_path_factory.mktemp("int8ios18"), "int8", "iOS18")
+def int8_ios18(small_export, tmp_path_factory):
+    return _small_compressed_export(small_export, tmp_path_factory.mktemp("int8ios18"), "int8", "iOS18")
 
 
 @pytest.mark.parametrize(
@@ -289,9 +295,9 @@ def int8_ios18(tmp_path_factory):
     [("int8", "iOS18", "constexpr_blockwise_shift_scale", 9), ("palettize4", "iOS17", "constexpr_lut_to_dense", 8)],
 )
 def test_compression_for_newer_targets_is_evaluated_too(
-    int8_ios18, tmp_path, compress, target, weight_op, spec_version
+    int8_ios18, small_export, tmp_path, compress, target, weight_op, spec_version
 ):
-    result = int8_ios18 if compress == "int8" else _small_compressed_export(tmp_path, compress, target)
+    result = int8_ios18 if compress == "int8" else _small_compressed_export(small_export, tmp_path, compress, target)
     coreml = result.manifest["coreml"]
     assert coreml["op_histogram"][weight_op] > 50 and coreml["unsupported_ops"] == []
     package_version = spec_of(result.artifact / "model.mlpackage").specificationVersion

@@ -100,7 +100,14 @@ def export(
     num_classes: NumClassesOption = None,
     seed: SeedOption = default(ExportOptions, "seed"),
     out: OutOption = default(ExportOptions, "out"),
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Remake what this export makes (the graph and the target's parts; other files are kept), or "
+            "replace a folder holding another model.",
+        ),
+    ] = False,
     simplifier: Annotated[str, typer.Option("--simplifier", help="onnxslim, onnxsim or none.")] = default(
         ExportOptions, "simplifier"
     ),
@@ -183,9 +190,13 @@ def export(
         atol=atol,
         rtol=rtol,
         stage_options=stage_options,
+        explicit=tuple(given(ctx, **TRT_FLAGS, **COREML_FLAGS, precision="--precision")),
     )
     result = run_export(options)
-    write_json(dict(result.manifest, notes=result.notes), json_target)
+    write_json(
+        dict(result.manifest, notes=result.notes, mode=result.mode, kept=result.kept, message=result.message),
+        json_target,
+    )
     print_export_summary(result, human(json_target))
     for note in result.notes:  # what the user must act on (engine not built, warnings): always on stderr
         console.err.print(note, soft_wrap=True, markup=False)

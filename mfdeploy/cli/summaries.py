@@ -13,28 +13,70 @@ def print_export_summary(result: Any, say_to: Console) -> None:
     def say(text: str) -> None:
         say_to.print(text, soft_wrap=True, markup=False)
 
+    if result.mode == "unchanged":
+        say(result.message)
+        return
     graph, model, verification = m["onnx"], m["model"], m["verification"]["onnx"]
     source = model["source"]
     weights = f"random weights, seed {source['seed']}" if source["weights"] == "random" else source["weights"]
     batch = "dynamic batch" if graph["dynamic_batch"] else f"batch {graph['batch']}"
-    say(f"exported Mobile-Former {model['size']} ({weights}) to {result.artifact / graph['file']}")
-    say(
-        f"  graph: opset {graph['opset']}, {graph['node_count']} nodes, {batch}, {m['preprocessing']['imgsz']}px, "
-        f"simplified with {graph['simplifier']}; default domain only, no Loop/If/Scan, max rank {graph['max_rank']}"
-    )
-    ops = ", ".join(f"{op} {n}" for op, n in graph["op_histogram"].items())
-    say(f"  ops: {ops}")
-    cases = verification["cases"]
-    kinds = sorted({c["inputs"] for c in cases})
-    batches = "/".join(str(b) for b in sorted({c["batch"] for c in cases}))
-    say(
-        f"  verified against PyTorch with {verification['candidate']}: {' and '.join(kinds)} at batch {batches}, "
-        f"max abs error {verification['worst_max_abs_error']:.2e} on logits up to "
-        f"{max(c['scale'] for c in cases):.4g} (limit {verification['atol']:g} + {verification['rtol']:g} x the "
-        f"largest |logit|, at most {max(c['limit'] for c in cases):.3g}), top-1 identical"
-    )
-    t = result.timings
-    say(f"  took {t['total']:.1f} s (export {t['export']:.1f}, simplify {t['simplify']:.1f}, verify {t['verify']:.1f})")
+    if result.mode == "grow":
+        say(result.message)
+        say(f"  Mobile-Former {model['size']} ({weights}); {graph['file']} as verified at its export ({m['created']})")
+    else:
+        say(f"exported Mobile-Former {model['size']} ({weights}) to {result.artifact / graph['file']}")
+        if result.message:
+            say(f"  {result.message}")
+        say(
+            f"  graph: opset {graph['opset']}, {graph['node_count']} nodes, {batch}, {m['preprocessing']['imgsz']}px, "
+            f"simplified with {graph['simplifier']}; default domain only, no Loop/If/Scan, max rank {graph['max_rank']}"
+        )
+        ops = ", ".join(f"{op} {n}" for op, n in graph["op_histogram"].items())
+        say(f"  ops: {ops}")
+        cases = verification["cases"]
+        kinds = sorted({c["inputs"] for c in cases})
+        batches = "/".join(str(b) for b in sorted({c["batch"] for c in cases}))
+        say(
+            f"  verified against PyTorch with {verification['candidate']}: {' and '.join(kinds)} at batch {batches}, "
+            f"max abs error {verification['worst_max_abs_error']:.2e} on logits up to "
+            f"{max(c['scale'] for c in cases):.4g} (limit {verification['atol']:g} + {verification['rtol']:g} x the "
+            f"largest |logit|, at most {max(c['limit'] for c in cases):.3g}), top-1 identical"
+        )
+    for line in precision_graph_lines(m, result.timings):
+        say(f"  {line}")
+    say(f"  took {result.timings['total']:.1f} s ({time_splits(result.timings, m)})")
+
+
+def precision_graph_lines(manifest: dict[str, Any], timings: dict[str, float]) -> list[str]:
+    """The TensorRT precision graph this export calibrated or kept: its agreement with FP32 and verdict."""
+    if "trt" not in timings:
+        return []
+    trt = manifest.get("tensorrt") or {}
+    calibration = manifest.get("calibration") or {}
+    agreement = (calibration.get("agreement") or {}).get(trt.get("precision"))
+    if not agreement:
+        return [f"TensorRT graph: {trt.get('graph')} ({trt.get('precision')}), lint passed"]
+    return [
+        f"TensorRT graph: {trt.get('graph')} vs FP32 on {agreement['samples']} held-out images: cosine "
+        f"{agreement['cosine']:.5f}, top-1 {agreement['top1_agreement']:.1%}, top-5 {agreement['top5_agreement']:.1%}"
+        f" (calibration verdict: {calibration.get('verdict', '?')}), lint passed"
+    ]
+
+
+def time_splits(timings: dict[str, float], manifest: dict[str, Any]) -> str:
+    """Every step that ran, in order, with the stages' own steps in brackets (what a slow export spent its time on)."""
+    inner = {
+        "trt": (manifest.get("tensorrt") or {}).get("timings_s") or {},
+        "coreml": (manifest.get("coreml") or {}).get("timings_s") or {},
+    }
+    parts = []
+    for step, seconds in timings.items():
+        if step == "total":
+            continue
+        detail = inner.get(step) or {}
+        more = ", ".join(f"{name.removesuffix('_s')} {value:.1f}" for name, value in detail.items())
+        parts.append(f"{step} {seconds:.1f}" + (f" [{more}]" if more else ""))
+    return ", ".join(parts)
 
 
 def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Console) -> None:

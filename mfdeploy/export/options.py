@@ -49,6 +49,9 @@ class ExportOptions:
     atol: float = VERIFY_ATOL  # verification: allowed abs error on logits ...
     rtol: float = VERIFY_RTOL  # ... plus this share of the case's largest |logit|
     stage_options: dict[str, Any] = field(default_factory=dict)  # per stage: {"coreml": CoreMLOptions(...)}
+    # the command-line flags the user typed (e.g. "--method"): growing an artifact remakes or refuses a part
+    # made with other options only when the user asked for those options, not when a default differs
+    explicit: tuple[str, ...] = ()
 
 
 def check_ranges(options: ExportOptions) -> None:

@@ -9,6 +9,7 @@ and one message saying what is missing, where the graphs are and the command to 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from mfdeploy.calibration.pipeline import CalibrationOptions, calibrate_artifact
@@ -66,22 +67,52 @@ def lint_or_fail(artifact, graph: str, allow_fp16_norms: bool) -> dict:
     return report.to_dict()
 
 
+def _keeps_graph(ctx, graph: str) -> bool:
+    """Growing an artifact keeps a precision graph already there, unless --force or calibration flags ask
+    for a new one (``ctx.options.explicit`` holds the flags the user typed)."""
+    from mfdeploy.export.growth import CALIBRATION_FLAGS
+
+    if ctx.options.force or any(flag in ctx.options.explicit for flag in CALIBRATION_FLAGS):
+        return False
+    return ctx.artifact.has(graph) and ctx.artifact.file_status(graph) == "ok"
+
+
+def _calibrated_with(manifest: dict) -> str:
+    section = manifest.get("calibration") or {}
+    data = section.get("data") or {}
+    method = section.get("method", "?")
+    return f"{method} on {data.get('images', '?')} images from {data.get('source', '?')}"
+
+
 def run_stage(ctx) -> None:
     """Calibrate (FP16/INT8), lint, and build the engine if this host can."""
     options: TensorRTOptions = ctx.options.stage_options.get("trt") or TensorRTOptions()
     check_trt_options(options)
     precision = options.precision
-    if precision != "fp32":
-        calibration = CalibrationOptions(**{**options.calibration.__dict__, "precisions": (precision,)})
-        calibrate_artifact(ctx.artifact, calibration)
     graph = GRAPH_FOR_PRECISION[precision]
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    if precision != "fp32":
+        if _keeps_graph(ctx, graph):
+            ctx.notes.append(
+                f"kept {graph} (calibrated before: {_calibrated_with(ctx.manifest)}); pass calibration options "
+                "or --force to calibrate it again"
+            )
+        else:
+            calibration = CalibrationOptions(**{**options.calibration.__dict__, "precisions": (precision,)})
+            calibrate_artifact(ctx.artifact, calibration)
+            timings["calibrate_s"] = round(time.perf_counter() - started, 3)
     section = ctx.manifest.setdefault("tensorrt", {})
-    section.update({"precision": precision, "graph": graph})
+    section.update({"precision": precision, "graph": graph, "timings_s": timings})
+    started = time.perf_counter()
     section["lint"] = lint_or_fail(ctx.artifact, graph, not options.calibration.keep_norms_fp32)
+    timings["lint_s"] = round(time.perf_counter() - started, 3)
 
     reason = tensorrt_unavailable_reason()
     if reason is None:
+        started = time.perf_counter()
         entry = build_engine(ctx.artifact, options.engine)
+        timings["engine_s"] = round(time.perf_counter() - started, 3)
         ctx.notes.append(
             f"built {entry['file']} ({precision}) in {entry['build_seconds']:.1f} s on {entry['gpu_name']}"
         )

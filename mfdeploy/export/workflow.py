@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from mfdeploy.artifacts import CALIBRATED_PRECISIONS, MANIFEST_NAME, Artifact, artifact_dir_name
+from mfdeploy.artifacts import CALIBRATED_PRECISIONS, COREML_PACKAGE, MANIFEST_NAME, Artifact, artifact_dir_name
 from mfdeploy.errors import UserError
 from mfdeploy.export.pipeline import ExportOptions, export
 from mfdeploy.model import DEFAULT_SIZE, get_config
@@ -90,7 +90,14 @@ def artifact_for_targets(
 
     # the Core ML package can only be made by an export; without coremltools the target is skipped
     target = "coreml" if "coreml" in targets and coremltools_installed() else "onnx"
-    return with_precision_graphs(open_or_export(artifact_dir, size, out, target=target), targets)
+    artifact = open_or_export(artifact_dir, size, out, target=target)
+    if target == "coreml" and not artifact.has(COREML_PACKAGE):
+        # an artifact made before (or with --target onnx) gains the package the targets ask for
+        from mfdeploy.export.pipeline import grow_artifact
+
+        grow_artifact(artifact, "coreml")
+        artifact = Artifact.open(artifact.root)
+    return with_precision_graphs(artifact, targets)
 
 
 @contextmanager
