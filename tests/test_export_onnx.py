@@ -230,7 +230,12 @@ def test_non_empty_output_needs_force(cli, tmp_path):
     result = cli("export", "--size", "26m", "--out", tmp_path, "--force")
     assert result.code == 0, result.err
     # --force makes the artifact and keeps what the export did not make
-    assert sorted(p.name for p in target.iterdir()) == ["keep.txt", "manifest.json", "model.onnx", "weights.safetensors"]
+    assert sorted(p.name for p in target.iterdir()) == [
+        "keep.txt",
+        "manifest.json",
+        "model.onnx",
+        "weights.safetensors",
+    ]
     assert (target / "keep.txt").read_text() == "user data"
     assert [p.name for p in tmp_path.iterdir()] == ["mobileformer_26m"]  # no temporary folders left
 
