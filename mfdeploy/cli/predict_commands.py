@@ -24,7 +24,10 @@ from mfdeploy.parity.options import PredictOptions
 def predict(
     artifact_dir: ArtifactArgument,
     images: Annotated[
-        list[Path], typer.Argument(help="Image files, or folders of images (searched recursively).", show_default=False)
+        list[Path],
+        typer.Argument(
+            metavar="image", help="Image files, or folders of images (searched recursively).", show_default=False
+        ),
     ],
     targets: DefaultTargetsOption = None,
     top: Annotated[
@@ -36,8 +39,7 @@ def predict(
 ) -> None:
     """Each image's top labels and probabilities from every target, and whether they agree with PyTorch.
 
-    Nothing is exported or calibrated: a target whose file the artifact lacks is skipped with the command
-    that makes it. Labels are the manifest's class names, else class indices.
+    Nothing is exported or calibrated: a target the artifact lacks is skipped with the command that makes it.
     """
     from mfdeploy.artifacts import Artifact
     from mfdeploy.parity.predict import run_predict, terminal_output

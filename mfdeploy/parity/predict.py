@@ -290,7 +290,7 @@ def terminal_output(report: dict[str, Any]) -> list[str | Table]:
             image["path"] + (f"  (top-1 differs from {report['reference']}: {', '.join(differs)})" if differs else "")
         )
         lines.append(table)
-    lines.append(_agreement_line(report))
+    lines += ["", _agreement_line(report)]
     if report["untrained_note"]:
         lines.append(f"note: {report['untrained_note']}")
     return lines
