@@ -361,8 +361,10 @@ def check_files(artifact: Artifact) -> list[FileCheck]:
 def remake_command(artifact: Artifact, name: str) -> str:
     """The command that writes file ``name`` of ``artifact`` again: for messages about a changed file."""
     root = shlex.quote(str(artifact.root))
-    calibrated = {precision_graph(p) for p in CALIBRATED_PRECISIONS} | {CALIBRATION_JSON, CALIBRATION_MD}
-    if name in calibrated or name.startswith(f"{CALIBRATION_DIR}/"):
+    for precision in CALIBRATED_PRECISIONS:
+        if name == precision_graph(precision):
+            return f"mfdeploy calibrate {root} --precision {precision}"
+    if name in (CALIBRATION_JSON, CALIBRATION_MD) or name.startswith(f"{CALIBRATION_DIR}/"):
         return f"mfdeploy calibrate {root}"
     if name == COREML_PACKAGE:
         return export_command(artifact, "coreml")

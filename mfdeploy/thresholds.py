@@ -57,9 +57,20 @@ UNTRAINED_NOTE = (
 )
 
 
-def untrained_note(untrained: bool) -> str | None:
-    """The one line every accuracy or agreement report shows (and records) for an untrained model."""
-    return UNTRAINED_NOTE if untrained else None
+# `mfdeploy predict` shows the labels themselves, so its note says first that they mean nothing.
+UNTRAINED_LABELS_NOTE = (
+    "untrained model (random weights): the labels it predicts are meaningless, and its logits are nearly flat, "
+    "so tiny numeric differences swap its top classes between targets; top-1/top-5 agreement is not meaningful "
+    "either"
+)
+
+
+def untrained_note(untrained: bool, labels: bool = False) -> str | None:
+    """The one line every accuracy or agreement report shows (and records) for an untrained model;
+    ``labels``: the report shows predicted labels (`mfdeploy predict`)."""
+    if not untrained:
+        return None
+    return UNTRAINED_LABELS_NOTE if labels else UNTRAINED_NOTE
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,14 @@ OutOption = Annotated[Path, typer.Option("--out", help="Folder that holds mobile
 TargetsOption = Annotated[
     str, typer.Option("--targets", help="Comma-separated targets; any that cannot run here is skipped with the reason.")
 ]
+DefaultTargetsOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--targets",
+        help="Comma-separated targets (default: torch, onnx and every other target the artifact already has); "
+        "any that cannot run here is skipped with the reason.",
+    ),
+]
 ImgszOption = Annotated[Optional[int], typer.Option("--imgsz", help="Input side, a multiple of 32.")]
 NumClassesOption = Annotated[Optional[int], typer.Option("--num-classes", help="Classifier outputs.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the random weights (and shuffling, in train).")]

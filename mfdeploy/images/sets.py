@@ -51,6 +51,14 @@ def array_sha256(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def to_channels(images: np.ndarray, in_chans: int) -> np.ndarray:
+    """Preprocessed RGB images [N, 3, H, W] for a model with ``in_chans`` input channels: unchanged for 3,
+    else the mean of the three channels, repeated ``in_chans`` times."""
+    if in_chans == 3:
+        return images
+    return np.repeat(images.mean(axis=1, keepdims=True), in_chans, axis=1)
+
+
 def _evenly_spaced(items: list, count: int) -> list:
     """``count`` items spread over the whole (sorted) list, so a subset still covers every folder."""
     if len(items) <= count:
@@ -95,9 +103,7 @@ def _from_folder(folder: Path, preprocessing: Preprocessing, num_images: int, in
     if len(arrays) < MIN_IMAGES:
         left_out = f" ({len(skipped)} unreadable file(s) skipped; first: {skipped[0]})" if skipped else ""
         raise UserError(f"only {len(arrays)} readable image(s) in {folder}{left_out}; at least {MIN_IMAGES} are needed")
-    images = np.stack(arrays)
-    if in_chans != 3:
-        images = np.repeat(images.mean(axis=1, keepdims=True), in_chans, axis=1)
+    images = to_channels(np.stack(arrays), in_chans)
     return ImageSet(images, str(folder), array_sha256(images), skipped)
 
 
@@ -148,9 +154,7 @@ def _from_builtin(preprocessing: Preprocessing, num_images: int, in_chans: int) 
         for image in builtin_images(num_images):
             arrays.append(preprocessing(image))
             bar.update(task, advance=1)
-    images = np.stack(arrays)
-    if in_chans != 3:
-        images = np.repeat(images.mean(axis=1, keepdims=True), in_chans, axis=1)
+    images = to_channels(np.stack(arrays), in_chans)
     return ImageSet(images, BUILTIN, array_sha256(images))
 
 

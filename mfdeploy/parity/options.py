@@ -40,3 +40,16 @@ def check_options(options: ParityOptions) -> list[str]:
 EVAL_TARGETS = ("onnx", "onnx-fp16", "onnx-int8")
 EVAL_BATCH = 32
 EVAL_DATA = BUILTIN_DIGITS  # its validation split: the images `mfdeploy train` held out
+
+
+# `mfdeploy predict`: one's own images through the artifact's targets (mfdeploy.parity.predict)
+PREDICT_ALWAYS = ("torch", "onnx")  # default targets even when the artifact lacks their file (reported skipped)
+
+
+@dataclass
+class PredictOptions:
+    targets: list[str] | None = None  # None: PREDICT_ALWAYS plus every other target whose file the artifact has
+    top: int = 5  # labels shown per image and target (at most the model's classes)
+    provider: str | None = None  # ONNX Runtime execution provider; None: the runner's default (cpu)
+    threads: int | None = None  # ONNX Runtime intra-op (and torch) threads; None: theirs
+    batch: int = 16  # images per inference call (not a flag: predict runs a handful of images)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mfdeploy.artifacts import remake_command
 from mfdeploy.errors import UserError
 from mfdeploy.runtime.base import Runner, TargetUnavailable
 
@@ -24,10 +25,11 @@ class TargetSpec:
     precision: str  # fp32, fp16, int8
     file: str  # the artifact file it runs
     runner: str  # "module:Class" with a classmethod from_artifact(artifact, spec, **options)
-    how_to_make: str  # the command that produces ``file`` ({artifact} and {size} are filled in)
 
     def make_command(self, artifact: Any) -> str:
-        return self.how_to_make.format(artifact=artifact.root, size=artifact.manifest["model"]["size"])
+        """The command that makes ``file`` for this artifact: the export with its own model options, its
+        calibration or its engine build (one table for every message, in :func:`remake_command`)."""
+        return remake_command(artifact, self.file)
 
 
 TARGETS: dict[str, TargetSpec] = {
@@ -39,7 +41,6 @@ TARGETS: dict[str, TargetSpec] = {
             "fp32",
             "weights.safetensors",
             "mfdeploy.runtime.torch_runner:TorchRunner",
-            "mfdeploy export --target onnx",
         ),
         TargetSpec(
             "onnx",
@@ -47,7 +48,6 @@ TARGETS: dict[str, TargetSpec] = {
             "fp32",
             "model.onnx",
             "mfdeploy.runtime.onnxruntime_runner:OnnxRuntimeRunner",
-            "mfdeploy export --target onnx",
         ),
         TargetSpec(
             "onnx-fp16",
@@ -55,7 +55,6 @@ TARGETS: dict[str, TargetSpec] = {
             "fp16",
             "model.fp16.onnx",
             "mfdeploy.runtime.onnxruntime_runner:OnnxRuntimeRunner",
-            "mfdeploy export --target trt --precision fp16",
         ),
         TargetSpec(
             "onnx-int8",
@@ -63,7 +62,6 @@ TARGETS: dict[str, TargetSpec] = {
             "int8",
             "model.int8.onnx",
             "mfdeploy.runtime.onnxruntime_runner:OnnxRuntimeRunner",
-            "mfdeploy export --target trt --precision int8",
         ),
         TargetSpec(
             "trt-fp32",
@@ -71,7 +69,6 @@ TARGETS: dict[str, TargetSpec] = {
             "fp32",
             "model.fp32.plan",
             "mfdeploy.runtime.tensorrt_runner:TensorRTRunner",
-            "mfdeploy build-engine {artifact} --precision fp32",
         ),
         TargetSpec(
             "trt-fp16",
@@ -79,7 +76,6 @@ TARGETS: dict[str, TargetSpec] = {
             "fp16",
             "model.fp16.plan",
             "mfdeploy.runtime.tensorrt_runner:TensorRTRunner",
-            "mfdeploy build-engine {artifact} --precision fp16",
         ),
         TargetSpec(
             "trt-int8",
@@ -87,7 +83,6 @@ TARGETS: dict[str, TargetSpec] = {
             "int8",
             "model.int8.plan",
             "mfdeploy.runtime.tensorrt_runner:TensorRTRunner",
-            "mfdeploy build-engine {artifact} --precision int8",
         ),
         TargetSpec(
             "coreml",
@@ -95,7 +90,6 @@ TARGETS: dict[str, TargetSpec] = {
             "fp16",
             "model.mlpackage",
             "mfdeploy.runtime.coreml_runner:CoreMLRunner",
-            "mfdeploy export --target coreml",
         ),
     )
 }
