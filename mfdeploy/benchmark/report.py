@@ -17,17 +17,19 @@ from typing import Any
 from mfdeploy import markdown as md
 from mfdeploy.benchmark.rows import (
     SKIPPED_HEADERS,
-    TABLE_COLUMNS,
+    TEXT_COLUMNS,
     Merged,
     Row,
     caveat_marks,
     document_rows,
     environment_rows,
+    has_accuracy,
     merge,
     model_label,
     profile_blocks,
     skipped_rows,
     table_cells,
+    table_columns,
     terminal_cells,
 )
 from mfdeploy.benchmark.stats import CV_LIMIT, MIN_RUNS_FOR_TAIL, TAIL_RATIO_LIMIT
@@ -53,6 +55,16 @@ METHOD_NOTES = [
     "outside them the figures describe the machine's load as much as the backend.",
 ]
 
+ACCURACY_NOTE = (
+    "Accuracy (bench --data): top-1/top-5 of each target on labelled data, loaded and scored as `mfdeploy eval` "
+    "does, once per target (the same figure on each of its batch rows), in a fresh process with the runner "
+    "options the latency cells used; 'eval images' is how many labelled images were scored."
+)
+
+
+def method_notes(rows: Sequence[Row]) -> list[str]:
+    return METHOD_NOTES + ([ACCURACY_NOTE] if has_accuracy(rows) else [])
+
 
 PROFILE_NOTE = (
     "Layer times come from the backend's profiler on a separate profiling runner; profiling adds "
@@ -69,6 +81,7 @@ def _md_table(header: Sequence[str], body: Sequence[Sequence[Any]]) -> list[str]
 
 def to_markdown(merged: Merged, plot_files: dict[str, str]) -> str:
     marks = caveat_marks(merged.rows)
+    columns = table_columns(merged.rows)
     devices = list(dict.fromkeys(d["device"] for _, d in merged.files))
     lines = [
         "# Mobile-Former latency report",
@@ -79,7 +92,7 @@ def to_markdown(merged: Merged, plot_files: dict[str, str]) -> str:
         "",
         "## Latency",
         "",
-        *_md_table(TABLE_COLUMNS, [table_cells(row, marks) for row in merged.rows]),
+        *_md_table(columns, [table_cells(row, marks, columns) for row in merged.rows]),
         "",
     ]
     lines += [f"{mark} {md.text(caveat)}" for caveat, mark in marks.items()]
@@ -111,7 +124,7 @@ def to_markdown(merged: Merged, plot_files: dict[str, str]) -> str:
                 *_md_table(top_header, top_body),
                 "",
             ]
-    lines += ["## How these numbers were measured", ""] + [f"- {note}" for note in METHOD_NOTES] + [""]
+    lines += ["## How these numbers were measured", ""] + [f"- {note}" for note in method_notes(merged.rows)] + [""]
     return "\n".join(lines)
 
 
@@ -143,6 +156,8 @@ def _html_table(header: Sequence[str], body: Sequence[Sequence[Any]], text_colum
 
 def to_html(merged: Merged, plots: dict[str, bytes]) -> str:
     marks = caveat_marks(merged.rows)
+    columns = table_columns(merged.rows)
+    text_columns = tuple(i for i, name in enumerate(columns) if name in TEXT_COLUMNS)
     devices = list(dict.fromkeys(d["device"] for _, d in merged.files))
     parts = [
         "<!DOCTYPE html>",
@@ -156,7 +171,7 @@ def to_html(merged: Merged, plots: dict[str, bytes]) -> str:
         )
         + "</p>",
         "<h2>Latency</h2>",
-        _html_table(TABLE_COLUMNS, [table_cells(row, marks) for row in merged.rows], text_columns=(0, 1, 2, 3, 4, 16)),
+        _html_table(columns, [table_cells(row, marks, columns) for row in merged.rows], text_columns=text_columns),
     ]
     parts += [f"<p><small>{html.escape(mark)} {html.escape(caveat)}</small></p>" for caveat, mark in marks.items()]
     if plots:
@@ -194,7 +209,7 @@ def to_html(merged: Merged, plots: dict[str, bytes]) -> str:
                 _html_table(top_header, top_body, (0, 1, 2, 5)),
             ]
     parts += ["<h2>How these numbers were measured</h2><ul>"]
-    parts += [f"<li>{html.escape(note)}</li>" for note in METHOD_NOTES]
+    parts += [f"<li>{html.escape(note)}</li>" for note in method_notes(merged.rows)]
     parts += ["</ul></body></html>", ""]
     return "\n".join(parts)
 
