@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mfdeploy import markdown as md
+from mfdeploy.benchmark.plots import CLIP_HEADROOM, MIN_BARS_TO_CLIP, OUTLIER_RATIO
 from mfdeploy.benchmark.rows import (
     SKIPPED_HEADERS,
     TEXT_COLUMNS,
@@ -53,6 +54,11 @@ METHOD_NOTES = [
     f"Notes flag noise: p99 over {TAIL_RATIO_LIMIT:g}x p50, std over {CV_LIMIT:.0%} of the mean, or fewer than "
     f"{MIN_RUNS_FOR_TAIL} timed runs. On a quiet machine a fixed graph on a fixed input stays well inside these; "
     "outside them the figures describe the machine's load as much as the backend.",
+    f"Charts: in the bar chart, a bar more than {OUTLIER_RATIO:g}x the median of the other bars of its panel "
+    f"(at least {MIN_BARS_TO_CLIP} bars) is an outlier: the axis ends at {CLIP_HEADROOM:g}x the longest bar that is "
+    "not one, and the outlier is cut there, its value written on it. The latency-vs-batch chart has log axes and "
+    "is not clipped. Timings that are not a device latency (a runner's caveat, such as the Core ML MIL evaluator) are "
+    "hatched bars and hollow markers.",
 ]
 
 ACCURACY_NOTE = (
