@@ -90,9 +90,10 @@ def _accuracy_fields(accuracy: dict[str, Any] | None, target: str) -> tuple[dict
     if not accuracy:
         return {}, []
     score = next((a for a in accuracy["results"] if a["target"] == target), None) or {"status": "missing"}
-    fields = {"accuracy_data": accuracy["source"], "accuracy_note": accuracy.get("untrained_note")}
+    fields = {"accuracy_data": accuracy["source"]}
     if score["status"] == "ok":
-        return fields | {"top1": score["top1"], "top5": score["top5"], "accuracy_images": score["images"]}, []
+        figures = {"top1": score["top1"], "top5": score["top5"], "accuracy_images": score["images"]}
+        return fields | figures | {"accuracy_note": accuracy.get("untrained_note")}, []
     if score["status"] == "skipped":
         return fields, [f"no accuracy: {score.get('reason', 'skipped')}"]
     return fields, ["accuracy failed (see warnings)" if score["status"] == "failed" else "no accuracy"]

@@ -194,7 +194,7 @@ _ACCURACY = {
                     "top1": {"type": "number", "minimum": 0, "maximum": 1},
                     "top5": {"type": "number", "minimum": 0, "maximum": 1},
                     "images": {"type": "integer", "minimum": 1},
-                    "seconds": {"type": "number", "minimum": 0},
+                    "seconds": {"type": "number", "minimum": 0, "description": "Runner load and inference."},
                     "reason": {"type": "string"},
                     "error": {"type": "string"},
                 },
