@@ -43,6 +43,17 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, fl
     }
 
 
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy of ``logits`` (images x classes) against the true class indices ``labels``:
+    the share of images whose class is the highest logit, and among the five highest."""
+    if not len(labels):
+        raise ValueError("accuracy of no images")
+    ranked = _topk(np.asarray(logits), 5)
+    top1 = float(np.mean(ranked[:, 0] == labels))
+    top5 = float(np.mean([label in row for label, row in zip(labels, ranked)]))
+    return top1, top5
+
+
 def logit_scale(reference: np.ndarray) -> float:
     """The largest finite |logit| of the reference: the magnitude that FP32 rounding errors grow with, so
     verification limits are stated relative to it (a non-finite logit must not make every limit infinite)."""

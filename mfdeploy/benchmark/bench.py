@@ -12,9 +12,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mfdeploy.artifacts import Artifact, utc_now
+from mfdeploy.benchmark.accuracy import AccuracyRequest
 from mfdeploy.benchmark.cell import CellRequest
 from mfdeploy.benchmark.schema import RESULT_KIND, SCHEMA_VERSION, check_result
 from mfdeploy.benchmark.stats import Summary, spread_warnings
@@ -31,6 +32,11 @@ from mfdeploy.option_values import (
     check_threads,
 )
 from mfdeploy.runtime.timing import TimingPlan
+from mfdeploy.thresholds import untrained_note
+
+if TYPE_CHECKING:
+    from mfdeploy.images.datasets import LabelledData
+    from mfdeploy.images.labelled import LabelledImages
 
 # A machine whose 1-minute load average already exceeds this share of its cores before the benchmark
 # starts is running something else that competes for the cores being measured.
@@ -53,6 +59,7 @@ class BenchOptions:
     device_name: str | None = None
     command: str | None = None  # the command line, recorded for whoever reruns it
     temporary_artifact: bool = False  # exported for this run only (bench --size)
+    data: str | None = None  # labelled data (builtin-digits or an ImageFolder): each target's accuracy too
 
     def runner_options(self) -> dict[str, Any]:
         """Only what the user set: runners ignore options that do not concern them."""
@@ -112,9 +119,18 @@ def check_compute_units(value: str | None) -> str | None:
 
 def run_cell_in_child(request: CellRequest) -> dict[str, Any]:
     """Measure one cell in a fresh interpreter (``mfdeploy.benchmark.worker``)."""
+    return _run_in_child(request.to_dict(), {"target": request.target, "batch": request.batch})
+
+
+def run_accuracy_in_child(request: AccuracyRequest) -> dict[str, Any]:
+    """Score one target on labelled images in a fresh interpreter (``mfdeploy.benchmark.worker``)."""
+    return _run_in_child(request.to_dict(), {"target": request.target})
+
+
+def _run_in_child(request: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mfdeploy-bench-") as tmp:
         request_path, result_path = Path(tmp) / "request.json", Path(tmp) / "result.json"
-        request_path.write_text(json.dumps(request.to_dict()))
+        request_path.write_text(json.dumps(request))
         proc = subprocess.run(
             [sys.executable, "-m", "mfdeploy.benchmark.worker", str(request_path), str(result_path)],
             capture_output=True,
@@ -124,12 +140,7 @@ def run_cell_in_child(request: CellRequest) -> dict[str, Any]:
             return json.loads(result_path.read_text())
     lines = [line for line in (proc.stderr or "").strip().splitlines() if line.strip()]
     why = lines[-1] if lines else f"exit code {proc.returncode}"
-    return {
-        "target": request.target,
-        "batch": request.batch,
-        "status": "failed",
-        "error": f"the measuring process died ({why})",
-    }
+    return {**base, "status": "failed", "error": f"the measuring process died ({why})"}
 
 
 def _model_identity(artifact: Artifact, temporary: bool) -> dict[str, Any]:
@@ -175,14 +186,21 @@ def _busy_warning(environment: dict[str, Any]) -> str | None:
 def run_bench(
     options: BenchOptions,
     on_cell: Callable[[str, int, dict[str, Any] | None], None] | None = None,
+    labelled: LabelledImages | None = None,
+    on_accuracy: Callable[[str, dict[str, Any] | None], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every target x batch of ``options`` and return the result document (schema_version 1).
 
-    ``on_cell(target, batch, entry)`` is called before each cell (entry None) and after it.
+    ``on_cell(target, batch, entry)`` is called before each cell (entry None) and after it. With
+    ``options.data``, each target that ran is also scored on that data once the cells are done
+    (``on_accuracy(target, entry)`` before and after each); ``labelled`` is that data already loaded for
+    the artifact (:func:`load_data`), which is otherwise loaded here, before the first cell.
     """
     check_options(options)
-    environment = host_environment(options.threads)
     artifact = Artifact.open(options.artifact)
+    if options.data is not None and labelled is None:
+        labelled = load_data(artifact, options.data)
+    environment = host_environment(options.threads)
     results: list[dict[str, Any]] = []
     skipped: dict[tuple[str, str, str], list[int]] = {}
     warnings: list[str] = []
@@ -220,6 +238,12 @@ def run_bench(
             else:
                 skipped.setdefault((target, "failed", entry["error"]), []).append(batch)
                 warnings.append(f"{target} batch {batch} failed: {entry['error']}")
+    accuracy = None
+    if options.data is not None and labelled is not None:
+        measured = list(dict.fromkeys(entry["target"] for entry in results))
+        accuracy = _accuracy(options, artifact, labelled, measured, on_accuracy)
+        failed = [a for a in accuracy["results"] if a["status"] == "failed"]
+        warnings += [f"{a['target']} accuracy failed: {a['error']}" for a in failed]
     environment["device"] = options.device_name or default_device_name(environment)
     if hasattr(os, "getloadavg"):  # includes this benchmark's own load; for comparison with the start
         environment["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
@@ -240,6 +264,7 @@ def run_bench(
             "profile": options.profile,
             "top_layers": options.top,
             "isolation": "one fresh process per target and batch",
+            **({"data": options.data} if options.data is not None else {}),
         },
         "environment": environment,
         "results": results,
@@ -249,8 +274,65 @@ def run_bench(
         ],
         "warnings": warnings,
     }
+    if accuracy is not None:
+        document["accuracy"] = accuracy
     check_result(document, "the result just measured")
     return document
+
+
+def load_data(artifact: Artifact, spec: str, data: LabelledData | None = None) -> LabelledImages:
+    """``spec``'s labelled images for ``artifact``, loaded and matched to its classes as `mfdeploy eval` does
+    them; data whose classes the model cannot match is refused in one line. ``data``: ``spec`` already read
+    by ``load_labelled``."""
+    from mfdeploy.images.labelled import labelled_images
+
+    return labelled_images(artifact, spec, data)
+
+
+def _accuracy(
+    options: BenchOptions,
+    artifact: Artifact,
+    labelled: LabelledImages,
+    targets: list[str],
+    on_accuracy: Callable[[str, dict[str, Any] | None], None] | None,
+) -> dict[str, Any]:
+    """Top-1/top-5 of every measured target on ``labelled``, each in a fresh process: the result's
+    "accuracy" block."""
+    import numpy as np
+
+    from mfdeploy.images.labelled import ACCURACY_BATCH
+
+    entries = []
+    with tempfile.TemporaryDirectory(prefix="mfdeploy-bench-data-") as tmp:
+        images, labels = Path(tmp) / "images.npy", Path(tmp) / "labels.npy"
+        np.save(images, np.ascontiguousarray(labelled.images, dtype=np.float32))
+        np.save(labels, np.asarray(labelled.labels, dtype=np.int64))
+        for target in targets:
+            if on_accuracy:
+                on_accuracy(target, None)
+            request = AccuracyRequest(
+                artifact=str(Path(options.artifact).resolve()),
+                target=target,
+                images=str(images),
+                labels=str(labels),
+                batch=ACCURACY_BATCH,
+                options=options.runner_options(),
+            )
+            entry = run_accuracy_in_child(request)
+            entry.pop("traceback", None)
+            if on_accuracy:
+                on_accuracy(target, entry)
+            entries.append(entry)
+    return {
+        "data": options.data,
+        "source": labelled.source,
+        "images": int(len(labelled.labels)),
+        "skipped_files": labelled.skipped,
+        "batch": ACCURACY_BATCH,
+        "untrained": artifact.untrained,
+        "untrained_note": untrained_note(artifact.untrained),
+        "results": entries,
+    }
 
 
 def command_line(argv: list[str] | None = None) -> str:

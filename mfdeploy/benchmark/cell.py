@@ -112,6 +112,37 @@ def _mb(value: int | None) -> float | None:
 RunnerFactory = Callable[..., Runner]  # (target, artifact, **options) -> Runner, like resolve_runner
 
 
+class CannotRun(Exception):
+    """A target that cannot run on this host: a result ("skipped", with the reason), not a failure."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def load_runner(factory: RunnerFactory, target: str, artifact: Artifact, options: dict[str, Any]) -> Runner:
+    """``target``'s runner made by ``factory`` and loaded, or :class:`CannotRun` with the reason."""
+    runner: Runner | None = None
+    try:
+        runner = factory(target, artifact, **options)
+        runner.load()
+        return runner
+    except TargetUnavailable as exc:
+        reason = exc.reason
+    except UserError as exc:  # e.g. the provider is not in this onnxruntime build, a changed file
+        reason = exc.message
+    except (ImportError, OSError) as exc:  # a backend whose native libraries do not load on this host
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = f"{target} cannot be loaded here: {first}"
+    except BaseException:
+        if runner is not None:
+            runner.close()
+        raise
+    if runner is not None:
+        runner.close()
+    raise CannotRun(reason)
+
+
 def measure_cell(request: CellRequest, factory: RunnerFactory = resolve_runner) -> dict[str, Any]:
     """Measure one cell; returns a result entry with status "ok", "skipped" (reason) or "failed" (error).
 
@@ -130,15 +161,9 @@ def measure_cell(request: CellRequest, factory: RunnerFactory = resolve_runner) 
     try:
         start = time.perf_counter()
         try:
-            runner = factory(request.target, artifact, **request.options)
-            runner.load()
-        except TargetUnavailable as exc:
+            runner = load_runner(factory, request.target, artifact, request.options)
+        except CannotRun as exc:
             return {**base, "status": "skipped", "reason": exc.reason}
-        except UserError as exc:  # e.g. the provider is not in this onnxruntime build, a changed file
-            return {**base, "status": "skipped", "reason": exc.message}
-        except (ImportError, OSError) as exc:  # a backend whose native libraries do not load on this host
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return {**base, "status": "skipped", "reason": f"{request.target} cannot be loaded here: {first}"}
         first_load_ms = (time.perf_counter() - start) * 1e3
         spec = runner.inputs()[0]
         if spec.fixed_batch is not None and spec.fixed_batch != request.batch:

@@ -15,19 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from mfdeploy import markdown as md
+from mfdeploy.benchmark.plots import CLIP_HEADROOM, MIN_BARS_TO_CLIP, OUTLIER_RATIO
 from mfdeploy.benchmark.rows import (
     SKIPPED_HEADERS,
-    TABLE_COLUMNS,
+    TEXT_COLUMNS,
     Merged,
     Row,
     caveat_marks,
     document_rows,
     environment_rows,
+    has_accuracy,
     merge,
     model_label,
     profile_blocks,
     skipped_rows,
     table_cells,
+    table_columns,
     terminal_cells,
 )
 from mfdeploy.benchmark.stats import CV_LIMIT, MIN_RUNS_FOR_TAIL, TAIL_RATIO_LIMIT
@@ -51,7 +54,22 @@ METHOD_NOTES = [
     f"Notes flag noise: p99 over {TAIL_RATIO_LIMIT:g}x p50, std over {CV_LIMIT:.0%} of the mean, or fewer than "
     f"{MIN_RUNS_FOR_TAIL} timed runs. On a quiet machine a fixed graph on a fixed input stays well inside these; "
     "outside them the figures describe the machine's load as much as the backend.",
+    f"Charts: in the bar chart, a bar more than {OUTLIER_RATIO:g}x the median of the other bars of its panel "
+    f"(at least {MIN_BARS_TO_CLIP} bars) is an outlier: the axis ends at {CLIP_HEADROOM:g}x the longest bar that is "
+    "not one, and the outlier is cut there, its value written on it. The latency-vs-batch chart has log axes and "
+    "is not clipped. Timings that are not a device latency (a runner's caveat, such as the Core ML MIL evaluator) are "
+    "hatched bars and hollow markers.",
 ]
+
+ACCURACY_NOTE = (
+    "Accuracy (bench --data): top-1/top-5 of each target on labelled data, loaded and scored as `mfdeploy eval` "
+    "does, once per target (the same figure on each of its batch rows), in a fresh process with the runner "
+    "options the latency cells used; 'eval images' is how many labelled images were scored."
+)
+
+
+def method_notes(rows: Sequence[Row]) -> list[str]:
+    return METHOD_NOTES + ([ACCURACY_NOTE] if has_accuracy(rows) else [])
 
 
 PROFILE_NOTE = (
@@ -69,6 +87,7 @@ def _md_table(header: Sequence[str], body: Sequence[Sequence[Any]]) -> list[str]
 
 def to_markdown(merged: Merged, plot_files: dict[str, str]) -> str:
     marks = caveat_marks(merged.rows)
+    columns = table_columns(merged.rows)
     devices = list(dict.fromkeys(d["device"] for _, d in merged.files))
     lines = [
         "# Mobile-Former latency report",
@@ -79,7 +98,7 @@ def to_markdown(merged: Merged, plot_files: dict[str, str]) -> str:
         "",
         "## Latency",
         "",
-        *_md_table(TABLE_COLUMNS, [table_cells(row, marks) for row in merged.rows]),
+        *_md_table(columns, [table_cells(row, marks, columns) for row in merged.rows]),
         "",
     ]
     lines += [f"{mark} {md.text(caveat)}" for caveat, mark in marks.items()]
@@ -111,7 +130,7 @@ def to_markdown(merged: Merged, plot_files: dict[str, str]) -> str:
                 *_md_table(top_header, top_body),
                 "",
             ]
-    lines += ["## How these numbers were measured", ""] + [f"- {note}" for note in METHOD_NOTES] + [""]
+    lines += ["## How these numbers were measured", ""] + [f"- {note}" for note in method_notes(merged.rows)] + [""]
     return "\n".join(lines)
 
 
@@ -143,6 +162,8 @@ def _html_table(header: Sequence[str], body: Sequence[Sequence[Any]], text_colum
 
 def to_html(merged: Merged, plots: dict[str, bytes]) -> str:
     marks = caveat_marks(merged.rows)
+    columns = table_columns(merged.rows)
+    text_columns = tuple(i for i, name in enumerate(columns) if name in TEXT_COLUMNS)
     devices = list(dict.fromkeys(d["device"] for _, d in merged.files))
     parts = [
         "<!DOCTYPE html>",
@@ -156,7 +177,7 @@ def to_html(merged: Merged, plots: dict[str, bytes]) -> str:
         )
         + "</p>",
         "<h2>Latency</h2>",
-        _html_table(TABLE_COLUMNS, [table_cells(row, marks) for row in merged.rows], text_columns=(0, 1, 2, 3, 4, 16)),
+        _html_table(columns, [table_cells(row, marks, columns) for row in merged.rows], text_columns=text_columns),
     ]
     parts += [f"<p><small>{html.escape(mark)} {html.escape(caveat)}</small></p>" for caveat, mark in marks.items()]
     if plots:
@@ -194,7 +215,7 @@ def to_html(merged: Merged, plots: dict[str, bytes]) -> str:
                 _html_table(top_header, top_body, (0, 1, 2, 5)),
             ]
     parts += ["<h2>How these numbers were measured</h2><ul>"]
-    parts += [f"<li>{html.escape(note)}</li>" for note in METHOD_NOTES]
+    parts += [f"<li>{html.escape(note)}</li>" for note in method_notes(merged.rows)]
     parts += ["</ul></body></html>", ""]
     return "\n".join(parts)
 

@@ -45,6 +45,12 @@ class Row:
     source: str
     notes: list[str] = field(default_factory=list)
     profile: dict[str, Any] | None = None
+    # bench --data: the target's accuracy on labelled data (the same on each of its batch rows)
+    top1: float | None = None
+    top5: float | None = None
+    accuracy_images: int | None = None
+    accuracy_data: str | None = None  # the data's name; set on every row of a run with --data
+    accuracy_note: str | None = None  # why the figures mean nothing (an untrained model), as eval says it
 
 
 @dataclass
@@ -79,11 +85,26 @@ def _notes(latency: dict[str, Any]) -> list[str]:
     return notes
 
 
+def _accuracy_fields(accuracy: dict[str, Any] | None, target: str) -> tuple[dict[str, Any], list[str]]:
+    """A row's accuracy fields from the result's "accuracy" block, and a note when its target has none."""
+    if not accuracy:
+        return {}, []
+    score = next((a for a in accuracy["results"] if a["target"] == target), None) or {"status": "missing"}
+    fields = {"accuracy_data": accuracy["source"]}
+    if score["status"] == "ok":
+        figures = {"top1": score["top1"], "top5": score["top5"], "accuracy_images": score["images"]}
+        return fields | figures | {"accuracy_note": accuracy.get("untrained_note")}, []
+    if score["status"] == "skipped":
+        return fields, [f"no accuracy: {score.get('reason', 'skipped')}"]
+    return fields, ["accuracy failed (see warnings)" if score["status"] == "failed" else "no accuracy"]
+
+
 def document_rows(document: dict[str, Any], source: str) -> list[Row]:
     """The measured cells of one result document as rows."""
     rows = []
     model = model_label(document)
     for entry in document["results"]:
+        accuracy, accuracy_notes = _accuracy_fields(document.get("accuracy"), entry["target"])
         latency = entry["latency_ms"]
         memory = entry["memory"]
         gpu = memory.get("gpu") or {}
@@ -114,8 +135,9 @@ def document_rows(document: dict[str, Any], source: str) -> list[Row]:
                 gpu_compute_p50=compute.get("p50"),
                 caveat=entry.get("caveat"),
                 source=source,
-                notes=_notes(latency),
+                notes=_notes(latency) + accuracy_notes,
                 profile=profile if profile.get("available") else None,
+                **accuracy,
             )
         )
     return rows
@@ -169,6 +191,10 @@ def _num(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"  # as `mfdeploy eval` prints it
+
+
 #: Every column a table can show, by its header in the reports.
 _CELLS: dict[str, Callable[[Row], str]] = {
     "device": lambda row: row.device,
@@ -190,6 +216,9 @@ _CELLS: dict[str, Callable[[Row], str]] = {
     "RSS MB": lambda row: _num(row.rss_peak_mb),
     "GPU MB": lambda row: _num(row.gpu_mb),
     "file MB": lambda row: _num(row.file_mb),
+    "top-1": lambda row: _percent(row.top1),
+    "top-5": lambda row: _percent(row.top5),
+    "eval images": lambda row: "-" if row.accuracy_images is None else str(row.accuracy_images),
 }
 
 #: The reports' latency table: every column, notes last.
@@ -212,42 +241,80 @@ TABLE_COLUMNS = [
     "file MB",
     "notes",
 ]
+#: With bench --data, after "file MB": size on disk, accuracy and latency in one table.
+ACCURACY_COLUMNS = ["top-1", "top-5", "eval images"]
+#: The columns that hold text (left-aligned), whichever table they are in.
+TEXT_COLUMNS = {"device", "model", "target", "runtime", "precision", "notes"}
+
+
+def has_accuracy(rows: Sequence[Row]) -> bool:
+    """Whether any row comes from a run with --data (then the tables gain the accuracy columns)."""
+    return any(row.accuracy_data is not None for row in rows)
+
+
+def table_columns(rows: Sequence[Row]) -> list[str]:
+    """The reports' columns for ``rows``: :data:`TABLE_COLUMNS`, with the accuracy columns after the file
+    size when any row has accuracy."""
+    if not has_accuracy(rows):
+        return list(TABLE_COLUMNS)
+    at = TABLE_COLUMNS.index("file MB") + 1
+    return TABLE_COLUMNS[:at] + ACCURACY_COLUMNS + TABLE_COLUMNS[at:]
+
+
 #: The terminal's narrower table, with shorter headers where the reports spell units out.
 _TERMINAL_COLUMNS = ["target", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "img/s", "GMAC/s"]
 _TERMINAL_COLUMNS += ["first load ms", "RSS MB"]
 _TERMINAL_HEADERS = {"mean ± std ms": "mean ± std", "first load ms": "load ms"}
 
 
+def _accuracy_footnote(row: Row) -> str | None:
+    return f"top-1/top-5: {row.accuracy_note}" if row.accuracy_note else None
+
+
 def caveat_marks(rows: Sequence[Row]) -> dict[str, str]:
-    """Caveat text -> its footnote mark ("[1]", "[2]"...), numbered in row order."""
-    return {caveat: f"[{i + 1}]" for i, caveat in enumerate(dict.fromkeys(r.caveat for r in rows if r.caveat))}
+    """Footnote text -> its mark ("[1]", "[2]"...), numbered in row order: each row's caveat (why its latency
+    is not a device latency), then the note on its accuracy figures (an untrained model's)."""
+    texts = dict.fromkeys(text for r in rows for text in (r.caveat, _accuracy_footnote(r)) if text)
+    return {text: f"[{i + 1}]" for i, text in enumerate(texts)}
 
 
-def _row_cells(row: Row, columns: Sequence[str], caveat: str | None, mark_first: bool) -> list[str]:
-    """The cells of ``columns`` and then the notes: the row's noise notes, its GPU compute time, and
-    ``caveat`` (the reference to its caveat footnote), before the GPU compute time if ``mark_first``."""
+def _row_cells(row: Row, columns: Sequence[str], marks: dict[str, str], terminal: bool) -> list[str]:
+    """The cells of ``columns`` and then the notes: the row's noise notes, its GPU compute time, and the
+    references to its footnotes (the caveat's before the GPU compute time in the ``terminal``)."""
     compute = [] if row.gpu_compute_p50 is None else [f"GPU compute p50 {_num(row.gpu_compute_p50)} ms"]
-    mark = [caveat] if caveat else []
-    notes = row.notes + (mark + compute if mark_first else compute + mark)
+    refer = (lambda mark: mark) if terminal else (lambda mark: f"see note {mark}")
+    caveat = [refer(marks[row.caveat])] if row.caveat else []
+    accuracy = [refer(marks[_accuracy_footnote(row)])] if row.accuracy_note else []
+    notes = row.notes + (caveat + compute if terminal else compute + caveat) + accuracy
     return [_CELLS[name](row) for name in columns] + ["; ".join(notes)]
 
 
-def table_cells(row: Row, marks: dict[str, str]) -> list[str]:
-    """The row under :data:`TABLE_COLUMNS`, for the Markdown and HTML reports (``marks``: :func:`caveat_marks`)."""
-    caveat = f"see note {marks[row.caveat]}" if row.caveat else None
-    return _row_cells(row, TABLE_COLUMNS[:-1], caveat, mark_first=False)
+def table_cells(row: Row, marks: dict[str, str], columns: Sequence[str] = TABLE_COLUMNS) -> list[str]:
+    """The row under ``columns`` (:func:`table_columns`, notes last), for the Markdown and HTML reports
+    (``marks``: :func:`caveat_marks`)."""
+    return _row_cells(row, columns[:-1], marks, terminal=False)
 
 
 def terminal_cells(rows: Sequence[Row]) -> tuple[list[str], list[list[str]], list[str]]:
-    """A narrower table for the terminal: device/model only when they vary, runtimes and caveats as footnotes."""
+    """A narrower table for the terminal: device/model only when they vary, runtimes and caveats as footnotes;
+    with accuracy, the file size and top-1/top-5 instead of p90 and GMAC/s (the image count in a footnote)."""
     marks = caveat_marks(rows)
     lead = [name for name in ("device", "model") if len({_CELLS[name](r) for r in rows}) > 1]
     gpu = ["GPU MB"] if any(r.gpu_mb is not None for r in rows) else []
     columns = lead + _TERMINAL_COLUMNS + gpu
+    if has_accuracy(rows):  # room for size and accuracy: p90 and GMAC/s stay in the reports and the JSON
+        columns = [name for name in columns if name not in ("p90 ms", "GMAC/s")] + ["file MB", "top-1", "top-5"]
     header = [_TERMINAL_HEADERS.get(name, name) for name in columns] + ["notes"]
-    body = [_row_cells(row, columns, marks[row.caveat] if row.caveat else None, mark_first=True) for row in rows]
+    body = [_row_cells(row, columns, marks, terminal=True) for row in rows]
     runtimes = dict.fromkeys(f"{r.target} = {r.label}" for r in rows)
-    footnotes = ["runtimes: " + "; ".join(runtimes)] + [f"{mark} {caveat}" for caveat, mark in marks.items()]
+    footnotes = ["runtimes: " + "; ".join(runtimes)]
+    footnotes += [
+        f"accuracy: top-1/top-5 on {data}, {images} labelled images, once per target (not per batch)"
+        for data, images in dict.fromkeys(
+            (r.accuracy_data, r.accuracy_images) for r in rows if r.accuracy_images is not None
+        )
+    ]
+    footnotes += [f"{mark} {text}" for text, mark in marks.items()]
     return header, body, footnotes
 
 
@@ -301,6 +368,13 @@ def environment_rows(files: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[
             f"; {extra}" if extra else ""
         )
 
+    def accuracy_data(env, doc):
+        accuracy = doc.get("accuracy")
+        if not accuracy:
+            return None
+        skipped = f", {accuracy['skipped_files']} unreadable files skipped" if accuracy.get("skipped_files") else ""
+        return f"{accuracy['source']}: {accuracy['images']} labelled images{skipped}, batch {accuracy['batch']}"
+
     def library(name):
         return lambda env, _: env["libraries"].get(name)
 
@@ -342,6 +416,7 @@ def environment_rows(files: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[
             lambda env, _: " ".join(map(str, env.get("load_average_at_start", []))),
         ),
         ("load average at end", lambda env, _: " ".join(map(str, env.get("load_average_at_end", [])))),
+        ("accuracy data", accuracy_data),
         ("created", lambda env, doc: doc.get("created")),
         ("command", lambda env, doc: doc.get("command")),
     ]

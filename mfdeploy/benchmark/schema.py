@@ -3,7 +3,9 @@ that `mfdeploy report` trusts.
 
 ``docs/bench-result.schema.json`` is this schema written out (a test keeps the two identical). Readers
 must ignore fields they do not know; a change that removes or redefines a field bumps SCHEMA_VERSION,
-and files of another version are refused by name rather than misread.
+and files of another version are refused by name rather than misread. Optional fields added since
+version 1 was first written, which older files simply lack: ``accuracy`` and ``settings.data``
+(``bench --data``).
 """
 
 from __future__ import annotations
@@ -162,6 +164,47 @@ _RESULT = {
     },
 }
 
+_ACCURACY = {
+    "type": "object",
+    "description": (
+        "bench --data: top-1/top-5 accuracy of every measured target on labelled data, once per target (not per "
+        "batch size), loaded and scored as `mfdeploy eval` does, each target in a fresh process with the cells' "
+        "runner options. Absent without --data."
+    ),
+    "required": ["data", "source", "images", "batch", "untrained", "untrained_note", "results"],
+    "properties": {
+        "data": {"type": "string", "description": "--data as given: builtin-digits or an ImageFolder."},
+        "source": {"type": "string"},
+        "images": {"type": "integer", "minimum": 1, "description": "Labelled images scored."},
+        "skipped_files": {"type": "integer", "minimum": 0, "description": "Unreadable files left out."},
+        "batch": {"type": "integer", "minimum": 1, "description": "Images per inference call."},
+        "untrained": {"type": "boolean"},
+        "untrained_note": {
+            "type": ["string", "null"],
+            "description": "Set for a model with random weights: its accuracy figures are not meaningful.",
+        },
+        "results": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["target", "status"],
+                "properties": {
+                    "target": {"type": "string"},
+                    "status": {"enum": ["ok", "skipped", "failed"]},
+                    "top1": {"type": "number", "minimum": 0, "maximum": 1},
+                    "top5": {"type": "number", "minimum": 0, "maximum": 1},
+                    "images": {"type": "integer", "minimum": 1},
+                    "seconds": {"type": "number", "minimum": 0, "description": "Runner load and inference."},
+                    "reason": {"type": "string"},
+                    "error": {"type": "string"},
+                },
+                "if": {"properties": {"status": {"const": "ok"}}},
+                "then": {"required": ["top1", "top5", "images"]},
+            },
+        },
+    },
+}
+
 RESULT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": SCHEMA_ID,
@@ -216,6 +259,7 @@ RESULT_SCHEMA: dict[str, Any] = {
                 "runs": {"type": ["integer", "null"], "minimum": 1},
                 "min_time_s": {"type": ["number", "null"]},
                 "threads": {"type": ["integer", "null"]},
+                "data": {"type": "string", "description": "bench --data: the labelled data of `accuracy`."},
             },
         },
         "environment": {
@@ -250,6 +294,7 @@ RESULT_SCHEMA: dict[str, Any] = {
             },
         },
         "warnings": {"type": "array", "items": {"type": "string"}},
+        "accuracy": _ACCURACY,
     },
 }
 

@@ -1,4 +1,5 @@
-"""``python -m mfdeploy.benchmark.worker REQUEST.json RESULT.json``: one cell in a fresh process.
+"""``python -m mfdeploy.benchmark.worker REQUEST.json RESULT.json``: one cell (or, for ``bench --data``,
+one target's accuracy: a request whose "kind" is "accuracy") in a fresh process.
 
 A fresh process per target and batch is what makes the memory figures attributable (the process's peak
 RSS is this cell's alone), keeps one backend's thread pool from spinning on the cores while the next one
@@ -17,11 +18,17 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m mfdeploy.benchmark.worker REQUEST.json RESULT.json", file=sys.stderr)
         return 2
-    from mfdeploy.benchmark.cell import CellRequest, measure_cell
+    data = json.loads(Path(argv[0]).read_text())
+    if data.get("kind") == "accuracy":  # bench --data: one target scored on labelled images
+        from mfdeploy.benchmark.accuracy import AccuracyRequest, measure_accuracy
 
-    request = CellRequest.from_dict(json.loads(Path(argv[0]).read_text()))
-    request.fresh_process = True
-    result = measure_cell(request)
+        result = measure_accuracy(AccuracyRequest.from_dict(data))
+    else:
+        from mfdeploy.benchmark.cell import CellRequest, measure_cell
+
+        request = CellRequest.from_dict(data)
+        request.fresh_process = True
+        result = measure_cell(request)
     Path(argv[1]).write_text(json.dumps(result))
     return 0
 

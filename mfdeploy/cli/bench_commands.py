@@ -21,6 +21,7 @@ from mfdeploy.cli.options import (
     SizeOption,
     ThreadsOption,
     batches_option,
+    data_option,
     default,
 )
 from mfdeploy.cli.output import file_target, human, write_json
@@ -59,15 +60,18 @@ def bench(
     device_name: Annotated[
         Optional[str], typer.Option("--device-name", help="How reports name this device (default: CPU/GPU model).")
     ] = None,
+    data: data_option(
+        "Labelled data (builtin-digits, or an ImageFolder): each target's top-1/top-5 accuracy too, as eval scores it."
+    ) = None,
     json_target: JsonOption = None,
 ) -> None:
     """Measure latency, throughput, load time and memory of every target on this host.
 
     Give an artifact folder, or --size to export (and calibrate, for onnx-fp16/int8) one in a temporary
-    folder that is removed afterwards.
+    folder that is removed afterwards. With --data, the table shows each target's accuracy too.
     """
     from mfdeploy.artifacts import Artifact
-    from mfdeploy.benchmark.bench import check_options, command_line, run_bench, timing_plan
+    from mfdeploy.benchmark.bench import check_options, command_line, load_data, run_bench, timing_plan
     from mfdeploy.export.workflow import temporary_artifact
     from mfdeploy.images.preprocess import check_imgsz
     from mfdeploy.option_values import parse_batches
@@ -89,25 +93,43 @@ def bench(
         top=top,
         device_name=device_name,
         command=command_line(INVOCATION or None),
+        data=data,
     )
     check_options(options)
     if imgsz is not None:
         check_imgsz(imgsz)
+    # labelled data is loaded (or refused, in one line) before the first cell, outside the progress bar
     if artifact_dir is not None:
-        Artifact.open(artifact_dir).check_manifest()  # a bad folder is reported now, not after the first cell
-        document = _run_bench_with_progress(run_bench, options)
+        artifact = Artifact.open(artifact_dir)
+        artifact.check_manifest()  # a bad folder is reported now, not after the first cell
+        labelled = load_data(artifact, data) if data is not None else None
+        document = _run_bench_with_progress(run_bench, options, labelled)
     else:
+        labelled_data = _check_size_data(size, data) if data is not None else None
         with temporary_artifact(size, imgsz, options.targets) as artifact:
             options.artifact = artifact.root
             options.temporary_artifact = True
-            document = _run_bench_with_progress(run_bench, options)
+            labelled = load_data(artifact, data, labelled_data) if data is not None else None
+            document = _run_bench_with_progress(run_bench, options, labelled)
     _finish_bench(document, json_target)
 
 
-def _run_bench_with_progress(run_bench, options: BenchOptions) -> dict[str, Any]:
-    cells = len(options.targets) * len(options.batches)
+def _check_size_data(size: str, data: str):
+    """--size with --data: refuse data the exported model cannot be scored on before exporting it. That
+    model has random weights and the paper's class count, without class names."""
+    from mfdeploy.images.datasets import load_labelled
+    from mfdeploy.images.labelled import model_classes
+    from mfdeploy.model.config import PAPER_NUM_CLASSES
+
+    labelled_data = load_labelled(data)
+    model_classes(labelled_data, data, None, PAPER_NUM_CLASSES, f"the {size} model that --size exports")
+    return labelled_data
+
+
+def _run_bench_with_progress(run_bench, options: BenchOptions, labelled=None) -> dict[str, Any]:
+    steps = len(options.targets) * (len(options.batches) + (labelled is not None))
     with console.progress() as bar:
-        task = bar.add_task("bench", total=cells, status="")
+        task = bar.add_task("bench", total=steps, status="")
 
         def on_cell(target: str, batch: int, entry) -> None:
             if entry is None:
@@ -115,8 +137,14 @@ def _run_bench_with_progress(run_bench, options: BenchOptions) -> dict[str, Any]
             else:
                 bar.update(task, advance=1)
 
-        document = run_bench(options, on_cell)
-        bar.update(task, completed=cells, status="done")
+        def on_accuracy(target: str, entry) -> None:
+            if entry is None:
+                bar.update(task, status=f"{target} accuracy")
+            else:
+                bar.update(task, advance=1)
+
+        document = run_bench(options, on_cell, labelled, on_accuracy)
+        bar.update(task, completed=steps, status="done")
     return document
 
 
@@ -138,7 +166,12 @@ def _finish_bench(document: dict, json_target: Optional[str]) -> None:
             _print_profile(say, entry)
     for warning in document["warnings"]:
         console.warn(warning)
+    accuracy = document.get("accuracy") or {}
+    for entry in accuracy.get("results", []):
+        if entry["status"] == "skipped":
+            console.err.print(f"no accuracy for {entry['target']}: {entry['reason']}", soft_wrap=True, markup=False)
     failed = [s for s in document["skipped"] if s["kind"] == "failed"]
+    failed += [a for a in accuracy.get("results", []) if a["status"] == "failed"]
     if failed or not document["results"]:
         raise typer.Exit(3)
 

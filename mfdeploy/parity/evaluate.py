@@ -1,8 +1,9 @@
 """`mfdeploy eval`: accuracy of every backend on labelled data, and how often it agrees with FP32.
 
 builtin-digits evaluates on the digits validation split (the images `mfdeploy train` held out); an
-ImageFolder is evaluated whole. Folder class names must be classes the model has (the class names a
-checkpoint from `mfdeploy train` carries into the manifest).
+ImageFolder is evaluated whole. Loading the data (and refusing classes the model cannot match) is
+:func:`mfdeploy.images.labelled.labelled_images` and scoring :func:`mfdeploy.metrics.topk_accuracy`, which
+`mfdeploy bench --data` uses too.
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ from typing import Any
 import numpy as np
 
 from mfdeploy.artifacts import Artifact, utc_now
-from mfdeploy.console import progress
-from mfdeploy.errors import UserError
-from mfdeploy.images.datasets import BUILTIN_DIGITS, LabelledSplit, load_labelled
-from mfdeploy.images.files import warn_skipped
-from mfdeploy.images.preprocess import Preprocessing
+from mfdeploy.images.labelled import labelled_images
+from mfdeploy.metrics import topk_accuracy
 from mfdeploy.option_values import check_batch
 from mfdeploy.parity.harness import torch_reference
 from mfdeploy.parity.options import EVAL_BATCH, EVAL_DATA, EVAL_TARGETS
@@ -26,69 +24,6 @@ from mfdeploy.runtime.registry import TARGETS, parse_targets
 from mfdeploy.thresholds import untrained_note
 
 SCHEMA_VERSION = 1
-
-
-def _decoded(split: LabelledSplit, pre: Preprocessing, skipped: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The split's images preprocessed, and their labels; an image that fails to decode is left out and
-    its reason appended to ``skipped`` (the folder scan only read headers)."""
-    arrays, kept = [], []
-    with progress() as bar:
-        task = bar.add_task("load labelled images", total=len(split), status="")
-        for i in range(len(split)):
-            try:
-                arrays.append(pre(split.image(i)))
-                kept.append(i)
-            except UserError as exc:
-                skipped.append(str(exc))
-            bar.update(task, advance=1)
-    if not arrays:
-        return np.zeros((0, 3, pre.imgsz, pre.imgsz), np.float32), split.labels[:0]
-    return np.stack(arrays), split.labels[kept]
-
-
-def _labelled_images(artifact: Artifact, spec: str) -> tuple[np.ndarray, np.ndarray, str, int]:
-    """Preprocessed images, model-class labels, the data's name and how many files were skipped."""
-    data = load_labelled(spec)
-    split = data.val
-    if spec != BUILTIN_DIGITS:  # a user's evaluation folder: every image counts
-        split = LabelledSplit(
-            data.train.sources + data.val.sources, np.concatenate([data.train.labels, data.val.labels])
-        )
-    classes = artifact.manifest["model"].get("classes")
-    if classes is None:
-        # without class names, folder "3" can only mean output 3, and that means something only for a data
-        # set with exactly the model's classes: 10 digit folders against 1000 outputs scored 0.00% everywhere
-        if len(data.classes) != artifact.num_classes or any(not c.isdigit() for c in data.classes):
-            raise UserError(
-                f"{spec} has {len(data.classes)} classes and the model in {artifact.root} has "
-                f"{artifact.num_classes} outputs without class names, so its classes cannot be matched; "
-                "evaluate on data with the model's classes, or a model trained with `mfdeploy train` on this data "
-                "(its checkpoint carries the class names)"
-            )
-        classes = [str(i) for i in range(artifact.num_classes)]
-    unknown = [c for c in data.classes if c not in classes]
-    if unknown:
-        raise UserError(
-            f"{spec} has classes the model does not have: {', '.join(unknown[:5])}"
-            + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-            + f" (the model's classes: {', '.join(classes[:10])}{'...' if len(classes) > 10 else ''})"
-        )
-    to_model = np.array([classes.index(c) for c in data.classes])
-    undecodable: list[str] = []
-    images, labels = _decoded(split, artifact.preprocessing, undecodable)
-    warn_skipped(undecodable, spec, "undecodable")
-    skipped = len(data.skipped) + len(undecodable)
-    if len(images) == 0:
-        first = (data.skipped + undecodable)[0]
-        raise UserError(f"no image in {spec} could be read: {skipped} file(s) skipped; first: {first}")
-    return images, to_model[labels], data.name, skipped
-
-
-def _accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    ranked = np.argsort(-logits, axis=1)
-    top1 = float(np.mean(ranked[:, 0] == labels))
-    top5 = float(np.mean([label in row[:5] for label, row in zip(labels, ranked)]))
-    return top1, top5
 
 
 def run_eval(
@@ -101,11 +36,12 @@ def run_eval(
     names = parse_targets(targets)
     check_batch(batch)
     started = time.perf_counter()
-    images, labels, source, skipped = _labelled_images(artifact, data)
+    labelled = labelled_images(artifact, data)
+    images, labels = labelled.images, labelled.labels
     with torch_reference(artifact) as reference:
         reference_logits = reference.infer_all(images, batch)
     reference_top1 = reference_logits.argmax(1)
-    fp32_top1, fp32_top5 = _accuracy(reference_logits, labels)
+    fp32_top1, fp32_top5 = topk_accuracy(reference_logits, labels)
     rows: list[dict[str, Any]] = [
         {
             "target": "torch",
@@ -125,7 +61,7 @@ def run_eval(
         if run.skipped is not None:
             rows.append(row | {"status": "skipped", "reason": run.skipped})
             continue
-        top1, top5 = _accuracy(run.logits, labels)
+        top1, top5 = topk_accuracy(run.logits, labels)
         row.update(
             status="ok",
             label=run.runner.label,
@@ -140,7 +76,7 @@ def run_eval(
         "schema_version": SCHEMA_VERSION,
         "created": utc_now(),
         "artifact": str(artifact.root),
-        "data": {"source": source, "images": int(len(labels)), "skipped_files": skipped},
+        "data": {"source": labelled.source, "images": int(len(labels)), "skipped_files": labelled.skipped},
         "untrained": artifact.untrained,
         "untrained_note": untrained_note(artifact.untrained),
         "results": rows,

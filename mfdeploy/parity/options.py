@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mfdeploy.images.datasets import BUILTIN_DIGITS
+from mfdeploy.images.labelled import ACCURACY_BATCH
 from mfdeploy.images.sets import BUILTIN
 from mfdeploy.option_values import MAX_IMAGES, check_batch, check_int
 from mfdeploy.thresholds import check_overrides
@@ -38,7 +39,7 @@ def check_options(options: ParityOptions) -> list[str]:
 
 # `mfdeploy eval`: accuracy on labelled data (mfdeploy.parity.evaluate)
 EVAL_TARGETS = ("onnx", "onnx-fp16", "onnx-int8")
-EVAL_BATCH = 32
+EVAL_BATCH = ACCURACY_BATCH
 EVAL_DATA = BUILTIN_DIGITS  # its validation split: the images `mfdeploy train` held out
 
 
