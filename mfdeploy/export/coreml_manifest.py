@@ -42,6 +42,21 @@ def input_section(spec: ConversionSpec) -> dict[str, Any]:
     }
 
 
+# coremltools warnings the manifest keeps but the summary does not repeat: float64 constants (scales, folded
+# weights) stored as fp32, whose effect the verification measures anyway.
+ROUTINE_CONVERTER_WARNINGS = ("might lose precision",)
+
+
+def shown_converter_warnings(section: dict[str, Any]) -> list[str]:
+    """coremltools' log warnings during the conversion (``converter_warnings``, all in the manifest) that the
+    summary prints: all but the routine ones."""
+    return [
+        message
+        for message in section.get("converter_warnings", [])
+        if not any(routine in message for routine in ROUTINE_CONVERTER_WARNINGS)
+    ]
+
+
 def summary_lines(manifest: dict[str, Any], folder: str | Path = "") -> list[str]:
     """What the export summary says about the Core ML package (``folder``: where the artifact ends up)."""
     c = manifest["coreml"]
@@ -68,6 +83,7 @@ def summary_lines(manifest: dict[str, Any], folder: str | Path = "") -> list[str
             f"top-1 agreement {figures['top1_agreement']:.1%} on {v['images']} photographs"
         )
     lines.append(f"  gate: {v['gate']}: passed")
+    lines.extend(f"  coremltools warned: {message}" for message in shown_converter_warnings(c))
     if predict_unavailable_reason() is not None:
         lines.append(f"  ({predict_unavailable_reason()}: the evaluator checks the program's numerics, not a device)")
     return lines
