@@ -85,3 +85,42 @@ def test_coreml_export_shows_our_stage_and_none_of_coremltools_bars(tmp_path):
     for message in warnings:  # recorded; printed unless routine
         routine = any(r in message for r in ROUTINE_CONVERTER_WARNINGS)
         assert (f"coremltools warned: {message}" in result.err + result.out) != routine
+
+
+# --- 2. progress on every step that takes seconds ----------------------------------------------------
+
+
+def test_info_progress_names_each_step_on_a_terminal():
+    result = run_cli("info", "--size", "26m", "--imgsz", "64", terminal=True)
+    assert result.code == 0, result.err
+    screen = screen_lines(result.err)
+    assert any("info 26m" in line and "build the model" in line for line in screen), screen
+    assert any("count params and MAdds at 64x64" in line for line in screen), screen
+    assert "Mobile-Former 26m at 64x64" in result.out and "build the model" not in result.out
+
+
+def test_calibrate_shows_each_step_after_the_fp32_pass(small_artifact):
+    args = ("calibrate", small_artifact, "--calib-size", "16", "--calib-batch", "8")
+    result = run_cli(*args, terminal=True)
+    assert result.code == 0, result.err
+    screen = screen_lines(result.err)
+    steps = [
+        "prepare the FP32 graph",
+        "calibration data and FP32 statistics",
+        "INT8 graph: minmax ranges",
+        "FP16 graph: FP32 islands",
+        "FP32 reference on",
+        "fp32: ONNX Runtime CPU latency",
+        "int8 vs FP32",
+        "int8: ONNX Runtime CPU latency",
+        "fp16 vs FP32",
+        "fp16: ONNX Runtime CPU latency",
+    ]
+    for step in steps:
+        assert any("calibrate 26m" in line and step in line for line in screen), (step, screen)
+    assert any("calibrate 26m" in line and "10/10" in line and line.endswith("done") for line in screen)
+
+    piped = run_cli(*args, "--method", "percentile", "--no-latency")  # off a terminal: the finished row
+    assert piped.code == 0, piped.err
+    rows = [line for line in piped.err.splitlines() if line.startswith("calibrate 26m")]
+    assert len(rows) == 1 and "7/7" in rows[0] and rows[0].endswith("done"), piped.err  # 2 + 2 graphs + 3 checks
