@@ -8,9 +8,12 @@ import json
 import logging
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import CliResult
 
@@ -124,3 +127,97 @@ def test_calibrate_shows_each_step_after_the_fp32_pass(small_artifact):
     assert piped.code == 0, piped.err
     rows = [line for line in piped.err.splitlines() if line.startswith("calibrate 26m")]
     assert len(rows) == 1 and "7/7" in rows[0] and rows[0].endswith("done"), piped.err  # 2 + 2 graphs + 3 checks
+
+
+# --- 3. the TensorRT hand-over: paths as the user sees them, commands that work on the GPU host ------
+
+
+def test_no_tensorrt_message_names_relative_paths_and_a_portable_command(tmp_path):
+    from mfdeploy.runtime.tensorrt_env import tensorrt_unavailable_reason
+
+    if tensorrt_unavailable_reason() is None:
+        pytest.skip("this host has TensorRT and a GPU: the engine is built, there is no hand-over message")
+    args = ("export", "--size", "26m", "--imgsz", "64", "--num-classes", "10", "--target", "trt")
+    result = run_cli(*args, "--precision", "fp32", "--out", "artifacts", cwd=tmp_path)
+    assert result.code == 3, result.err
+    message = result.err[result.err.index("TensorRT engine not built") :]
+    assert str(tmp_path) not in result.err + result.out and str(tmp_path.resolve()) not in result.err
+    assert "The TensorRT-ready FP32 graph is artifacts/mobileformer_26m/model.onnx" in message
+    assert "copy artifacts/mobileformer_26m there, then run in the folder that holds it:" in message
+    assert "\n  mfdeploy build-engine mobileformer_26m --precision fp32\n" in message
+    assert "exported Mobile-Former 26m (random weights, seed 0) to artifacts/mobileformer_26m/model.onnx" in result.out
+
+    artifacts = tmp_path / "artifacts"
+    engine = json.loads((artifacts / "mobileformer_26m" / "manifest.json").read_text())["tensorrt"]["engine"]
+    assert engine["command"] == "mfdeploy build-engine mobileformer_26m --precision fp32"
+    assert f"\n  {engine['trtexec_command']}\n" in message + "\n"
+    assert "/tmp" not in json.dumps(engine) and str(tmp_path) not in json.dumps(engine)
+    # Every file the trtexec command reads is where it says, seen from the folder that holds the artifact.
+    onnx = next(a for a in shlex.split(engine["trtexec_command"]) if a.startswith("--onnx="))
+    assert (artifacts / onnx.removeprefix("--onnx=")).is_file()
+
+    # The stored command, run as given in the artifact's parent folder, gets as far as TensorRT itself:
+    # it fails for the missing TensorRT (exit 3), not for a path.
+    again = run_cli(*shlex.split(engine["command"])[1:], cwd=artifacts)
+    assert again.code == 3, again.err
+    assert "TensorRT engine not built" in again.err and "passed the TensorRT" in again.err
+    assert "mobileformer_26m/model.onnx passed" in again.err and str(tmp_path) not in again.err
+
+
+def test_display_path_is_relative_inside_the_current_folder_only(tmp_path, monkeypatch):
+    from mfdeploy.fileio import display_path
+
+    inside = tmp_path / "artifacts" / "mobileformer_52m"
+    inside.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert display_path(inside) == "artifacts/mobileformer_52m"
+    assert display_path("artifacts/mobileformer_52m/model.onnx") == "artifacts/mobileformer_52m/model.onnx"
+    assert display_path(tmp_path) == "."
+    monkeypatch.chdir(inside)
+    assert display_path(tmp_path / "artifacts") == str(tmp_path / "artifacts")  # outside: absolute
+    assert display_path("../other") == str(tmp_path / "artifacts" / "other")
+
+
+# --- 4. the trtexec equivalent --------------------------------------------------------------------------
+
+
+def _trtexec_args(command: str) -> dict[str, str]:
+    parts = shlex.split(command)
+    assert parts[0] == "trtexec"
+    return dict(part.removeprefix("--").partition("=")[::2] for part in parts[1:])
+
+
+def test_trtexec_command_reads_the_manifest_and_leaves_precision_to_the_graph(small_export):
+    from mfdeploy.artifacts import Artifact
+    from mfdeploy.export.tensorrt_build import BatchProfile, EngineOptions, build_command, trtexec_command
+
+    manifest = Artifact.open(small_export).manifest
+    name, (_, channels, height, width) = manifest["inputs"][0]["name"], manifest["inputs"][0]["shape"]
+    graphs = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+    for precision, graph in graphs.items():
+        command = trtexec_command(manifest, EngineOptions(precision), "mobileformer_26m")
+        args = _trtexec_args(command)
+        assert args["onnx"] == f"mobileformer_26m/{graph}"
+        assert args["saveEngine"] == f"mobileformer_26m/model.{precision}.plan"
+        assert args["timingCacheFile"] == "mobileformer_26m/timing.cache"
+        assert "stronglyTyped" in args and args["stronglyTyped"] == ""
+        assert not {"fp16", "int8", "best", "calib", "precisionConstraints"} & set(args), command
+        for flag, batch in (("minShapes", 1), ("optShapes", 8), ("maxShapes", 32)):
+            assert args[flag] == f"{name}:{batch}x{channels}x{height}x{width}"  # 1x3x64x64 ... 32x3x64x64
+        assert args["memPoolSize"] == "workspace:4096"  # the default 4 GiB, in MiB
+    # The same profile and workspace build-engine is given; inside the artifact folder, bare file names.
+    options = EngineOptions("int8", BatchProfile(2, 4, 16), workspace_gib=0.5)
+    args = _trtexec_args(trtexec_command(manifest, options))
+    assert (args["onnx"], args["optShapes"], args["maxShapes"]) == (
+        "model.int8.onnx",
+        "images:4x3x64x64",
+        "images:16x3x64x64",
+    )
+    assert args["memPoolSize"] == "workspace:512"
+    assert build_command(small_export, options) == (
+        "mfdeploy build-engine mobileformer_26m --precision int8 --min-batch 2 --opt-batch 4 --max-batch 16 "
+        "--workspace 0.5"
+    )
+    # A static batch needs no profile: trtexec takes the graph's own shape.
+    static = dict(manifest, inputs=[dict(manifest["inputs"][0], shape=[4, 3, 64, 64])])
+    assert not {"minShapes", "optShapes", "maxShapes"} & set(_trtexec_args(trtexec_command(static, EngineOptions())))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mfdeploy.export.coreml_convert import ConversionSpec, image_scale_and_bias
+from mfdeploy.fileio import display_path
 from mfdeploy.runtime.coreml_env import predict_unavailable_reason
 
 
@@ -65,7 +66,7 @@ def summary_lines(manifest: dict[str, Any], folder: str | Path = "") -> list[str
     compression = c["compression"]
     kind = "image input (RGB 0-255)" if c["input"]["kind"] == "image" else f"tensor input, batches {c['batches']}"
     labels = f", classifier with {c['labels']['count']} labels" if c["labels"]["classifier"] else ""
-    where = Path(folder) / c["file"] if folder else c["file"]
+    where = display_path(Path(folder) / c["file"]) if folder else c["file"]
     lines = [
         f"Core ML: {where} ({c['precision']} compute, {c['deployment_target']}, {kind}{labels}), "
         f"{compression['bytes_after'] / 1e6:.2f} MB"
