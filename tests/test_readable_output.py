@@ -221,3 +221,14 @@ def test_trtexec_command_reads_the_manifest_and_leaves_precision_to_the_graph(sm
     # A static batch needs no profile: trtexec takes the graph's own shape.
     static = dict(manifest, inputs=[dict(manifest["inputs"][0], shape=[4, 3, 64, 64])])
     assert not {"minShapes", "optShapes", "maxShapes"} & set(_trtexec_args(trtexec_command(static, EngineOptions())))
+
+
+def test_readme_trtexec_example_is_what_mfdeploy_prints_for_a_default_52m():
+    from mfdeploy.export.tensorrt_build import EngineOptions, trtexec_command
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("#### Building the engines with trtexec", 1)[1]
+    block = re.search(r"```bash\n(.*?)\n```", section, flags=re.S).group(1)
+    example = " ".join(line.strip().rstrip("\\").strip() for line in block.splitlines() if not line.startswith("#"))
+    manifest = {"inputs": [{"name": "images", "shape": ["batch", 3, 224, 224], "dtype": "float32"}]}
+    assert example == trtexec_command(manifest, EngineOptions("int8"), "mobileformer_52m")
