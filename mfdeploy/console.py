@@ -61,7 +61,8 @@ def progress() -> Progress:
 def steps(description: str, total: int) -> Iterator[Callable[[str], None]]:
     """One progress row for a run of named steps that each take a while: call the function it gives with a
     step's name as that step starts. The row appears at the first step (so another bar can run before it)
-    and ends at ``total/total ... done``; off a terminal rich prints only that final row."""
+    and ends at ``total/total ... done``; off a terminal rich prints only that final row. A run that fails
+    leaves no row behind, only its error."""
     bar = progress()
     task = None
 
@@ -77,6 +78,9 @@ def steps(description: str, total: int) -> Iterator[Callable[[str], None]]:
         yield step
         if task is not None:
             bar.update(task, completed=total, status="done")
+    except BaseException:
+        bar.live.transient = True  # the error says what went wrong, in its one line: the unfinished row goes
+        raise
     finally:
         if task is not None:
             bar.stop()

@@ -93,6 +93,21 @@ def test_coreml_export_shows_our_stage_and_none_of_coremltools_bars(tmp_path):
 # --- 2. progress on every step that takes seconds ----------------------------------------------------
 
 
+def test_steps_row_is_printed_once_finished_and_not_after_an_error(capsys, monkeypatch):
+    from mfdeploy.console import steps
+
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")  # as in a CI log
+    with steps("calibrate 26m", 3) as step:
+        for name in ("first", "second", "third"):
+            step(name)
+    rows = capsys.readouterr().err.strip().splitlines()
+    assert len(rows) == 1 and rows[0].startswith("calibrate 26m") and "3/3" in rows[0] and rows[0].endswith("done")
+    with pytest.raises(ValueError), steps("calibrate 26m", 3) as step:
+        step("first")
+        raise ValueError("the error says what went wrong")
+    assert capsys.readouterr().err.strip() == ""  # the failed run's row is not left above its error line
+
+
 def test_info_progress_names_each_step_on_a_terminal():
     result = run_cli("info", "--size", "26m", "--imgsz", "64", terminal=True)
     assert result.code == 0, result.err
