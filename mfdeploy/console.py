@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -53,3 +55,32 @@ def progress() -> Progress:
         console=err,
         transient=False,
     )
+
+
+@contextmanager
+def steps(description: str, total: int) -> Iterator[Callable[[str], None]]:
+    """One progress row for a run of named steps that each take a while: call the function it gives with a
+    step's name as that step starts. The row appears at the first step (so another bar can run before it)
+    and ends at ``total/total ... done``; off a terminal rich prints only that final row. A run that fails
+    leaves no row behind, only its error."""
+    bar = progress()
+    task = None
+
+    def step(status: str) -> None:
+        nonlocal task
+        if task is None:
+            task = bar.add_task(description, total=total, status=status)
+            bar.start()
+        else:  # refreshed at once, so that a terminal shows every step, even one shorter than a refresh
+            bar.update(task, advance=1, status=status, refresh=True)
+
+    try:
+        yield step
+        if task is not None:
+            bar.update(task, completed=total, status="done")
+    except BaseException:
+        bar.live.transient = True  # the error says what went wrong, in its one line: the unfinished row goes
+        raise
+    finally:
+        if task is not None:
+            bar.stop()

@@ -215,3 +215,16 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as a message shows it: relative to the current folder when it is inside it (what the user
+    would type), absolute otherwise."""
+    absolute = Path(os.path.abspath(path))
+    here = Path.cwd()
+    for candidate, base in ((absolute, here), (absolute.resolve(), here.resolve())):
+        try:
+            return str(candidate.relative_to(base))
+        except ValueError:
+            continue
+    return str(absolute)

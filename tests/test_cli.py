@@ -23,6 +23,11 @@ def test_info_all_lists_every_size(cli):
     assert result.code == 0, result.err
     for size in SIZES:
         assert f" {size} " in result.out
+    # a progress row per size on stderr (off a terminal rich prints each once, finished); stdout: the table
+    rows = [line for line in result.err.splitlines() if line.startswith("info ")]
+    assert [row.split()[1] for row in rows] == list(SIZES)
+    assert all("2/2" in row and row.endswith("done") for row in rows), rows
+    assert "info 26m" not in result.out
     data = cli("info", "--all", "--json").json()
     assert [row["size"] for row in data] == list(SIZES)
     for row in data:

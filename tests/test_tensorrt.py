@@ -134,8 +134,10 @@ def test_no_tensorrt_host_writes_verified_graphs_and_exits_3(cli, tmp_path):
     root = (tmp_path / "mobileformer_26m").resolve()
     notes = [line for line in result.err.splitlines() if "TensorRT engine not built" in line]
     assert len(notes) == 1 and "Traceback" not in result.err
-    assert str(root / "model.int8.onnx") in notes[0]
-    assert f"mfdeploy build-engine {root} --precision int8" in notes[0]
+    assert str(root / "model.int8.onnx") in notes[0]  # outside the current folder: absolute
+    # the GPU-host command names the folder as it is copied, to run in the folder that holds it
+    assert f"copy {root} there" in result.err
+    assert "\n  mfdeploy build-engine mobileformer_26m --precision int8\n" in result.err
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["verification"]["onnx"]["passed"] and manifest["tensorrt"]["lint"]["ok"]
     assert manifest["tensorrt"]["engine"]["skipped"] == NO_TENSORRT

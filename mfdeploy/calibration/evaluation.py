@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,19 +69,29 @@ def evaluate_graphs(
     threads: int | None = None,
     measure_latency: bool = True,
     runs: int = 20,
+    step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Agreement with FP32 on ``holdout`` and ORT CPU latency at batch 1 and 8, per precision graph."""
+    """Agreement with FP32 on ``holdout`` and ORT CPU latency at batch 1 and 8, per precision graph.
+    ``step`` (a progress row's, see :func:`evaluation_steps`) is told each step as it starts."""
+    step = step or (lambda status: None)
     result: dict[str, Any] = {"holdout_images": int(len(holdout)), "graphs": {}}
     latency: dict[str, dict[str, float]] = {}
     whole = max(1, len(holdout))  # the holdout in one batch
+    timed = f"ONNX Runtime CPU latency at batch {'/'.join(map(str, LATENCY_BATCHES))}"
     with OnnxRuntimeRunner(fp32, threads=threads) as reference_runner:
+        step(f"FP32 reference on {len(holdout)} held-out images")
         reference = reference_runner.infer_all(holdout, whole)
         if measure_latency:
+            step(f"fp32: {timed}")
             latency["fp32"] = _median_latency_ms(reference_runner, holdout, runs)
     candidates = (OnnxRuntimeRunner(path, threads=threads) for path in graphs.values())
-    for precision, run in zip(graphs, run_targets(reference, candidates, holdout, whole), strict=True):
+    precisions = iter(graphs)  # run_targets announces each candidate as it loads: name it by its precision
+    announce = lambda _label: step(f"{next(precisions)} vs FP32")  # noqa: E731
+    compared = run_targets(reference, candidates, holdout, whole, announce=announce)
+    for precision, run in zip(graphs, compared, strict=True):
         entry: dict[str, Any] = {"vs_fp32": run.figures}
         if measure_latency:
+            step(f"{precision}: {timed}")
             latency[precision] = _median_latency_ms(run.runner, holdout, runs)
             slower = [b for b in LATENCY_BATCHES if latency[precision][f"b{b}"] > latency["fp32"][f"b{b}"]]
             if slower:
@@ -94,6 +105,12 @@ def evaluate_graphs(
         result["ort_cpu_latency_ms"] = latency
         result["threads"] = threads
     return result
+
+
+def evaluation_steps(graphs: int, measure_latency: bool) -> int:
+    """How many times :func:`evaluate_graphs` calls its ``step``: the reference, then each graph, each with
+    its latency when measured."""
+    return (1 + graphs) * (2 if measure_latency else 1)
 
 
 def judge_graphs(graphs: dict[str, Any], untrained: bool) -> dict[str, Any]:

@@ -29,14 +29,14 @@ from mfdeploy.artifacts import (
     precision_graph,
     utc_now,
 )
-from mfdeploy.calibration.evaluation import evaluate_graphs, judge_graphs
+from mfdeploy.calibration.evaluation import evaluate_graphs, evaluation_steps, judge_graphs
 from mfdeploy.calibration.fp16 import choose_fp32_islands, to_fp16
 from mfdeploy.calibration.int8 import plan_quantization, quantize
 from mfdeploy.calibration.options import CalibrationOptions, check_options
 from mfdeploy.calibration.ranges import compute_ranges
 from mfdeploy.calibration.report import render_markdown
 from mfdeploy.calibration.stats import CalibrationStats, collect_stats, stats_key
-from mfdeploy.console import err
+from mfdeploy.console import err, steps
 from mfdeploy.errors import UserError
 from mfdeploy.fileio import atomic_path, sha256_file
 from mfdeploy.graph.checks import check_graph
@@ -110,18 +110,21 @@ def calibrate_artifact(artifact: Artifact, options: CalibrationOptions) -> dict[
     interruption leaves the artifact as it was, and no other command can change it meanwhile.
     """
     check_options(options)
-    with artifact.update("calibrate") as update:
-        return _calibrate(artifact, options, update)
+    total = 2 + len(options.precisions) + evaluation_steps(len(options.precisions), options.measure_latency)
+    with artifact.update("calibrate") as update, steps(f"calibrate {artifact.size}", total) as step:
+        return _calibrate(artifact, options, update, step)
 
 
-def _calibrate(artifact: Artifact, options: CalibrationOptions, update: ArtifactUpdate) -> dict[str, Any]:
+def _calibrate(artifact: Artifact, options: CalibrationOptions, update: ArtifactUpdate, step) -> dict[str, Any]:
     started = time.perf_counter()
     source = artifact.require(ONNX_FILE, "export it first with `mfdeploy export --target onnx`")
     in_chans = artifact.in_chans
+    step("prepare the FP32 graph (shape inference)")
     prepared = _prepared_graph(source)
     plan = plan_quantization(prepared)
 
     timings: dict[str, float] = {}
+    step("calibration data and FP32 statistics")
     model_sha = sha256_file(source)
     # A data fingerprint seen before names its data hash, so cached statistics are found without
     # decoding any image; otherwise the data is loaded and hashed.
@@ -170,6 +173,7 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
         },
     }
     if "int8" in options.precisions:
+        step(f"INT8 graph: {options.method} ranges, Q/DQ pairs, TensorRT's Q/DQ rules")
         ranges = compute_ranges(stats, plan.activations, options.method, options.percentile)
         quantized = quantize(prepared, plan, ranges)
         problems = check_tensorrt_qdq(quantized)
@@ -196,6 +200,7 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
             "activations": "int8 symmetric (zero point 0), per tensor",
         }
     if "fp16" in options.precisions:
+        step("FP16 graph: FP32 islands, casts")
         islands = choose_fp32_islands(prepared, stats, options.keep_norms_fp32)
         written["fp16"] = update.path(GRAPH_FILES["fp16"])
         _save_graph(to_fp16(prepared, islands), written["fp16"])
@@ -213,6 +218,7 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
         len(plan.nodes),
         options.threads,
         options.measure_latency,
+        step=step,
     )
     timings["evaluation"] = round(time.perf_counter() - evaluation_started, 3)
     report["untrained"] = artifact.untrained

@@ -326,9 +326,15 @@ def build_engine_command(
 ) -> None:
     """Build a TensorRT engine from graphs already exported (e.g. on a GPU host after exporting elsewhere)."""
     from mfdeploy.artifacts import Artifact
-    from mfdeploy.export.tensorrt_build import EXIT_NO_TENSORRT, GRAPH_FOR_PRECISION, build_command, build_engine
+    from mfdeploy.export.tensorrt_build import (
+        EXIT_NO_TENSORRT,
+        GRAPH_FOR_PRECISION,
+        build_engine,
+        gpu_host_instructions,
+    )
     from mfdeploy.export.tensorrt_build import engine_options as make_engine_options
     from mfdeploy.export.tensorrt_stage import lint_or_fail
+    from mfdeploy.fileio import display_path
     from mfdeploy.runtime.tensorrt_env import tensorrt_unavailable_reason
 
     if precision not in GRAPH_FOR_PRECISION:
@@ -339,16 +345,17 @@ def build_engine_command(
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         raise UserError(
-            f"TensorRT engine not built: {reason}. {artifact.path(GRAPH_FOR_PRECISION[precision])} passed the "
-            f"TensorRT {lint['tensorrt_version']} lint; run `{build_command(artifact.root, options)}` on a GPU host "
-            "with TensorRT 10 or 11",
+            f"TensorRT engine not built: {reason}. {display_path(artifact.path(GRAPH_FOR_PRECISION[precision]))} "
+            f"passed the TensorRT {lint['tensorrt_version']} lint.\n"
+            + "\n".join(gpu_host_instructions(artifact.root, artifact.manifest, options)),
             exit_code=EXIT_NO_TENSORRT,
         )
     entry = build_engine(artifact, options)
     write_json(entry, json_target)
     batches = f"{entry['profile']['min']}-{entry['profile']['max']}"
     human(json_target).print(
-        f"built {artifact.path(entry['file'])} ({precision}, batch {batches}) in {entry['build_seconds']:.1f} s "
+        f"built {display_path(artifact.path(entry['file']))} ({precision}, batch {batches}) in "
+        f"{entry['build_seconds']:.1f} s "
         f"with TensorRT {entry['tensorrt_version']} on {entry['gpu_name']}",
         soft_wrap=True,
         markup=False,

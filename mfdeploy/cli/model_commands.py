@@ -34,6 +34,26 @@ def _millions(value: float) -> str:
     return f"{value / 1e6:.2f}M"
 
 
+def _measure_sizes(names: list[str], num_classes: int, imgsz: int) -> list:
+    """Build and measure each size, with one progress row per size on stderr (all seven take half a minute)."""
+    from mfdeploy.console import progress
+    from mfdeploy.model import build_model
+    from mfdeploy.model.complexity import measure
+
+    results = []
+    with progress() as bar:
+        rows = {name: bar.add_task(f"info {name}", total=2, start=False, status="") for name in names}
+        for name in names:
+            row = rows[name]
+            bar.start_task(row)
+            bar.update(row, status="build the model", refresh=True)
+            model = build_model(name, num_classes)
+            bar.update(row, advance=1, status=f"count params and MAdds at {imgsz}x{imgsz}", refresh=True)
+            results.append(measure(model, imgsz))
+            bar.update(row, advance=1, status="done")
+    return results
+
+
 @app.command()
 def info(
     ctx: typer.Context,
@@ -45,8 +65,7 @@ def info(
 ) -> None:
     """Parameters and multiply-adds, per stage or for every size, next to the paper's figures."""
     from mfdeploy.images.preprocess import check_imgsz
-    from mfdeploy.model import SIZES, build_model, get_config
-    from mfdeploy.model.complexity import measure
+    from mfdeploy.model import SIZES, get_config
     from mfdeploy.option_values import check_num_classes
 
     imgsz = check_imgsz(INFO_IMGSZ if imgsz is None else imgsz)
@@ -54,7 +73,7 @@ def info(
     if all_sizes and given(ctx, size="--size"):
         raise UserError("pass either --size or --all, not both")
     names = list(SIZES) if all_sizes else [get_config(size or DEFAULT_SIZE).name]
-    results = [measure(build_model(name, num_classes), imgsz) for name in names]
+    results = _measure_sizes(names, num_classes, imgsz)
     write_json([r.to_dict() for r in results] if all_sizes else results[0].to_dict(), json_target)
     say = human(json_target)
     scale_note = "" if imgsz == INFO_IMGSZ else f" (paper figures are at 224x224; measured at {imgsz}x{imgsz})"

@@ -6,6 +6,8 @@ from typing import Any
 
 from rich.console import Console
 
+from mfdeploy.fileio import display_path
+
 
 def print_export_summary(result: Any, say_to: Console) -> None:
     m = result.manifest
@@ -24,7 +26,7 @@ def print_export_summary(result: Any, say_to: Console) -> None:
         say(result.message)
         say(f"  Mobile-Former {model['size']} ({weights}); {graph['file']} as verified at its export ({m['created']})")
     else:
-        say(f"exported Mobile-Former {model['size']} ({weights}) to {result.artifact / graph['file']}")
+        say(f"exported Mobile-Former {model['size']} ({weights}) to {display_path(result.artifact / graph['file'])}")
         if result.message:
             say(f"  {result.message}")
         say(
@@ -103,7 +105,7 @@ def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Con
         if precision == "int8":
             extra = f", {report['int8']['quantized_nodes']} quantized ops"
         say(
-            f"  {artifact.path(report[precision]['file'])}: vs FP32 on {m['samples']} held-out images "
+            f"  {display_path(artifact.path(report[precision]['file']))}: vs FP32 on {m['samples']} held-out images "
             f"cosine {m['cosine']:.5f}, max abs error {m['max_abs_error']:.3g}, top-1 {m['top1_agreement']:.1%}, "
             f"top-5 {m['top5_agreement']:.1%}{extra}"
         )
@@ -119,4 +121,4 @@ def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Con
         )
     for line in verdict_lines(report):
         say(f"  {line}")
-    say(f"  report: {artifact.path(CALIBRATION_MD)} and {CALIBRATION_JSON} ({report['seconds']:.1f} s)")
+    say(f"  report: {display_path(artifact.path(CALIBRATION_MD))} and {CALIBRATION_JSON} ({report['seconds']:.1f} s)")

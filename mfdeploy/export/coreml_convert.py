@@ -137,9 +137,10 @@ def pass_pipeline(spec: ConversionSpec, compress: bool = True):
     return pipeline
 
 
-def convert(model: nn.Module, spec: ConversionSpec, compress: bool = True):
+def convert(model: nn.Module, spec: ConversionSpec, compress: bool = True, log: list[str] | None = None):
     """Trace ``model`` and convert it to an ML program (an unsaved ``MLModel``); returns it and the
-    seconds the trace and conversion took."""
+    seconds the trace and conversion took. coremltools' progress bars stay off the terminal; its
+    warnings are appended to ``log`` when one is given (dropped otherwise)."""
     ct = import_coremltools()
     model = model.eval()
     if spec.options.image_input:
@@ -155,7 +156,7 @@ def convert(model: nn.Module, spec: ConversionSpec, compress: bool = True):
     started = time.perf_counter()
     # Traced at batch 2: the model reads no batch size, so the trace runs at every enumerated batch.
     example = torch.zeros(2, spec.in_chans, spec.imgsz, spec.imgsz)
-    with torch.inference_mode(False), torch.no_grad(), quiet_coremltools():
+    with torch.inference_mode(False), torch.no_grad(), quiet_coremltools(log):
         traced = torch.jit.trace(model, example)
         mlmodel = ct.convert(
             traced,

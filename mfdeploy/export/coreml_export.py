@@ -193,8 +193,9 @@ def run_stage(ctx) -> None:
     source = loaded.source()
     work = ctx.root / ".coreml-work"
     timings: dict[str, float] = {}
+    converter_warnings: list[str] = []  # coremltools' log warnings, kept off the terminal by convert
     try:
-        mlmodel, timings["convert_s"] = convert(loaded.model, spec.uncompressed())
+        mlmodel, timings["convert_s"] = convert(loaded.model, spec.uncompressed(), log=converter_warnings)
         describe(mlmodel, spec.uncompressed(), loaded.size, loaded.num_classes, complexity, source)
         bar.update(task, advance=1)
         bytes_before = None
@@ -203,7 +204,7 @@ def run_stage(ctx) -> None:
             mlmodel.save(str(work / "uncompressed.mlpackage"))
             bytes_before = package_bytes(work / "uncompressed.mlpackage")
             started = time.perf_counter()
-            mlmodel, _ = convert(loaded.model, spec)
+            mlmodel, _ = convert(loaded.model, spec, log=converter_warnings)
             timings["compress_s"] = round(time.perf_counter() - started, 3)
             describe(mlmodel, spec, loaded.size, loaded.num_classes, complexity, source)
             bar.update(task, advance=1)
@@ -271,6 +272,7 @@ def run_stage(ctx) -> None:
         "official_52m_compute_ops": OFFICIAL_52M_COMPUTE_OPS,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "verification": verification.to_dict(),
+        "converter_warnings": converter_warnings,
     }
     ctx.manifest["coreml"] = section
     ctx.manifest.setdefault("verification", {})["coreml"] = verification.to_dict()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mfdeploy.export.coreml_convert import ConversionSpec, image_scale_and_bias
+from mfdeploy.fileio import display_path
 from mfdeploy.runtime.coreml_env import predict_unavailable_reason
 
 
@@ -42,6 +43,21 @@ def input_section(spec: ConversionSpec) -> dict[str, Any]:
     }
 
 
+# coremltools warnings the manifest keeps but the summary does not repeat: float64 constants (scales, folded
+# weights) stored as fp32, whose effect the verification measures anyway.
+ROUTINE_CONVERTER_WARNINGS = ("might lose precision",)
+
+
+def shown_converter_warnings(section: dict[str, Any]) -> list[str]:
+    """coremltools' log warnings during the conversion (``converter_warnings``, all in the manifest) that the
+    summary prints: all but the routine ones."""
+    return [
+        message
+        for message in section.get("converter_warnings", [])
+        if not any(routine in message for routine in ROUTINE_CONVERTER_WARNINGS)
+    ]
+
+
 def summary_lines(manifest: dict[str, Any], folder: str | Path = "") -> list[str]:
     """What the export summary says about the Core ML package (``folder``: where the artifact ends up)."""
     c = manifest["coreml"]
@@ -50,7 +66,7 @@ def summary_lines(manifest: dict[str, Any], folder: str | Path = "") -> list[str
     compression = c["compression"]
     kind = "image input (RGB 0-255)" if c["input"]["kind"] == "image" else f"tensor input, batches {c['batches']}"
     labels = f", classifier with {c['labels']['count']} labels" if c["labels"]["classifier"] else ""
-    where = Path(folder) / c["file"] if folder else c["file"]
+    where = display_path(Path(folder) / c["file"]) if folder else c["file"]
     lines = [
         f"Core ML: {where} ({c['precision']} compute, {c['deployment_target']}, {kind}{labels}), "
         f"{compression['bytes_after'] / 1e6:.2f} MB"
@@ -68,6 +84,7 @@ def summary_lines(manifest: dict[str, Any], folder: str | Path = "") -> list[str
             f"top-1 agreement {figures['top1_agreement']:.1%} on {v['images']} photographs"
         )
     lines.append(f"  gate: {v['gate']}: passed")
+    lines.extend(f"  coremltools warned: {message}" for message in shown_converter_warnings(c))
     if predict_unavailable_reason() is not None:
         lines.append(f"  ({predict_unavailable_reason()}: the evaluator checks the program's numerics, not a device)")
     return lines

@@ -12,6 +12,7 @@ written against the documented API, and the GPU tests exercise it where the hard
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 from mfdeploy.artifacts import ENGINE_PRECISIONS, TIMING_CACHE, engine_plan, precision_graph, utc_now
 from mfdeploy.errors import UserError
-from mfdeploy.fileio import atomic_path, sha256_file
+from mfdeploy.fileio import atomic_path, display_path, sha256_file
 from mfdeploy.option_values import MAX_WORKSPACE_GIB, check_batch, check_positive
 from mfdeploy.runtime.tensorrt_env import ENGINE_SIDECAR, host_info, read_sidecar
 
@@ -89,14 +90,63 @@ def engine_options(
 
 
 def build_command(artifact_root: Path, options: EngineOptions) -> str:
-    """The command that builds this engine, as a user would type it on a GPU host."""
-    parts = ["mfdeploy", "build-engine", str(Path(artifact_root).resolve()), "--precision", options.precision]
+    """The command that builds this engine on a GPU host, run in the folder that holds the artifact folder.
+
+    The artifact is named by its folder name only, so the command works wherever the folder is copied to
+    (and records no path of the machine that exported it); :func:`gpu_host_instructions` says so.
+    """
+    parts = ["mfdeploy", "build-engine", shlex.quote(Path(artifact_root).name), "--precision", options.precision]
     if options.profile is not None:
         p = options.profile
         parts += ["--min-batch", str(p.min), "--opt-batch", str(p.opt), "--max-batch", str(p.max)]
     if options.workspace_gib != EngineOptions.workspace_gib:
         parts += ["--workspace", f"{options.workspace_gib:g}"]
     return " ".join(parts)
+
+
+def trtexec_command(manifest: dict[str, Any], options: EngineOptions, folder: str = "") -> str:
+    """The plain ``trtexec`` command that builds the same engine as :func:`build_command`, for a GPU host
+    without mfdeploy, from what the artifact's ``manifest`` records (input name and shape, static or dynamic
+    batch). Run in the folder that holds the artifact folder ``folder`` (or inside it when ``folder`` is "").
+
+    Strongly typed (``--stronglyTyped``: required on TensorRT 10, the default and a no-op on 11): the
+    precision is in the graph, so no ``--fp16``/``--int8`` (11 removed them). A dynamic batch gets one
+    profile (``--minShapes/--optShapes/--maxShapes``, 1/8/32 unless the options give a range); a static
+    graph needs none. Workspace in MiB, the artifact's timing cache, detailed profiling as build-engine
+    sets, and ``--skipInference``: it builds, it does not benchmark.
+    """
+    graph, plan = GRAPH_FOR_PRECISION[options.precision], PLAN_FOR_PRECISION[options.precision]
+    spec = manifest["inputs"][0]
+    name, shape = spec["name"], list(spec["shape"])
+    prefix = f"{folder}/" if folder else ""
+    parts = ["trtexec", f"--onnx={prefix}{graph}", "--stronglyTyped"]
+    if not isinstance(shape[0], int):  # a named (dynamic) batch axis
+        profile = (options.profile or BatchProfile()).check()
+        rest = "x".join(str(d) for d in shape[1:])
+        for flag, batch in (("minShapes", profile.min), ("optShapes", profile.opt), ("maxShapes", profile.max)):
+            parts.append(f"--{flag}={name}:{batch}x{rest}")
+    parts += [
+        f"--saveEngine={prefix}{plan}",
+        f"--timingCacheFile={prefix}{TIMING_CACHE}",
+        f"--memPoolSize=workspace:{options.workspace_gib * 1024:g}",
+        "--profilingVerbosity=detailed",
+        "--skipInference",
+    ]
+    return " ".join(shlex.quote(part) for part in parts)
+
+
+def gpu_host_instructions(artifact_root: Path, manifest: dict[str, Any], options: EngineOptions) -> list[str]:
+    """How to build this engine on a GPU host: copy the artifact folder there, then in the folder that holds
+    it run build-engine, or trtexec where mfdeploy is not installed. The folder is named as this host's
+    user sees it (relative to the current folder when inside it)."""
+    folder = Path(artifact_root).name
+    return [
+        f"To build the engine on a GPU host with TensorRT 10 or 11, copy {display_path(artifact_root)} there, "
+        "then run in the folder that holds it:",
+        f"  {build_command(artifact_root, options)}",
+        "or, without mfdeploy (an engine mfdeploy does not record in engine.json):",
+        f"  {trtexec_command(manifest, options, folder)}",
+    ]
 
 
 def _profile_for(artifact, options: EngineOptions) -> BatchProfile:

@@ -20,7 +20,10 @@ from mfdeploy.export.tensorrt_build import (
     EngineOptions,
     build_command,
     build_engine,
+    gpu_host_instructions,
+    trtexec_command,
 )
+from mfdeploy.fileio import display_path
 from mfdeploy.graph.tensorrt_lint import lint_graph
 from mfdeploy.option_values import MAX_WORKSPACE_GIB, check_positive
 from mfdeploy.runtime.tensorrt_env import tensorrt_unavailable_reason
@@ -117,12 +120,20 @@ def run_stage(ctx) -> None:
             f"built {entry['file']} ({precision}) in {entry['build_seconds']:.1f} s on {entry['gpu_name']}"
         )
         return
-    message = (
-        f"TensorRT engine not built: {reason}. The TensorRT-ready {precision.upper()} graph is "
-        f"{ctx.final_root / graph} (linted for TensorRT {section['lint']['tensorrt_version']}). On a GPU host with "
-        f"TensorRT 10 or 11, run: {build_command(ctx.final_root, options.engine)}"
+    message = "\n".join(
+        [
+            f"TensorRT engine not built: {reason}. The TensorRT-ready {precision.upper()} graph is "
+            f"{display_path(ctx.final_root / graph)} (linted for TensorRT {section['lint']['tensorrt_version']}).",
+            *gpu_host_instructions(ctx.final_root, ctx.manifest, options.engine),
+        ]
     )
-    section["engine"] = {"skipped": reason, "command": build_command(ctx.final_root, options.engine)}
+    # Portable: run in the folder that holds the artifact folder, on whichever host it was copied to.
+    section["engine"] = {
+        "skipped": reason,
+        "command": build_command(ctx.final_root, options.engine),
+        "trtexec_command": trtexec_command(ctx.manifest, options.engine, ctx.final_root.name),
+        "run_in": f"the folder that holds {ctx.final_root.name}",
+    }
     if ctx.options.target == "trt":
         ctx.notes.append(message)
         ctx.exit_code = EXIT_NO_TENSORRT
