@@ -68,8 +68,12 @@ def evaluate_graphs(
     threads: int | None = None,
     measure_latency: bool = True,
     runs: int = 20,
+    precisions: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Agreement with FP32 on ``holdout`` and ORT CPU latency at batch 1 and 8, per precision graph."""
+    """Agreement with FP32 on ``holdout`` and ORT CPU latency at batch 1 and 8, per graph of ``graphs``
+    (label -> path); ``precisions`` gives a label's precision where the label is not one (e.g. one INT8
+    graph per calibration method)."""
+    precisions = precisions or {}
     result: dict[str, Any] = {"holdout_images": int(len(holdout)), "graphs": {}}
     latency: dict[str, dict[str, float]] = {}
     whole = max(1, len(holdout))  # the holdout in one batch
@@ -87,7 +91,7 @@ def evaluate_graphs(
                 ops = optimized_op_counts(graphs[precision], threads)
                 entry["cpu_slower_than_fp32"] = {
                     "batches": slower,
-                    "why": explain_cpu_slowdown(precision, ops, quantized_ops),
+                    "why": explain_cpu_slowdown(precisions.get(precision, precision), ops, quantized_ops),
                 }
         result["graphs"][precision] = entry
     if measure_latency:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mfdeploy.calibration.options import ALL_METHODS
 from mfdeploy.calibration.pipeline import CalibrationOptions, calibrate_artifact
 from mfdeploy.errors import UserError
 from mfdeploy.export.tensorrt_build import (
@@ -52,6 +53,10 @@ def check_trt_options(options: TensorRTOptions | None) -> None:
         options.engine.profile.check()
     check_positive(options.engine.workspace_gib, "--workspace", MAX_WORKSPACE_GIB)  # GiB; NaN refused too
     check_calibration(options.calibration)
+    if options.calibration.method == ALL_METHODS and options.precision != "int8":
+        raise UserError(
+            f"--method all compares the INT8 calibration methods; it needs --precision int8, not {options.precision}"
+        )
 
 
 def lint_or_fail(artifact, graph: str, allow_fp16_norms: bool) -> dict:
