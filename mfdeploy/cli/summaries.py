@@ -62,13 +62,13 @@ def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Con
             f"  INT8 methods vs FP32 on {holdout} held-out images "
             f"(each graph and report in {CALIBRATION_DIR}/<method>/):"
         )
-        say(f"    {'method':<12} {'cosine':>8} {'top-1':>7} {'top-5':>7} {'max abs error':>13}  clipped mean / max")
+        say(f"    {'method':<12} {'cosine':>8} {'top-1':>7} {'top-5':>7} {'max abs error':>14}  clipped mean / max")
         for method, entry in report["methods"].items():
             m, clipped = entry["vs_fp32"], entry["clipped_share"]
             mark = "*" if method == selection["chosen"] else " "
             say(
                 f"  {mark} {method:<12} {m['cosine']:>8.6f} {m['top1_agreement']:>7.1%} {m['top5_agreement']:>7.1%} "
-                f"{m['max_abs_error']:>13.3g}  {clipped['mean']:.3%} / {clipped['max']:.3%}"
+                f"{m['max_abs_error']:>14.3g}  {clipped['mean']:.3%} / {clipped['max']:.3%}"
             )
         say(f"  model.int8.onnx is {selection['chosen']}, chosen by --select {selection['metric']}: {selection['why']}")
         if selection.get("note"):
