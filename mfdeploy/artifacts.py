@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mfdeploy.commit import COMMITTING, FolderUpdate, folder_update, recover
@@ -57,8 +57,9 @@ ENGINE_SIDECAR = "engine.json"  # what each TensorRT plan was built with and for
 TIMING_CACHE = "timing.cache"  # TensorRT's timing cache, reused by every build of this artifact
 CALIBRATION_JSON = "calibration.json"
 CALIBRATION_MD = "calibration.md"
-CALIBRATION_DIR = "calibration"  # cached statistics and the data index
+CALIBRATION_DIR = "calibration"  # cached statistics, the data index, and each INT8 method's own files
 CALIBRATED_PRECISIONS = ("int8", "fp16")  # the graphs `mfdeploy calibrate` writes
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # INT8 calibration methods, each with its own files
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")  # the graphs a TensorRT engine can be built from
 
 
@@ -70,6 +71,13 @@ def artifact_dir_name(size: str) -> str:
 def precision_graph(precision: str) -> str:
     """The ONNX graph of one precision: model.onnx for fp32, model.<precision>.onnx for the calibrated ones."""
     return ONNX_FILE if precision == "fp32" else f"model.{precision}.onnx"
+
+
+def method_file(method: str, name: str) -> str:
+    """File ``name`` (the INT8 graph, calibration.json or calibration.md) of one INT8 calibration method:
+    ``calibration/<method>/<name>``. Every method calibrated keeps its graph and report there, whichever
+    of them model.int8.onnx (the graph TensorRT builds from) currently is."""
+    return f"{CALIBRATION_DIR}/{method}/{name}"
 
 
 def engine_plan(precision: str) -> str:
@@ -361,11 +369,9 @@ def check_files(artifact: Artifact) -> list[FileCheck]:
 def remake_command(artifact: Artifact, name: str) -> str:
     """The command that writes file ``name`` of ``artifact`` again: for messages about a changed file."""
     root = shlex.quote(str(artifact.root))
-    for precision in CALIBRATED_PRECISIONS:
-        if name == precision_graph(precision):
-            return f"mfdeploy calibrate {root} --precision {precision}"
-    if name in (CALIBRATION_JSON, CALIBRATION_MD) or name.startswith(f"{CALIBRATION_DIR}/"):
-        return f"mfdeploy calibrate {root}"
+    calibrated = {precision_graph(p) for p in CALIBRATED_PRECISIONS} | {CALIBRATION_JSON, CALIBRATION_MD}
+    if name in calibrated or name.startswith(f"{CALIBRATION_DIR}/"):
+        return calibrate_command(artifact, name)
     if name == COREML_PACKAGE:
         return export_command(artifact, "coreml")
     for precision in ENGINE_PRECISIONS:
@@ -374,6 +380,64 @@ def remake_command(artifact: Artifact, name: str) -> str:
     if name in (ENGINE_SIDECAR, TIMING_CACHE):
         return f"mfdeploy build-engine {root}"
     return export_command(artifact)  # model.onnx, the weights, the manifest: the export itself
+
+
+def _section(mapping: Any, key: str) -> dict[str, Any]:
+    value = mapping.get(key) if isinstance(mapping, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _data_args(entry: dict[str, Any]) -> list[str]:
+    """--calib-data/--calib-size for the data a calibration entry of the manifest records (best effort)."""
+    data = _section(entry, "data")
+    args = []
+    if isinstance(data.get("source"), str) and data["source"] != "builtin":
+        args += ["--calib-data", data["source"]]
+    if isinstance(data.get("images"), int) and not isinstance(data["images"], bool):
+        args += ["--calib-size", str(data["images"])]
+    return args
+
+
+def _method_args(method: Any, entry: dict[str, Any]) -> list[str]:
+    if method not in CALIBRATION_METHODS:
+        return []
+    percentile = entry.get("percentile")
+    extra = ["--percentile", str(percentile)] if method == "percentile" and isinstance(percentile, (int, float)) else []
+    return ["--method", method, *extra]
+
+
+def calibrate_command(artifact: Artifact, name: str) -> str:
+    """The `mfdeploy calibrate` that writes calibration file ``name`` again, with the method, precision and
+    data its manifest entry records: an INT8 method's own files under calibration/<method>/, model.int8.onnx
+    (the method it currently is), model.fp16.onnx, the reports (the last run's method, --select and
+    precisions); the statistics cache is remade by any run on the same data."""
+    calibration = _section(artifact.manifest, "calibration")
+    args = ["mfdeploy", "calibrate", str(artifact.root)]
+    parts = PurePosixPath(name).parts
+    if len(parts) == 3 and parts[0] == CALIBRATION_DIR and parts[1] in CALIBRATION_METHODS:
+        entry = _section(_section(calibration, "methods"), parts[1])
+        args += [*_method_args(parts[1], entry), "--precision", "int8", *_data_args(entry)]
+    elif name == precision_graph("int8"):
+        entry = _section(calibration, "int8")
+        args += [*_method_args(entry.get("method"), entry), "--precision", "int8", *_data_args(entry)]
+    elif name == precision_graph("fp16"):
+        entry = _section(calibration, "fp16")
+        norms = ["--fp16-norm"] if entry.get("norms_kept_fp32") is False else []
+        args += ["--precision", "fp16", *norms, *_data_args(entry)]
+    elif name in (CALIBRATION_JSON, CALIBRATION_MD):
+        run = _section(calibration, "run")
+        method = run.get("method")
+        if method == "all":
+            args += ["--method", "all"]
+            if isinstance(run.get("select"), str):
+                args += ["--select", run["select"]]
+        else:
+            args += _method_args(method, run)
+        precisions = run.get("precisions")
+        if isinstance(precisions, list) and precisions and set(precisions) < set(CALIBRATED_PRECISIONS):
+            args += ["--precision", ",".join(p for p in precisions if isinstance(p, str))]
+        args += _data_args(calibration)  # the data of the last run
+    return shlex.join(args)
 
 
 def export_command(artifact: Artifact, target: str | None = None, force: bool = True) -> str:

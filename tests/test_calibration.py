@@ -288,12 +288,16 @@ def test_npz_and_builtin_sources(cli, tmp_path):
     report = result.json()
     assert report["data"]["source"] == "builtin" and report["data"]["images"] == 40
     latency = report["evaluation"]["ort_cpu_latency_ms"]
-    assert set(latency) == {"fp32", "int8"} and all(v > 0 for row in latency.values() for v in row.values())
+    # the FP16 graph of the first run stays valid beside the new INT8 graph: it is evaluated (and timed) again
+    assert set(latency) == {"fp32", "int8", "fp16"} and all(v > 0 for row in latency.values() for v in row.values())
+    assert report["fp16"]["kept"] and not report.get("int8", {}).get("kept")
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["calibration"]["method"] == "minmax" and "model.int8.onnx" in manifest["files"]
 
 
 def test_export_target_trt_writes_the_precision_graph(cli, tmp_path):
+    """`export --target trt --method all` works as `calibrate --method all` does: the three methods compared,
+    the best by --select installed as the graph the engine is built from."""
     result = cli(
         "export",
         "--size",
@@ -304,6 +308,10 @@ def test_export_target_trt_writes_the_precision_graph(cli, tmp_path):
         "trt",
         "--precision",
         "int8",
+        "--method",
+        "all",
+        "--select",
+        "top5",
         "--calib-size",
         "16",
         "--out",
@@ -318,3 +326,14 @@ def test_export_target_trt_writes_the_precision_graph(cli, tmp_path):
         "int8": "model.int8.onnx"
     }
     assert check_tensorrt_qdq(onnx.load(str(root / "model.int8.onnx"))) == []
+    chosen = manifest["calibration"]["method"]
+    assert (
+        manifest["calibration"]["selected_by"]["metric"] == "top5"
+        and manifest["calibration"]["run"]["select"] == "top5"
+    )
+    installed = (root / "model.int8.onnx").read_bytes()
+    assert installed == (root / "calibration" / chosen / "model.int8.onnx").read_bytes()
+    report = json.loads((root / "calibration.json").read_text())
+    top5 = {m: e["vs_fp32"]["top5_agreement"] for m, e in report["methods"].items()}
+    assert set(top5) == {"minmax", "entropy", "percentile"} and top5[chosen] == max(top5.values())
+    assert "untrained model is noise" in report["selection"]["note"]

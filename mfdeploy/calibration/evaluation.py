@@ -69,10 +69,14 @@ def evaluate_graphs(
     threads: int | None = None,
     measure_latency: bool = True,
     runs: int = 20,
+    precisions: dict[str, str] | None = None,
     step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Agreement with FP32 on ``holdout`` and ORT CPU latency at batch 1 and 8, per precision graph.
-    ``step`` (a progress row's, see :func:`evaluation_steps`) is told each step as it starts."""
+    """Agreement with FP32 on ``holdout`` and ORT CPU latency at batch 1 and 8, per graph of ``graphs``
+    (label -> path); ``precisions`` gives a label's precision where the label is not one (e.g. one INT8
+    graph per calibration method). ``step`` (a progress row's, see :func:`evaluation_steps`) is told each
+    step as it starts."""
+    precisions = precisions or {}
     step = step or (lambda status: None)
     result: dict[str, Any] = {"holdout_images": int(len(holdout)), "graphs": {}}
     latency: dict[str, dict[str, float]] = {}
@@ -85,8 +89,8 @@ def evaluate_graphs(
             step(f"fp32: {timed}")
             latency["fp32"] = _median_latency_ms(reference_runner, holdout, runs)
     candidates = (OnnxRuntimeRunner(path, threads=threads) for path in graphs.values())
-    precisions = iter(graphs)  # run_targets announces each candidate as it loads: name it by its precision
-    announce = lambda _label: step(f"{next(precisions)} vs FP32")  # noqa: E731
+    labels = iter(graphs)  # run_targets announces each candidate as it loads: name it by its label
+    announce = lambda _label: step(f"{next(labels)} vs FP32")  # noqa: E731
     compared = run_targets(reference, candidates, holdout, whole, announce=announce)
     for precision, run in zip(graphs, compared, strict=True):
         entry: dict[str, Any] = {"vs_fp32": run.figures}
@@ -98,7 +102,7 @@ def evaluate_graphs(
                 ops = optimized_op_counts(graphs[precision], threads)
                 entry["cpu_slower_than_fp32"] = {
                     "batches": slower,
-                    "why": explain_cpu_slowdown(precision, ops, quantized_ops),
+                    "why": explain_cpu_slowdown(precisions.get(precision, precision), ops, quantized_ops),
                 }
         result["graphs"][precision] = entry
     if measure_latency:

@@ -30,22 +30,33 @@ REDUCE_OPS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceSumSquare", "Reduce
 ELEMENTWISE = SHAPE_OPS + ("Sub", "Add", "Mul", "Div", "Pow", "Sqrt", "Exp", "Cast")
 
 
+POLICY = "policy; --fp16-norm allows FP16"
+
+
 @dataclass
 class Fp32Island:
     node: str
     op_type: str
-    reason: str
+    reason: str  # this node's reasons, with the values measured on it
+    group: str = ""  # the same reasons without the node's values: the row of calibration.md it is counted in
 
 
-def _weight_reason(array: np.ndarray, name: str) -> str | None:
+def _weight_reason(array: np.ndarray, name: str) -> tuple[str, str] | None:
+    """(group, reason) when a weight cannot be held in FP16, else None."""
     magnitude = np.abs(array.astype(np.float64))
     if magnitude.size == 0:
         return None
     if magnitude.max() > FP16_MAX:
-        return f"weight {name} reaches |w| = {magnitude.max():.3g} > 65504 (FP16 overflow)"
+        return (
+            "a weight exceeds 65504 (FP16 overflow)",
+            f"weight {name} reaches |w| = {magnitude.max():.3g} > 65504 (FP16 overflow)",
+        )
     nonzero = magnitude[magnitude > 0]
     if nonzero.size and np.mean(nonzero < FP16_MIN_NORMAL) > UNDERFLOW_SHARE:
-        return f"weight {name}: {np.mean(nonzero < FP16_MIN_NORMAL):.0%} of values below FP16's normal range"
+        return (
+            "a weight is mostly below FP16's normal range (2^-14)",
+            f"weight {name}: {np.mean(nonzero < FP16_MIN_NORMAL):.0%} of values below FP16's normal range",
+        )
     return None
 
 
@@ -74,32 +85,66 @@ def choose_fp32_islands(model: onnx.ModelProto, stats: CalibrationStats, keep_no
     reductions = _reductions_feeding_norms(graph) if keep_norms else set()
     islands = []
     for node in graph.node:
-        reasons = []
+        reasons: list[tuple[str, str]] = []  # (group, reason)
         if keep_norms and node.op_type in NORM_OPS:
-            reasons.append(f"{node.op_type} kept FP32 by default (statistics lose precision in FP16)")
+            reasons.append(
+                (
+                    f"{node.op_type} kept FP32 ({POLICY})",
+                    f"{node.op_type} kept FP32 by default (statistics lose precision in FP16)",
+                )
+            )
         if node.name in reductions:
-            reasons.append("reduction feeding a LayerNormalization/Softmax")
+            reasons.append((f"reduction feeding a LayerNormalization/Softmax ({POLICY})",) * 2)
         for out in node.output:
             if out not in stats._index:
                 continue
             i = stats.index(out)
             absmax = stats.absmax(out)
             if stats.n_fp16_overflow[i] > 0:
-                reasons.append(f"output overflows FP16 ({int(stats.n_fp16_overflow[i])} values > 65504)")
+                reasons.append(
+                    (
+                        "output overflows FP16 (|x| > 65504)",
+                        f"output overflows FP16 ({int(stats.n_fp16_overflow[i])} values > 65504)",
+                    )
+                )
             elif absmax > DATA_MAX:
-                reasons.append(f"output reaches |x| = {absmax:.4g} > {DATA_MAX:g}")
+                reasons.append(
+                    (f"output reaches |x| > {DATA_MAX:g}", f"output reaches |x| = {absmax:.4g} > {DATA_MAX:g}")
+                )
             nonzero = stats.count[i]
             share = stats.n_fp16_underflow[i] / nonzero if nonzero else 0.0
             if share > UNDERFLOW_SHARE:
-                reasons.append(f"{share:.0%} of output values below FP16's normal range (2^-14)")
+                reasons.append(
+                    (
+                        "most output values below FP16's normal range (2^-14)",
+                        f"{share:.0%} of output values below FP16's normal range (2^-14)",
+                    )
+                )
         for name in node.input:
             if name in initializers:
                 reason = _weight_reason(numpy_helper.to_array(initializers[name]), name)
                 if reason:
                     reasons.append(reason)
         if reasons:
-            islands.append(Fp32Island(node.name, node.op_type, "; ".join(dict.fromkeys(reasons))))
+            islands.append(
+                Fp32Island(
+                    node.name,
+                    node.op_type,
+                    "; ".join(dict.fromkeys(r for _, r in reasons)),
+                    "; ".join(dict.fromkeys(g for g, _ in reasons)),
+                )
+            )
     return islands
+
+
+def group_islands(islands: list[Fp32Island], examples: int = 3) -> list[dict[str, object]]:
+    """One entry per group of reasons, largest first (ties in graph order): the reason, how many nodes,
+    and the first ``examples`` node names; what calibration.md shows instead of one row per node."""
+    groups: dict[str, list[str]] = {}
+    for island in islands:
+        groups.setdefault(island.group or island.reason, []).append(island.node)
+    ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))  # stable: graph order among equal counts
+    return [{"reason": reason, "nodes": len(nodes), "examples": nodes[:examples]} for reason, nodes in ordered]
 
 
 def to_fp16(model: onnx.ModelProto, islands: list[Fp32Island]) -> onnx.ModelProto:

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mfdeploy.artifacts import CALIBRATION_METHODS
 from mfdeploy.calibration.stats import NUM_BINS, CalibrationStats
 from mfdeploy.errors import UserError
 
-METHODS = ("minmax", "entropy", "percentile")
+METHODS = CALIBRATION_METHODS
 QUANTIZED_BINS = 128
 ENTROPY_MAX_CLIP = 1e-3
 

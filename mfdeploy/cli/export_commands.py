@@ -31,6 +31,7 @@ from mfdeploy.cli.options import (
     ProviderOption,
     RtolOption,
     SeedOption,
+    SelectOption,
     SizeOption,
     ThreadsOption,
     TimingCacheOption,
@@ -54,6 +55,7 @@ TRT_FLAGS = {
     "calib_size": "--calib-size",
     "calib_batch": "--calib-batch",
     "method": "--method",
+    "select": "--select",
     "percentile": "--percentile",
     "fp16_norm": "--fp16-norm",
     "min_batch": PROFILE_FLAGS,
@@ -72,13 +74,14 @@ COREML_FLAGS = {
 
 
 def _calibration_options(
-    calib_data, calib_size, calib_batch, method, percentile, fp16_norm, **more
+    calib_data, calib_size, calib_batch, method, select, percentile, fp16_norm, **more
 ) -> CalibrationOptions:
     return CalibrationOptions(
         data=calib_data,
         num_images=calib_size,
         batch=calib_batch,
         method=method,
+        select=select,
         percentile=percentile,
         keep_norms_fp32=not fp16_norm,
         **more,
@@ -125,6 +128,7 @@ def export(
     calib_size: CalibSizeOption = default(CalibrationOptions, "num_images"),
     calib_batch: CalibBatchOption = default(CalibrationOptions, "batch"),
     method: MethodOption = default(CalibrationOptions, "method"),
+    select: SelectOption = None,
     percentile: PercentileOption = default(CalibrationOptions, "percentile"),
     fp16_norm: Fp16NormOption = False,
     min_batch: MinBatchOption = None,
@@ -168,7 +172,7 @@ def export(
         _refuse_flags_without_stage(target, stages, "trt", "TensorRT or Core ML", given(ctx, precision="--precision"))
     stage_options: dict[str, object] = {}
     if stages and "trt" in stages:
-        calibration = _calibration_options(calib_data, calib_size, calib_batch, method, percentile, fp16_norm)
+        calibration = _calibration_options(calib_data, calib_size, calib_batch, method, select, percentile, fp16_norm)
         engine = engine_options(precision, batch, min_batch, opt_batch, max_batch, workspace, timing_cache)
         stage_options["trt"] = TensorRTOptions(calibration=calibration, engine=engine)
     if stages and "coreml" in stages:
@@ -277,6 +281,7 @@ def calibrate(
     calib_size: CalibSizeOption = default(CalibrationOptions, "num_images"),
     calib_batch: CalibBatchOption = default(CalibrationOptions, "batch"),
     method: MethodOption = default(CalibrationOptions, "method"),
+    select: SelectOption = None,
     percentile: PercentileOption = default(CalibrationOptions, "percentile"),
     precision: Annotated[str, typer.Option("--precision", help="Graphs to write: int8, fp16 or int8,fp16.")] = ",".join(
         default(CalibrationOptions, "precisions")
@@ -286,7 +291,8 @@ def calibrate(
     no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip the CPU latency measurement.")] = False,
     json_target: JsonOption = None,
 ) -> None:
-    """INT8 (Q/DQ) and FP16 graphs for TensorRT from one FP32 run over calibration data, with a report."""
+    """INT8 (Q/DQ) and FP16 graphs for TensorRT from one FP32 run over calibration data, with a report; each INT8
+    method's graph and report kept under calibration/<method>/, --method all compares the three."""
     from mfdeploy.calibration.options import check_options
     from mfdeploy.calibration.pipeline import calibrate_artifact
     from mfdeploy.export.workflow import open_or_export
@@ -296,6 +302,7 @@ def calibrate(
         calib_size,
         calib_batch,
         method,
+        select,
         percentile,
         fp16_norm,
         precisions=tuple(p.strip() for p in precision.split(",") if p.strip()),

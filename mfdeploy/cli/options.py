@@ -130,7 +130,22 @@ CalibBatchOption = Annotated[
     int, typer.Option("--calib-batch", help="Batch size of the calibration run.", rich_help_panel=CALIBRATION)
 ]
 MethodOption = Annotated[
-    str, typer.Option("--method", help="minmax, entropy or percentile.", rich_help_panel=CALIBRATION)
+    str,
+    typer.Option(
+        "--method",
+        help="minmax, entropy, percentile, or all: the three from one statistics run, compared, the best by "
+        "--select installed as model.int8.onnx. Each method's graph and report: calibration/<method>/.",
+        rich_help_panel=CALIBRATION,
+    ),
+]
+SelectOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--select",
+        help="With --method all: cosine, top1 or top5, the agreement with FP32 that picks model.int8.onnx "
+        "(default cosine).",
+        rich_help_panel=CALIBRATION,
+    ),
 ]
 PercentileOption = Annotated[
     float, typer.Option("--percentile", help="For --method percentile, in (0, 100].", rich_help_panel=CALIBRATION)

@@ -82,30 +82,55 @@ def time_splits(timings: dict[str, float], manifest: dict[str, Any]) -> str:
 
 
 def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Console) -> None:
-    from mfdeploy.artifacts import CALIBRATION_JSON, CALIBRATION_MD
-    from mfdeploy.calibration.report import verdict_lines
+    from mfdeploy.artifacts import CALIBRATION_DIR, CALIBRATION_JSON, CALIBRATION_MD
+    from mfdeploy.calibration.report import graph_label, verdict_lines
 
     def say(text: str) -> None:
-        say_to.print(text, soft_wrap=True, markup=False)
+        say_to.print(text, soft_wrap=True, markup=False, highlight=False)
 
-    data, stats = report["data"], report["stats"]
+    data, stats, run = report["data"], report["stats"], report["run"]
     reused = (
         "reused cached statistics" if stats["reused"] else f"collected statistics in {stats['collect_seconds']:.1f} s"
     )
-    say(
-        f"calibrated Mobile-Former {artifact.size} with {report['method']}"
-        + (f" {report['percentile']}" if report.get("percentile") else "")
-        + f" on {data['images']} images from {data['source']} ({reused})"
-    )
+    if run["method"] == "all":
+        what = f"INT8 by {', '.join(report['methods'])} (--method all)"
+    elif "int8" in run["precisions"]:
+        what = f"with {run['method']}" + (f" {run['percentile']}" if run.get("percentile") else "")
+    else:
+        what = "FP16"
+    say(f"calibrated Mobile-Former {artifact.size} {what} on {data['images']} images from {data['source']} ({reused})")
+    selection = report.get("selection")
+    holdout = report["evaluation"]["holdout_images"]
+    if selection:
+        say(
+            f"  INT8 methods vs FP32 on {holdout} held-out images "
+            f"(each graph and report in {CALIBRATION_DIR}/<method>/):"
+        )
+        say(f"    {'method':<12} {'cosine':>8} {'top-1':>7} {'top-5':>7} {'max abs error':>14}  clipped mean / max")
+        for method, entry in report["methods"].items():
+            m, clipped = entry["vs_fp32"], entry["clipped_share"]
+            mark = "*" if method == selection["chosen"] else " "
+            say(
+                f"  {mark} {method:<12} {m['cosine']:>8.6f} {m['top1_agreement']:>7.1%} {m['top5_agreement']:>7.1%} "
+                f"{m['max_abs_error']:>14.3g}  {clipped['mean']:.3%} / {clipped['max']:.3%}"
+            )
+        say(f"  model.int8.onnx is {selection['chosen']}, chosen by --select {selection['metric']}: {selection['why']}")
+        if selection.get("note"):
+            say(f"  note: {selection['note']}")
     for precision, entry in report["evaluation"]["graphs"].items():
         m = entry["vs_fp32"]
+        section = report[precision]
         extra = ""
-        if precision == "fp16":
-            extra = f", {len(report['fp16']['fp32_islands'])} FP32 islands"
-        if precision == "int8":
-            extra = f", {report['int8']['quantized_nodes']} quantized ops"
+        if precision == "fp16" and isinstance(section.get("fp32_islands"), list):
+            groups = len(section.get("fp32_island_groups") or [])
+            extra = f", {len(section['fp32_islands'])} FP32 islands ({groups} reasons)"
+        if precision == "int8" and section.get("quantized_nodes"):
+            extra = f", {section['quantized_nodes']} quantized ops"
+        if section.get("kept"):
+            extra += ", kept from an earlier run"
+        label = graph_label(report, precision).replace(section["file"], display_path(artifact.path(section["file"])), 1)
         say(
-            f"  {display_path(artifact.path(report[precision]['file']))}: vs FP32 on {m['samples']} held-out images "
+            f"  {label}: vs FP32 on {m['samples']} held-out images "
             f"cosine {m['cosine']:.5f}, max abs error {m['max_abs_error']:.3g}, top-1 {m['top1_agreement']:.1%}, "
             f"top-5 {m['top5_agreement']:.1%}{extra}"
         )

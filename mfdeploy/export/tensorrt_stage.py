@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from mfdeploy.calibration.options import ALL_METHODS
 from mfdeploy.calibration.pipeline import CalibrationOptions, calibrate_artifact
 from mfdeploy.errors import UserError
 from mfdeploy.export.tensorrt_build import (
@@ -56,6 +57,10 @@ def check_trt_options(options: TensorRTOptions | None) -> None:
         options.engine.profile.check()
     check_positive(options.engine.workspace_gib, "--workspace", MAX_WORKSPACE_GIB)  # GiB; NaN refused too
     check_calibration(options.calibration)
+    if options.calibration.method == ALL_METHODS and options.precision != "int8":
+        raise UserError(
+            f"--method all compares the INT8 calibration methods; it needs --precision int8, not {options.precision}"
+        )
 
 
 def lint_or_fail(artifact, graph: str, allow_fp16_norms: bool) -> dict:
@@ -80,11 +85,13 @@ def _keeps_graph(ctx, graph: str) -> bool:
     return ctx.artifact.has(graph) and ctx.artifact.file_status(graph) == "ok"
 
 
-def _calibrated_with(manifest: dict) -> str:
+def _calibrated_with(manifest: dict, precision: str) -> str:
+    """How the kept graph was made, from the manifest's calibration entry for its precision."""
     section = manifest.get("calibration") or {}
-    data = section.get("data") or {}
-    method = section.get("method", "?")
-    return f"{method} on {data.get('images', '?')} images from {data.get('source', '?')}"
+    entry = section.get(precision) if isinstance(section.get(precision), dict) else section
+    data = entry.get("data") or section.get("data") or {}
+    how = f"{entry.get('method')} ranges" if precision == "int8" and entry.get("method") else "FP32 islands"
+    return f"{how}, {data.get('images', '?')} images from {data.get('source', '?')}"
 
 
 def run_stage(ctx) -> None:
@@ -98,8 +105,8 @@ def run_stage(ctx) -> None:
     if precision != "fp32":
         if _keeps_graph(ctx, graph):
             ctx.notes.append(
-                f"kept {graph} (calibrated before: {_calibrated_with(ctx.manifest)}); pass calibration options "
-                "or --force to calibrate it again"
+                f"kept {graph} (calibrated before: {_calibrated_with(ctx.manifest, precision)}); pass calibration "
+                "options or --force to calibrate it again"
             )
         else:
             calibration = CalibrationOptions(**{**options.calibration.__dict__, "precisions": (precision,)})
