@@ -32,7 +32,7 @@ from mfdeploy.artifacts import (
 from mfdeploy.calibration.evaluation import evaluate_graphs, judge_graphs
 from mfdeploy.calibration.fp16 import choose_fp32_islands, to_fp16
 from mfdeploy.calibration.int8 import plan_quantization, quantize
-from mfdeploy.calibration.options import CalibrationOptions, check_options
+from mfdeploy.calibration.options import CALIBRATION_DATA, CalibrationOptions, check_options
 from mfdeploy.calibration.ranges import compute_ranges
 from mfdeploy.calibration.report import render_markdown
 from mfdeploy.calibration.stats import CalibrationStats, collect_stats, stats_key
@@ -41,6 +41,8 @@ from mfdeploy.errors import UserError
 from mfdeploy.fileio import atomic_path, sha256_file
 from mfdeploy.graph.checks import check_graph
 from mfdeploy.graph.tensorrt_lint import check_tensorrt_qdq
+from mfdeploy.images.choice import choose_data
+from mfdeploy.images.datasets import BUILTIN_DIGITS, VALIDATION
 from mfdeploy.images.samples import builtin_images
 from mfdeploy.images.sets import BUILTIN, fingerprint, load_image_set
 from mfdeploy.thresholds import untrained_note
@@ -59,13 +61,20 @@ def _prepared_graph(source: Path) -> onnx.ModelProto:
         return onnx.load(str(target))
 
 
-def _holdout_images(artifact: Artifact, options: CalibrationOptions, in_chans: int) -> np.ndarray:
-    """Built-in images the calibration did not see (further crops and flips when it used builtin)."""
-    skip = options.num_images if options.data == BUILTIN else 0
+def _holdout_images(
+    artifact: Artifact, spec: str, options: CalibrationOptions, in_chans: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Images the calibration did not see, and what they are: the validation split of builtin-digits when it
+    calibrated on the digits' training split; built-in photographs otherwise (further crops and flips when
+    it used builtin)."""
+    if spec == BUILTIN_DIGITS and options.holdout:
+        held = load_image_set(BUILTIN_DIGITS, artifact.preprocessing, options.holdout, in_chans, split=VALIDATION)
+        return held.images, {"source": BUILTIN_DIGITS, "split": VALIDATION}
+    skip = options.num_images if spec == BUILTIN else 0
     images = artifact.preprocessing.batch(builtin_images(skip + options.holdout)[skip:])
     if in_chans != 3:
         images = np.repeat(images.mean(axis=1, keepdims=True), in_chans, axis=1)
-    return images
+    return images, {"source": BUILTIN}
 
 
 def _save_graph(model: onnx.ModelProto, path: Path) -> None:
@@ -122,11 +131,12 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
     plan = plan_quantization(prepared)
 
     timings: dict[str, float] = {}
+    choice = choose_data(options.data, artifact.trained_on, CALIBRATION_DATA)
     model_sha = sha256_file(source)
     # A data fingerprint seen before names its data hash, so cached statistics are found without
     # decoding any image; otherwise the data is loaded and hashed.
     known = _read_data_index(update.current(DATA_INDEX)) if _vouched_for(artifact, DATA_INDEX) else {}
-    print_ = fingerprint(options.data, artifact.preprocessing, options.num_images, in_chans)
+    print_ = fingerprint(choice.spec, artifact.preprocessing, options.num_images, in_chans)
     data_info = known.get(print_) if print_ else None
     stats = None
     if data_info is not None:
@@ -134,7 +144,7 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
         cache = artifact.path(CALIBRATION_DIR) / f"stats-{key}.npz"
         stats = _cached_stats(artifact, cache, key)
     if stats is None:
-        data = load_image_set(options.data, artifact.preprocessing, options.num_images, in_chans)
+        data = load_image_set(choice.spec, artifact.preprocessing, options.num_images, in_chans)
         data_info = data.describe()
         if print_:
             known[print_] = data_info
@@ -160,7 +170,7 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
         "created": utc_now(),
         "method": options.method,
         "percentile": options.percentile if options.method == "percentile" else None,
-        "data": data_info,
+        "data": data_info | choice.describe(),
         "preprocessing": artifact.manifest["preprocessing"],
         "stats": {
             "file": f"{CALIBRATION_DIR}/{cache.name}",
@@ -206,13 +216,9 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
         }
     timings["graphs"] = round(time.perf_counter() - started - timings["data"] - timings["stats"], 3)
     evaluation_started = time.perf_counter()
+    holdout, report["holdout"] = _holdout_images(artifact, choice.spec, options, in_chans)
     report["evaluation"] = evaluate_graphs(
-        source,
-        written,
-        _holdout_images(artifact, options, in_chans),
-        len(plan.nodes),
-        options.threads,
-        options.measure_latency,
+        source, written, holdout, len(plan.nodes), options.threads, options.measure_latency
     )
     timings["evaluation"] = round(time.perf_counter() - evaluation_started, 3)
     report["untrained"] = artifact.untrained

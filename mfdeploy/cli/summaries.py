@@ -40,6 +40,7 @@ def print_export_summary(result: Any, say_to: Console) -> None:
 def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Console) -> None:
     from mfdeploy.artifacts import CALIBRATION_JSON, CALIBRATION_MD
     from mfdeploy.calibration.report import verdict_lines
+    from mfdeploy.images.choice import data_name
 
     def say(text: str) -> None:
         say_to.print(text, soft_wrap=True, markup=False)
@@ -51,8 +52,9 @@ def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Con
     say(
         f"calibrated Mobile-Former {artifact.size} with {report['method']}"
         + (f" {report['percentile']}" if report.get("percentile") else "")
-        + f" on {data['images']} images from {data['source']} ({reused})"
+        + f" on {data['images']} images from {data_name(data)} ({reused})"
     )
+    held_out = f" of {data_name(report['holdout'])}" if report.get("holdout") else ""
     for precision, entry in report["evaluation"]["graphs"].items():
         m = entry["vs_fp32"]
         extra = ""
@@ -61,7 +63,7 @@ def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Con
         if precision == "int8":
             extra = f", {report['int8']['quantized_nodes']} quantized ops"
         say(
-            f"  {artifact.path(report[precision]['file'])}: vs FP32 on {m['samples']} held-out images "
+            f"  {artifact.path(report[precision]['file'])}: vs FP32 on {m['samples']} held-out images{held_out} "
             f"cosine {m['cosine']:.5f}, max abs error {m['max_abs_error']:.3g}, top-1 {m['top1_agreement']:.1%}, "
             f"top-5 {m['top5_agreement']:.1%}{extra}"
         )
