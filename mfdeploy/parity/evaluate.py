@@ -1,8 +1,10 @@
 """`mfdeploy eval`: accuracy of every backend on labelled data, and how often it agrees with FP32.
 
-builtin-digits evaluates on the digits validation split (the images `mfdeploy train` held out); an
-ImageFolder is evaluated whole. Folder class names must be classes the model has (the class names a
-checkpoint from `mfdeploy train` carries into the manifest).
+Without --data, the data the model was trained on (its manifest's model.trained_on), else builtin-digits.
+builtin-digits evaluates on the digits validation split (the images `mfdeploy train` held out), and so
+does the model's own training folder when it is the default; an ImageFolder given with --data is
+evaluated whole. Folder class names must be classes the model has (the class names a checkpoint from
+`mfdeploy train` carries into the manifest).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 from mfdeploy.artifacts import Artifact, utc_now
 from mfdeploy.console import progress
 from mfdeploy.errors import UserError
-from mfdeploy.images.datasets import BUILTIN_DIGITS, LabelledSplit, load_labelled
+from mfdeploy.images.choice import DataChoice, choose_data
+from mfdeploy.images.datasets import BUILTIN_DIGITS, VALIDATION, LabelledSplit, load_labelled
 from mfdeploy.images.files import warn_skipped
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.option_values import check_batch
@@ -46,13 +49,17 @@ def _decoded(split: LabelledSplit, pre: Preprocessing, skipped: list[str]) -> tu
     return np.stack(arrays), split.labels[kept]
 
 
-def _labelled_images(artifact: Artifact, spec: str) -> tuple[np.ndarray, np.ndarray, str, int]:
-    """Preprocessed images, model-class labels, the data's name and how many files were skipped."""
+def _labelled_images(artifact: Artifact, choice: DataChoice) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Preprocessed images, model-class labels, and the data section of the report (name, split, how many
+    files were skipped, where the choice came from)."""
+    spec = choice.spec
     data = load_labelled(spec)
-    split = data.val
-    if spec != BUILTIN_DIGITS:  # a user's evaluation folder: every image counts
-        split = LabelledSplit(
-            data.train.sources + data.val.sources, np.concatenate([data.train.labels, data.val.labels])
+    split, split_name = data.val, VALIDATION
+    # a user's evaluation folder: every image counts; the model's own training folder: the images it held out
+    if spec != BUILTIN_DIGITS and not choice.from_training:
+        split, split_name = (
+            LabelledSplit(data.train.sources + data.val.sources, np.concatenate([data.train.labels, data.val.labels])),
+            None,
         )
     classes = artifact.manifest["model"].get("classes")
     if classes is None:
@@ -81,7 +88,10 @@ def _labelled_images(artifact: Artifact, spec: str) -> tuple[np.ndarray, np.ndar
     if len(images) == 0:
         first = (data.skipped + undecodable)[0]
         raise UserError(f"no image in {spec} could be read: {skipped} file(s) skipped; first: {first}")
-    return images, to_model[labels], data.name, skipped
+    section = {"source": data.name, "images": int(len(labels)), "skipped_files": skipped}
+    if split_name is not None:
+        section["split"] = split_name
+    return images, to_model[labels], section | choice.describe()
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -93,7 +103,7 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 def run_eval(
     artifact: Artifact,
-    data: str = EVAL_DATA,
+    data: str | None = None,
     targets: list[str] | str = EVAL_TARGETS,
     batch: int = EVAL_BATCH,
     provider: str | None = None,
@@ -101,7 +111,7 @@ def run_eval(
     names = parse_targets(targets)
     check_batch(batch)
     started = time.perf_counter()
-    images, labels, source, skipped = _labelled_images(artifact, data)
+    images, labels, section = _labelled_images(artifact, choose_data(data, artifact.trained_on, EVAL_DATA))
     with torch_reference(artifact) as reference:
         reference_logits = reference.infer_all(images, batch)
     reference_top1 = reference_logits.argmax(1)
@@ -140,7 +150,7 @@ def run_eval(
         "schema_version": SCHEMA_VERSION,
         "created": utc_now(),
         "artifact": str(artifact.root),
-        "data": {"source": source, "images": int(len(labels)), "skipped_files": skipped},
+        "data": section,
         "untrained": artifact.untrained,
         "untrained_note": untrained_note(artifact.untrained),
         "results": rows,
