@@ -42,7 +42,7 @@ from mfdeploy.fileio import (
 )
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.locking import artifact_lock
-from mfdeploy.manifest_schema import validate_manifest
+from mfdeploy.manifest_schema import trained_on_record, validate_manifest
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -142,6 +142,12 @@ class Artifact:
         figures are noise, so reports say so and parity does not gate top-k agreement by default."""
         source = self.manifest["model"].get("source")
         return isinstance(source, dict) and source.get("weights") == "random"
+
+    @property
+    def trained_on(self) -> dict[str, Any] | None:
+        """What the model was trained on, as its checkpoint recorded it (``data``: builtin-digits or an
+        ImageFolder's path; see manifest_schema.TRAINED_ON_KEYS), or None when nothing was recorded."""
+        return trained_on_record(self.manifest["model"].get("trained_on"))
 
     @property
     def preprocessing(self) -> Preprocessing:

@@ -28,10 +28,14 @@ CHANNEL_ORDERS = ("RGB",)  # images are always converted to RGB before normalisa
 LAYOUTS = ("NCHW",)
 MAX_RESIZE_FACTOR = 4  # resize at most 4x the crop: a crop_pct down to 0.25
 MAX_LABEL_CHARS = 256
+MAX_PATH_CHARS = 4096  # a data folder's path (PATH_MAX on Linux)
 MAX_COUNT = 2**53  # bytes, parameters, multiply-adds: exact in a float, which JSON readers use
 # sections later steps add; each is read as an object (with .get) when present
 OPTIONAL_SECTIONS = ("onnx", "tensorrt", "coreml", "calibration", "verification", "versions", "timings_s")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# what `mfdeploy train` records of its data (``trained_on``): the data (builtin-digits or the ImageFolder's
+# absolute path), its class count, its image count and, for a folder, a fingerprint of its file names and sizes
+TRAINED_ON_KEYS = ("data", "num_classes", "images", "fingerprint")
 
 
 class _Invalid(Exception):
@@ -143,6 +147,39 @@ def _classes(value: Any, field: str, num_classes: int | None) -> None:
         seen.add(name)
 
 
+def _data_name(value: Any, field: str) -> str:
+    """builtin-digits or a folder's path: a printable string (no newline or escape to forge a report line)."""
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_PATH_CHARS or not value.isprintable():
+        _fail(field, value, f"builtin-digits or the path of an ImageFolder (printable, at most {MAX_PATH_CHARS} chars)")
+    return value
+
+
+def _trained_on(value: Any, field: str) -> None:
+    """The record of the data a model was trained on: an object (see TRAINED_ON_KEYS), or the plain data
+    string an older `mfdeploy train` wrote; keys not in TRAINED_ON_KEYS are never read."""
+    if isinstance(value, str):
+        _data_name(value, field)
+        return
+    record = _object(value, field)
+    _data_name(_require(record, "data", f"{field}.data"), f"{field}.data")
+    if "num_classes" in record:
+        _int(record["num_classes"], f"{field}.num_classes", 1, MAX_NUM_CLASSES)
+    if "images" in record:
+        _int(record["images"], f"{field}.images", 0, MAX_COUNT)
+    fingerprint = record.get("fingerprint")
+    if "fingerprint" in record and not (isinstance(fingerprint, str) and _SHA256.fullmatch(fingerprint)):
+        _fail(f"{field}.fingerprint", fingerprint, "64 lowercase hex digits")
+
+
+def trained_on_record(value: Any) -> dict[str, Any] | None:
+    """A validated ``trained_on`` value as the object form (only TRAINED_ON_KEYS), or None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return {"data": value}
+    return {key: value[key] for key in TRAINED_ON_KEYS if key in value}
+
+
 def _tensor_spec(value: Any, field: str, rank: int) -> list[Any]:
     """One entry of ``inputs``/``outputs``: a name and a shape [batch, *dims] of ``rank`` axes, the batch an
     int or an axis name, every other axis a positive int; returns the shape."""
@@ -194,6 +231,8 @@ def _manifest(manifest: dict[str, Any], consistent: bool) -> None:
     imgsz = _imgsz(_require(model, "imgsz", "model.imgsz"), "model.imgsz")
     in_chans = _int(model.get("in_chans", 3), "model.in_chans", 1, MAX_IN_CHANS)
     _classes(model.get("classes"), "model.classes", num_classes if consistent else None)
+    if model.get("trained_on") is not None:
+        _trained_on(model["trained_on"], "model.trained_on")
     for key in ("params", "madds"):  # bench divides by and reports these
         if model.get(key) is not None:
             _int(model[key], f"model.{key}", 0, MAX_COUNT)
@@ -239,6 +278,8 @@ def _metadata(metadata: dict[str, Any]) -> None:
         _int(metadata["in_chans"], "in_chans", 1, MAX_IN_CHANS)
     imgsz = _imgsz(metadata["imgsz"], "imgsz") if "imgsz" in metadata else None
     _classes(metadata.get("classes"), "classes", num_classes)
+    if metadata.get("trained_on") is not None:
+        _trained_on(metadata["trained_on"], "trained_on")
     if "preprocessing" in metadata:
         trained = _preprocessing(metadata["preprocessing"], "preprocessing")
         if imgsz is not None and trained != imgsz:
@@ -247,7 +288,7 @@ def _metadata(metadata: dict[str, Any]) -> None:
 
 def validate_checkpoint_metadata(metadata: Mapping[str, Any], path: Any) -> None:
     """Refuse a checkpoint whose mfdeploy metadata (size, num_classes, in_chans, imgsz, classes,
-    preprocessing: each checked when present) breaks the schema; other keys are left alone."""
+    preprocessing, trained_on: each checked when present) breaks the schema; other keys are left alone."""
     try:
         _metadata(dict(metadata))
     except _Invalid as exc:

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from mfdeploy.artifacts import MANIFEST_DIGEST, MANIFEST_NAME, Artifact, manifest_digest
 from mfdeploy.errors import UserError
 from mfdeploy.images.preprocess import Preprocessing
+from mfdeploy.manifest_schema import trained_on_record
 from mfdeploy.model import build_model
 from mfdeploy.model.weights import check_metadata_fits, read_checkpoint
 
@@ -30,6 +31,7 @@ SEED = 15
 SECONDS = 2.0
 MIN_CASES = 30  # fewer would not be a fuzz run: the machine is too loaded to say anything
 NUM_CLASSES = 10
+TRAINED_ON = {"data": "/data/digits", "num_classes": NUM_CLASSES, "images": 50, "fingerprint": "0" * 64}
 
 # values a damaged or hand-edited file plausibly holds: wrong types, edges, overflows, non-finite numbers
 HOSTILE_VALUES: list[Any] = [
@@ -68,6 +70,11 @@ HOSTILE_VALUES: list[Any] = [
     {"a": 1},
     {"sha256": "0" * 64},
 ]
+
+
+def assert_trained_on(record: Any) -> None:
+    """A training record as calibrate, parity and eval read it: None, or a printable path or name."""
+    assert record is None or (isinstance(record["data"], str) and record["data"].isprintable()), record
 
 
 def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
@@ -148,6 +155,7 @@ def test_fuzzed_checkpoint_metadata_loads_or_is_refused(model, tmp_path):
         "classes": [str(i) for i in range(NUM_CLASSES)],
         "imgsz": 64,
         "preprocessing": Preprocessing.for_size(64).to_dict(),
+        "trained_on": TRAINED_ON,
         "val_accuracy": 0.9,
     }
     path = tmp_path / "fuzz.safetensors"
@@ -162,6 +170,7 @@ def test_fuzzed_checkpoint_metadata_loads_or_is_refused(model, tmp_path):
             assert pre.imgsz % 32 == 0 and pre.resize >= pre.imgsz and len(pre.mean) == len(pre.std) == 3
         classes = read.get("classes")
         assert classes is None or (len(classes) == NUM_CLASSES and len(set(classes)) == NUM_CLASSES)
+        assert_trained_on(trained_on_record(read.get("trained_on")))
 
     outcomes = fuzz(check, base, SEED)
     assert outcomes["refused"] and outcomes["loaded"], outcomes
@@ -186,6 +195,7 @@ def read_everything(artifact: Artifact) -> None:
     batch = artifact.static_batch
     assert batch is None or (isinstance(batch, int) and batch >= 1)
     assert set(artifact.calibrated_precisions) <= {"int8", "fp16"}
+    assert_trained_on(artifact.trained_on)
     assert isinstance(artifact.has("model.onnx"), bool)
 
 
@@ -197,6 +207,7 @@ def test_fuzzed_manifests_open_or_are_refused(artifact_root, tmp_path):
     manifest_path.unlink()  # a fresh file: never write through the link into the original
     base = json.loads((artifact_root / MANIFEST_NAME).read_text())
     base["model"]["classes"] = [f"c{i}" for i in range(NUM_CLASSES)]
+    base["model"]["trained_on"] = TRAINED_ON
 
     def check(manifest: dict[str, Any]) -> None:
         # re-signed, so that the schema is what is fuzzed (an unsigned edit stops at the digest check)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mfdeploy.artifacts import CALIBRATED_PRECISIONS, CALIBRATION_METHODS
 from mfdeploy.errors import UserError
-from mfdeploy.images.sets import BUILTIN
+from mfdeploy.images.sets import BUILTIN, BUILTIN_SETS, DATA_CHOICES
 from mfdeploy.option_values import MAX_BATCH, MAX_IMAGES, check_int, check_threads
 
 ALL_METHODS = "all"  # --method all: every method in CALIBRATION_METHODS from the one statistics run, compared
@@ -18,11 +18,13 @@ METHOD_CHOICES = (*CALIBRATION_METHODS, ALL_METHODS)
 # What --method all picks model.int8.onnx by: agreement with FP32 on the held-out images, higher is better.
 SELECT_METRICS = ("cosine", "top1", "top5")
 DEFAULT_SELECT = "cosine"  # the only one of the three that is meaningful on an untrained model too
+CALIBRATION_DATA = BUILTIN  # without a training record: built-in photographs
 
 
 @dataclass
 class CalibrationOptions:
-    data: str = BUILTIN
+    # None: the data the model was trained on (its manifest's model.trained_on), else CALIBRATION_DATA
+    data: str | None = None
     num_images: int = 512
     batch: int = 32
     method: str = "minmax"
@@ -61,10 +63,8 @@ def check_options(options: CalibrationOptions) -> None:
     check_int(options.num_images, "--calib-size", 1, MAX_IMAGES)
     check_int(options.holdout, "holdout", 0, MAX_IMAGES)
     check_threads(options.threads)
-    if options.data != BUILTIN and not Path(options.data).exists():
-        raise UserError(
-            f"calibration data {options.data} does not exist; pass a folder of images, a .npy/.npz or builtin"
-        )
+    if options.data is not None and options.data not in BUILTIN_SETS and not Path(options.data).exists():
+        raise UserError(f"calibration data {options.data} does not exist; {DATA_CHOICES}")
     unknown = [p for p in options.precisions if p not in CALIBRATED_PRECISIONS]
     if unknown or not options.precisions:
         raise UserError(

@@ -41,7 +41,7 @@ from mfdeploy.artifacts import (
 from mfdeploy.calibration.evaluation import evaluate_graphs, evaluation_steps, judge_graphs
 from mfdeploy.calibration.fp16 import Fp32Island, choose_fp32_islands, group_islands, to_fp16
 from mfdeploy.calibration.int8 import QuantizationPlan, plan_quantization, quantize
-from mfdeploy.calibration.options import ALL_METHODS, CalibrationOptions, check_options
+from mfdeploy.calibration.options import ALL_METHODS, CALIBRATION_DATA, CalibrationOptions, check_options
 from mfdeploy.calibration.ranges import TensorRange, compute_ranges
 from mfdeploy.calibration.report import render_markdown
 from mfdeploy.calibration.selection import select_method
@@ -51,6 +51,8 @@ from mfdeploy.errors import UserError
 from mfdeploy.fileio import atomic_path, sha256_file
 from mfdeploy.graph.checks import check_graph
 from mfdeploy.graph.tensorrt_lint import check_tensorrt_qdq
+from mfdeploy.images.choice import choose_data
+from mfdeploy.images.datasets import BUILTIN_DIGITS, VALIDATION
 from mfdeploy.images.samples import builtin_images
 from mfdeploy.images.sets import BUILTIN, fingerprint, load_image_set
 from mfdeploy.thresholds import untrained_note
@@ -72,13 +74,20 @@ def _prepared_graph(source: Path) -> onnx.ModelProto:
         return onnx.load(str(target))
 
 
-def _holdout_images(artifact: Artifact, options: CalibrationOptions, in_chans: int) -> np.ndarray:
-    """Built-in images the calibration did not see (further crops and flips when it used builtin)."""
-    skip = options.num_images if options.data == BUILTIN else 0
+def _holdout_images(
+    artifact: Artifact, spec: str, options: CalibrationOptions, in_chans: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Images the calibration did not see, and what they are: the validation split of builtin-digits when it
+    calibrated on the digits' training split; built-in photographs otherwise (further crops and flips when
+    it used builtin)."""
+    if spec == BUILTIN_DIGITS and options.holdout:
+        held = load_image_set(BUILTIN_DIGITS, artifact.preprocessing, options.holdout, in_chans, split=VALIDATION)
+        return held.images, {"source": BUILTIN_DIGITS, "split": VALIDATION}
+    skip = options.num_images if spec == BUILTIN else 0
     images = artifact.preprocessing.batch(builtin_images(skip + options.holdout)[skip:])
     if in_chans != 3:
         images = np.repeat(images.mean(axis=1, keepdims=True), in_chans, axis=1)
-    return images
+    return images, {"source": BUILTIN}
 
 
 def _save_graph(model: onnx.ModelProto, path: Path) -> None:
@@ -258,13 +267,15 @@ def _step_count(options: CalibrationOptions) -> int:
     return 2 + graphs + evaluation_steps(graphs, options.measure_latency)
 
 
-def _statistics(artifact: Artifact, options: CalibrationOptions, update: ArtifactUpdate, prepared, plan, model_sha):
-    """The FP32 statistics of this model on this data: from the cache when a finished run left them."""
+def _statistics(
+    artifact: Artifact, options: CalibrationOptions, update: ArtifactUpdate, prepared, plan, model_sha, choice
+):
+    """The FP32 statistics of this model on the chosen data: from the cache when a finished run left them."""
     in_chans = artifact.in_chans
     # A data fingerprint seen before names its data hash, so cached statistics are found without
     # decoding any image; otherwise the data is loaded and hashed.
     known = _read_data_index(update.current(DATA_INDEX)) if _vouched_for(artifact, DATA_INDEX) else {}
-    print_ = fingerprint(options.data, artifact.preprocessing, options.num_images, in_chans)
+    print_ = fingerprint(choice.spec, artifact.preprocessing, options.num_images, in_chans)
     data_info = known.get(print_) if print_ else None
     stats = None
     if data_info is not None:
@@ -272,7 +283,7 @@ def _statistics(artifact: Artifact, options: CalibrationOptions, update: Artifac
         cache = artifact.path(CALIBRATION_DIR) / f"stats-{key}.npz"
         stats = _cached_stats(artifact, cache, key)
     if stats is None:
-        data = load_image_set(options.data, artifact.preprocessing, options.num_images, in_chans)
+        data = load_image_set(choice.spec, artifact.preprocessing, options.num_images, in_chans)
         data_info = data.describe()
         if print_:
             known[print_] = data_info
@@ -295,7 +306,7 @@ def _statistics(artifact: Artifact, options: CalibrationOptions, update: Artifac
         "reused": reused,
         "collect_seconds": stats.meta.get("seconds"),
     }
-    return stats, data_info, summary
+    return stats, data_info | choice.describe(), summary
 
 
 def _calibrate(artifact: Artifact, options: CalibrationOptions, update: ArtifactUpdate, step) -> dict[str, Any]:
@@ -308,7 +319,8 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
     timings: dict[str, float] = {}
 
     step("calibration data and FP32 statistics")
-    stats, data_info, stats_summary = _statistics(artifact, options, update, prepared, plan, model_sha)
+    choice = choose_data(options.data, artifact.trained_on, CALIBRATION_DATA)
+    stats, data_info, stats_summary = _statistics(artifact, options, update, prepared, plan, model_sha, choice)
     timings["statistics"] = round(time.perf_counter() - started, 3)
     created = utc_now()
     provenance = {"created": created, "data": data_info, "stats_key": stats_summary["key"], "model_sha256": model_sha}
@@ -356,7 +368,7 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
 
     # -- how far each graph is from FP32, and which method becomes model.int8.onnx ---------------------
     evaluation_started = time.perf_counter()
-    holdout = _holdout_images(artifact, options, artifact.in_chans)
+    holdout, holdout_section = _holdout_images(artifact, choice.spec, options, artifact.in_chans)
     measured = evaluate_graphs(
         source,
         graphs,
@@ -395,6 +407,7 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
         "schema_version": REPORT_SCHEMA_VERSION,
         "created": created,
         "data": data_info,
+        "holdout": holdout_section,
         "preprocessing": artifact.manifest["preprocessing"],
         "stats": stats_summary,
         "untrained": untrained,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from mfdeploy import markdown as md
+from mfdeploy.images.choice import data_name
 
 MAX_RANGE_ROWS = 10
 
@@ -249,7 +250,7 @@ def _run_lines(report: dict[str, Any]) -> list[str]:
         "## Calibration run",
         "",
         f"- method: {method}",
-        f"- data: {md.text(data['source'])}, {data['images']} images, "
+        f"- data: {md.text(data_name(data))}, {data['images']} images, "
         f"sha256 {md.code(str(data['sha256'])[:16] + '...')}"
         + (f", {data['skipped_files']} unreadable files skipped" if data.get("skipped_files") else ""),
         f"- statistics: {md.code(report['stats']['file'])}"
@@ -279,7 +280,8 @@ def render_markdown(report: dict[str, Any], artifact: Any) -> str:
         "",
         "## Agreement with FP32 on held-out images",
         "",
-        f"{report['evaluation']['holdout_images']} built-in images that were not part of the calibration set.",
+        f"{report['evaluation']['holdout_images']} images ({md.text(data_name(report.get('holdout') or {}))}) that "
+        "were not part of the calibration set.",
         "",
         *_agreement_rows(report),
         "",

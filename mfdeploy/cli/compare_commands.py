@@ -22,7 +22,7 @@ from mfdeploy.cli.options import (
 )
 from mfdeploy.cli.output import file_target, human, write_json
 from mfdeploy.export.options import ExportOptions
-from mfdeploy.parity.options import EVAL_BATCH, EVAL_DATA, EVAL_TARGETS, ParityOptions
+from mfdeploy.parity.options import EVAL_BATCH, EVAL_DATA, EVAL_TARGETS, PARITY_DATA, ParityOptions
 
 
 def _write_text(path: Optional[Path], text: str) -> None:
@@ -40,7 +40,11 @@ def parity(
     size: SizeOption = None,
     out: OutOption = default(ExportOptions, "out"),
     targets: TargetsOption = ",".join(default(ParityOptions, "targets")),
-    data: data_option("builtin, a folder of images, or a .npy/.npz.") = default(ParityOptions, "data"),
+    data: data_option(
+        "builtin (photographs), builtin-digits (its validation split), a folder of images, or a .npy/.npz "
+        f"(default: the data the model was trained on, as its checkpoint recorded it, else {PARITY_DATA}).",
+        optional=True,
+    ) = None,
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = default(ParityOptions, "n"),
     batch: batch_option("images per inference call") = default(ParityOptions, "batch"),
     layers: Annotated[
@@ -98,7 +102,11 @@ def parity(
 @app.command("eval")
 def evaluate(
     artifact_dir: ArtifactArgument,
-    data: data_option("builtin-digits, or an ImageFolder (class sub-folders).") = EVAL_DATA,
+    data: data_option(
+        "builtin-digits (its validation split), or an ImageFolder (class sub-folders) (default: the data the "
+        f"model was trained on, its validation split, as its checkpoint recorded it, else {EVAL_DATA}).",
+        optional=True,
+    ) = None,
     targets: TargetsOption = ",".join(EVAL_TARGETS),
     batch: batch_option("images per inference call") = EVAL_BATCH,
     provider: ProviderOption = None,
@@ -106,6 +114,7 @@ def evaluate(
 ) -> None:
     """Top-1 and top-5 accuracy per backend on labelled data, and agreement with FP32."""
     from mfdeploy.artifacts import Artifact
+    from mfdeploy.images.choice import data_name
     from mfdeploy.parity.evaluate import run_eval
 
     batch = EVAL_BATCH if batch is None else batch
@@ -115,7 +124,7 @@ def evaluate(
     skipped = report["data"].get("skipped_files") or 0
     skipped_note = f", {skipped} unreadable files skipped" if skipped else ""
     say.print(
-        f"accuracy on {report['data']['source']} ({report['data']['images']} labelled images{skipped_note}):",
+        f"accuracy on {data_name(report['data'])} ({report['data']['images']} labelled images{skipped_note}):",
         markup=False,
         soft_wrap=True,
     )

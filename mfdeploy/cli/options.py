@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from mfdeploy.calibration.options import CALIBRATION_DATA
 from mfdeploy.cli.output import json_target
 from mfdeploy.runtime.onnxruntime_runner import DEFAULT_PROVIDER, PROVIDERS
 
@@ -114,15 +115,22 @@ def batches_option(purpose: str, panel: str | None = None) -> Any:
     ]
 
 
-def data_option(what: str) -> Any:
-    return Annotated[str, typer.Option("--data", help=what)]
+def data_option(what: str, optional: bool = False) -> Any:
+    """``--data``; ``optional``: its default is None, "not given", resolved by the library (which says what
+    it chose, in ``what`` and in its report)."""
+    return Annotated[Optional[str] if optional else str, typer.Option("--data", help=what)]
 
 
 # -- calibration (export --target trt, calibrate) ------------------------------------------------------
+# None: not given; the library then takes the data the model was trained on, else CALIBRATION_DATA
 CalibDataOption = Annotated[
-    str,
+    Optional[str],
     typer.Option(
-        "--calib-data", help="builtin, a folder of images, or a preprocessed .npy/.npz.", rich_help_panel=CALIBRATION
+        "--calib-data",
+        help="builtin (photographs), builtin-digits (its training split), a folder of images, or a preprocessed "
+        ".npy/.npz (default: the data the model was trained on, as its checkpoint recorded it, else "
+        f"{CALIBRATION_DATA}).",
+        rich_help_panel=CALIBRATION,
     ),
 ]
 CalibSizeOption = Annotated[int, typer.Option("--calib-size", help="Calibration images.", rich_help_panel=CALIBRATION)]

@@ -84,6 +84,7 @@ def time_splits(timings: dict[str, float], manifest: dict[str, Any]) -> str:
 def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Console) -> None:
     from mfdeploy.artifacts import CALIBRATION_DIR, CALIBRATION_JSON, CALIBRATION_MD
     from mfdeploy.calibration.report import graph_label, verdict_lines
+    from mfdeploy.images.choice import data_name
 
     def say(text: str) -> None:
         say_to.print(text, soft_wrap=True, markup=False, highlight=False)
@@ -98,7 +99,7 @@ def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Con
         what = f"with {run['method']}" + (f" {run['percentile']}" if run.get("percentile") else "")
     else:
         what = "FP16"
-    say(f"calibrated Mobile-Former {artifact.size} {what} on {data['images']} images from {data['source']} ({reused})")
+    say(f"calibrated Mobile-Former {artifact.size} {what} on {data['images']} images from {data_name(data)} ({reused})")
     selection = report.get("selection")
     holdout = report["evaluation"]["holdout_images"]
     if selection:
@@ -117,6 +118,7 @@ def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Con
         say(f"  model.int8.onnx is {selection['chosen']}, chosen by --select {selection['metric']}: {selection['why']}")
         if selection.get("note"):
             say(f"  note: {selection['note']}")
+    held_out = f" of {data_name(report['holdout'])}" if report.get("holdout") else ""
     for precision, entry in report["evaluation"]["graphs"].items():
         m = entry["vs_fp32"]
         section = report[precision]
@@ -130,7 +132,7 @@ def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Con
             extra += ", kept from an earlier run"
         label = graph_label(report, precision).replace(section["file"], display_path(artifact.path(section["file"])), 1)
         say(
-            f"  {label}: vs FP32 on {m['samples']} held-out images "
+            f"  {label}: vs FP32 on {m['samples']} held-out images{held_out} "
             f"cosine {m['cosine']:.5f}, max abs error {m['max_abs_error']:.3g}, top-1 {m['top1_agreement']:.1%}, "
             f"top-5 {m['top5_agreement']:.1%}{extra}"
         )

@@ -34,6 +34,7 @@ from mfdeploy.export.options import EXPORT_TARGETS, STAGES, TARGET_STAGES, Expor
 from mfdeploy.export.verify import DYNAMIC_VERIFY_BATCHES, VerificationError, verify_runner
 from mfdeploy.graph.checks import check_graph
 from mfdeploy.images.preprocess import Preprocessing
+from mfdeploy.manifest_schema import trained_on_record
 from mfdeploy.model.complexity import measure
 from mfdeploy.model.weights import LoadedModel, load_model, save_checkpoint
 from mfdeploy.runtime.base import TensorSpec
@@ -336,6 +337,8 @@ def _export_graph(
             "params": complexity.params,
             "madds": complexity.madds,
             "classes": loaded.metadata.get("classes"),
+            # what `mfdeploy train` trained it on: the default data of calibrate, parity and eval
+            "trained_on": trained_on_record(loaded.metadata.get("trained_on")),
             "source": loaded.source(),
         },
         "preprocessing": preprocessing.to_dict(),

@@ -70,8 +70,8 @@ def _refuse_folder_in_the_way(root: Path | None, out: str | Path, weights: str |
 
 
 def with_precision_graphs(artifact: Artifact, targets: Sequence[str]) -> Artifact:
-    """Calibrate (built-in data, default settings) the INT8/FP16 graphs that ``targets`` need and
-    ``artifact`` lacks; the onnx-<precision> targets are the ones that need them."""
+    """Calibrate (default settings and data: the model's training data, else built-in photographs) the
+    INT8/FP16 graphs that ``targets`` need and ``artifact`` lacks; the onnx-<precision> targets need them."""
     wanted = tuple(p for p in CALIBRATED_PRECISIONS if f"onnx-{p}" in targets)
     missing = tuple(p for p in wanted if p not in artifact.calibrated_precisions)
     if missing:

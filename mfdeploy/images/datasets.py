@@ -6,6 +6,7 @@ is validation) so that training, evaluation and calibration reports always see t
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from mfdeploy.images.preprocess import is_image_file, load_image, probe_image
 
 BUILTIN_DIGITS = "builtin-digits"
 VAL_EVERY = 5  # every 5th image of a class goes to validation: a 20% split, identical on every run
+TRAIN, VALIDATION = "train", "validation"  # the two splits, by the names reports give them
 
 ImageSource = Union[Image.Image, Path]
 
@@ -125,6 +127,33 @@ def load_image_folder(root: str | os.PathLike[str]) -> LabelledData:
     if len(val) == 0:
         raise UserError(f"data folder {root} is too small for a validation split; give each class at least 2 images")
     return LabelledData(str(root), classes, train, val, skipped)
+
+
+def folder_fingerprint(root: str | os.PathLike[str]) -> str | None:
+    """A cheap identity of an image folder: sha256 over the relative name and byte size of every image file
+    under it (no image decoded, no time stamp, so a copy of the folder has the same one); None if unreadable."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    try:
+        for path in scan_files(root, is_image_file, "image").files:
+            digest.update(os.fsencode(path.relative_to(root).as_posix()) + f"|{path.stat().st_size}\n".encode())
+    except (OSError, UserError):
+        return None
+    return digest.hexdigest()
+
+
+def training_record(data: LabelledData) -> dict[str, object]:
+    """What `mfdeploy train` writes into a checkpoint as ``trained_on``: builtin-digits, or the folder's
+    absolute path (so another working folder finds it) with its fingerprint; class and image counts."""
+    record: dict[str, object] = {"data": data.name}
+    if data.name != BUILTIN_DIGITS:
+        record["data"] = str(Path(data.name).absolute())
+    record.update(num_classes=len(data.classes), images=len(data.train) + len(data.val))
+    if data.name != BUILTIN_DIGITS:
+        fingerprint = folder_fingerprint(data.name)
+        if fingerprint is not None:
+            record["fingerprint"] = fingerprint
+    return record
 
 
 def load_labelled(spec: str) -> LabelledData:

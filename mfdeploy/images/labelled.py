@@ -15,7 +15,7 @@ import numpy as np
 
 from mfdeploy.console import progress
 from mfdeploy.errors import UserError
-from mfdeploy.images.datasets import BUILTIN_DIGITS, LabelledData, LabelledSplit, load_labelled
+from mfdeploy.images.datasets import BUILTIN_DIGITS, VALIDATION, LabelledData, LabelledSplit, load_labelled
 from mfdeploy.images.files import warn_skipped
 from mfdeploy.images.preprocess import Preprocessing
 
@@ -31,6 +31,18 @@ class LabelledImages:
     labels: np.ndarray  # the model's output index of each image's class
     source: str  # the data's name: builtin-digits or the folder
     skipped: int  # unreadable files left out
+    split: str | None = None  # "validation" when only the held-out split is scored; None: every image
+
+    def section(self) -> dict[str, object]:
+        """The ``data`` section of a report on these images."""
+        section: dict[str, object] = {
+            "source": self.source,
+            "images": int(len(self.labels)),
+            "skipped_files": self.skipped,
+        }
+        if self.split is not None:
+            section["split"] = self.split
+        return section
 
 
 def model_classes(data: LabelledData, spec: str, classes: list[str] | None, num_classes: int, model: str) -> np.ndarray:
@@ -82,15 +94,19 @@ def _decoded(split: LabelledSplit, pre: Preprocessing, skipped: list[str]) -> tu
     return np.stack(arrays), split.labels[kept]
 
 
-def labelled_images(artifact: "Artifact", spec: str, data: LabelledData | None = None) -> LabelledImages:
+def labelled_images(
+    artifact: "Artifact", spec: str, data: LabelledData | None = None, held_out_only: bool = False
+) -> LabelledImages:
     """The images of ``spec`` (builtin-digits or an ImageFolder) preprocessed for ``artifact``, labelled
     with the model's outputs; refused in one line if the model's classes cannot be matched (before any
-    image is decoded). ``data``: ``load_labelled(spec)`` when the caller has it already."""
+    image is decoded). ``data``: ``load_labelled(spec)`` when the caller has it already. builtin-digits, and
+    a folder with ``held_out_only`` (the model's own training folder), give the split `train` held out."""
     data = load_labelled(spec) if data is None else data
-    split = data.val
-    if spec != BUILTIN_DIGITS:  # a user's evaluation folder: every image counts
-        split = LabelledSplit(
-            data.train.sources + data.val.sources, np.concatenate([data.train.labels, data.val.labels])
+    split, split_name = data.val, VALIDATION
+    if spec != BUILTIN_DIGITS and not held_out_only:  # a user's evaluation folder: every image counts
+        split, split_name = (
+            LabelledSplit(data.train.sources + data.val.sources, np.concatenate([data.train.labels, data.val.labels])),
+            None,
         )
     to_model = artifact_classes(artifact, data, spec)
     undecodable: list[str] = []
@@ -100,4 +116,4 @@ def labelled_images(artifact: "Artifact", spec: str, data: LabelledData | None =
     if len(images) == 0:
         first = (data.skipped + undecodable)[0]
         raise UserError(f"no image in {spec} could be read: {skipped} file(s) skipped; first: {first}")
-    return LabelledImages(images, to_model[labels], data.name, skipped)
+    return LabelledImages(images, to_model[labels], data.name, skipped, split_name)

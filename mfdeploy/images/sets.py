@@ -1,5 +1,6 @@
 """Unlabelled image sets (calibration data, parity inputs): a folder of images, a preprocessed .npy/.npz
-array, or built-in photographs.
+array, built-in photographs, or the built-in digits (one split: calibration takes the training images,
+parity the validation images `mfdeploy train` held out).
 
 Every source ends as one float32 NCHW array preprocessed the way the artifact's manifest says, plus a
 sha256 of that array, so a result names exactly the data it was computed on.
@@ -17,20 +18,24 @@ import numpy as np
 from mfdeploy.console import progress, warn
 from mfdeploy.errors import UserError
 from mfdeploy.images.arrays import read_array_header, read_leading
+from mfdeploy.images.datasets import BUILTIN_DIGITS, TRAIN, VALIDATION, load_digits_data
 from mfdeploy.images.files import scan_files, warn_skipped
 from mfdeploy.images.preprocess import IMAGE_EXTENSIONS, Preprocessing, is_image_file, load_image
 from mfdeploy.images.samples import builtin_images
 
 BUILTIN = "builtin"
+BUILTIN_SETS = (BUILTIN, BUILTIN_DIGITS)  # the data names that are not paths
+DATA_CHOICES = f"pass a folder of images, a .npy/.npz, {BUILTIN} or {BUILTIN_DIGITS}"
 MIN_IMAGES = 8
 
 
 @dataclass
 class ImageSet:
     images: np.ndarray  # float32 [N, C, H, W], preprocessed
-    source: str  # "builtin", a folder or an array file
+    source: str  # "builtin", "builtin-digits", a folder or an array file
     sha256: str  # of the preprocessed array (shape and bytes)
     skipped: list[str] = field(default_factory=list)  # why each unreadable file was left out
+    split: str | None = None  # builtin-digits: which split ("train" or "validation")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -42,6 +47,7 @@ class ImageSet:
             "shape": list(self.images.shape),
             "sha256": self.sha256,
             "skipped_files": len(self.skipped),
+            **({"split": self.split} if self.split else {}),
         }
 
 
@@ -158,8 +164,30 @@ def _from_builtin(preprocessing: Preprocessing, num_images: int, in_chans: int) 
     return ImageSet(images, BUILTIN, array_sha256(images))
 
 
+def _from_digits(preprocessing: Preprocessing, num_images: int, in_chans: int, split: str) -> ImageSet:
+    """``num_images`` evenly spaced images of one split of the built-in digits (every class in each)."""
+    data = load_digits_data()
+    images_of = data.train if split == TRAIN else data.val
+    if len(images_of) < num_images:
+        warn(
+            f"{num_images} images were asked for, more than the {len(images_of)} in the {split} split of "
+            f"{BUILTIN_DIGITS}: using all {len(images_of)}"
+        )
+    index = _evenly_spaced(list(range(len(images_of))), num_images)
+    with progress() as bar:
+        task = bar.add_task(f"{BUILTIN_DIGITS} {split}", total=len(index), status="")
+        arrays = []
+        for i in index:
+            arrays.append(preprocessing(images_of.image(i)))
+            bar.update(task, advance=1)
+    images = np.stack(arrays)
+    if in_chans != 3:
+        images = np.repeat(images.mean(axis=1, keepdims=True), in_chans, axis=1)
+    return ImageSet(images, BUILTIN_DIGITS, array_sha256(images), split=split)
+
+
 def fingerprint(
-    spec: str | os.PathLike[str], preprocessing: Preprocessing, num_images: int, in_chans: int
+    spec: str | os.PathLike[str], preprocessing: Preprocessing, num_images: int, in_chans: int, split: str = TRAIN
 ) -> str | None:
     """A cheap identity of the data a spec would load (file names, sizes and times; or the builtin set's
     version), so a repeated calibration finds its cached statistics without decoding a single image.
@@ -171,8 +199,8 @@ def fingerprint(
 
     parts: list[bytes] = [str(num_images).encode(), str(in_chans).encode()]
     parts.append(repr(sorted(preprocessing.to_dict().items())).encode())
-    if str(spec) == BUILTIN:
-        parts.append(b"builtin-v1")
+    if str(spec) in BUILTIN_SETS:
+        parts.append(b"builtin-v1" if str(spec) == BUILTIN else f"{BUILTIN_DIGITS}-{split}-v1".encode())
         for dist in ("scikit-image", "scikit-learn"):
             try:
                 parts.append(f"{dist}={metadata.version(dist)}".encode())
@@ -203,8 +231,10 @@ def load_image_set(
     num_images: int = 512,
     in_chans: int = 3,
     resize_arrays: bool = False,
+    split: str = TRAIN,
 ) -> ImageSet:
-    """``builtin``, a folder of images (searched recursively) or a preprocessed .npy/.npz array.
+    """``builtin``, ``builtin-digits`` (its ``split``: train or validation), a folder of images (searched
+    recursively) or a preprocessed .npy/.npz array.
 
     ``resize_arrays``: resize an array made at another image size (with a warning) instead of refusing it.
     """
@@ -212,13 +242,17 @@ def load_image_set(
         raise UserError(f"the number of images must be at least 1, got {num_images}")
     if str(spec) == BUILTIN:
         return _from_builtin(preprocessing, num_images, in_chans)
+    if str(spec) == BUILTIN_DIGITS:
+        if split not in (TRAIN, VALIDATION):
+            raise ValueError(f"unknown split {split!r}")
+        return _from_digits(preprocessing, num_images, in_chans, split)
     path = Path(spec)
     if not path.exists():
-        raise UserError(f"image data {path} does not exist; pass a folder of images, a .npy/.npz or builtin")
+        raise UserError(f"image data {path} does not exist; {DATA_CHOICES}")
     if path.is_dir():
         return _from_folder(path, preprocessing, num_images, in_chans)
     if path.suffix.lower() in (".npy", ".npz"):
         return _from_array(path, preprocessing, num_images, in_chans, resize_arrays)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         raise UserError(f"{path} is a single image; pass the folder that holds the calibration images")
-    raise UserError(f"unsupported image data {path.name}: pass a folder of images, a .npy/.npz or builtin")
+    raise UserError(f"unsupported image data {path.name}: {DATA_CHOICES}")

@@ -1,7 +1,9 @@
 """`mfdeploy eval`: accuracy of every backend on labelled data, and how often it agrees with FP32.
 
-builtin-digits evaluates on the digits validation split (the images `mfdeploy train` held out); an
-ImageFolder is evaluated whole. Loading the data (and refusing classes the model cannot match) is
+Without --data, the data the model was trained on (its manifest's model.trained_on), else builtin-digits.
+builtin-digits evaluates on the digits validation split (the images `mfdeploy train` held out), and so
+does the model's own training folder when it is the default; an ImageFolder given with --data is
+evaluated whole. Loading the data (and refusing classes the model cannot match) is
 :func:`mfdeploy.images.labelled.labelled_images` and scoring :func:`mfdeploy.metrics.topk_accuracy`, which
 `mfdeploy bench --data` uses too.
 """
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mfdeploy.artifacts import Artifact, utc_now
+from mfdeploy.images.choice import choose_data
 from mfdeploy.images.labelled import labelled_images
 from mfdeploy.metrics import topk_accuracy
 from mfdeploy.option_values import check_batch
@@ -28,7 +31,7 @@ SCHEMA_VERSION = 1
 
 def run_eval(
     artifact: Artifact,
-    data: str = EVAL_DATA,
+    data: str | None = None,
     targets: list[str] | str = EVAL_TARGETS,
     batch: int = EVAL_BATCH,
     provider: str | None = None,
@@ -36,7 +39,8 @@ def run_eval(
     names = parse_targets(targets)
     check_batch(batch)
     started = time.perf_counter()
-    labelled = labelled_images(artifact, data)
+    choice = choose_data(data, artifact.trained_on, EVAL_DATA)
+    labelled = labelled_images(artifact, choice.spec, held_out_only=choice.from_training)
     images, labels = labelled.images, labelled.labels
     with torch_reference(artifact) as reference:
         reference_logits = reference.infer_all(images, batch)
@@ -76,7 +80,7 @@ def run_eval(
         "schema_version": SCHEMA_VERSION,
         "created": utc_now(),
         "artifact": str(artifact.root),
-        "data": {"source": labelled.source, "images": int(len(labels)), "skipped_files": labelled.skipped},
+        "data": labelled.section() | choice.describe(),
         "untrained": artifact.untrained,
         "untrained_note": untrained_note(artifact.untrained),
         "results": rows,

@@ -14,8 +14,10 @@ from mfdeploy.artifacts import ONNX_FILE, Artifact, utc_now
 from mfdeploy.console import err, progress
 from mfdeploy.environment import library_versions
 from mfdeploy.errors import UserError
+from mfdeploy.images.choice import choose_data
+from mfdeploy.images.datasets import VALIDATION
 from mfdeploy.images.sets import ImageSet, load_image_set
-from mfdeploy.parity.options import ParityOptions, check_options
+from mfdeploy.parity.options import PARITY_DATA, ParityOptions, check_options
 from mfdeploy.parity.stages import map_stages, stage_errors, torch_stage_outputs
 from mfdeploy.runtime.base import Runner
 from mfdeploy.runtime.comparison import run_targets
@@ -25,6 +27,7 @@ from mfdeploy.thresholds import DEFAULT_THRESHOLDS, judge, thresholds_for, untra
 SCHEMA_VERSION = 1
 STAGE_BATCH = 4  # images used for the stage-by-stage comparison
 LOCALIZABLE_BACKENDS = ("onnxruntime",)
+MODEL_FIELDS = ("size", "num_classes", "imgsz", "source", "trained_on")  # the report's model section
 
 
 def _first_parting(errors: dict[str, float], stages: list[str], limit: float) -> dict[str, Any] | None:
@@ -55,7 +58,11 @@ def run_parity(artifact: Artifact, options: ParityOptions) -> dict[str, Any]:
     started = time.perf_counter()
     in_chans = artifact.in_chans
     reference_runner = torch_reference(artifact)
-    images: ImageSet = load_image_set(options.data, artifact.preprocessing, options.n, in_chans, resize_arrays=True)
+    choice = choose_data(options.data, artifact.trained_on, PARITY_DATA)
+    # builtin-digits: its validation split, images neither training nor calibration saw
+    images: ImageSet = load_image_set(
+        choice.spec, artifact.preprocessing, options.n, in_chans, resize_arrays=True, split=VALIDATION
+    )
     data = images.images[: options.n]
 
     stage_images = data[:STAGE_BATCH]
@@ -115,8 +122,8 @@ def run_parity(artifact: Artifact, options: ParityOptions) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "created": utc_now(),
         "artifact": str(artifact.root),
-        "model": {k: artifact.manifest["model"].get(k) for k in ("size", "num_classes", "imgsz", "source")},
-        "data": images.describe() | {"used": int(len(data))},
+        "model": {k: artifact.manifest["model"].get(k) for k in MODEL_FIELDS},
+        "data": images.describe() | {"used": int(len(data))} | choice.describe(),
         "batch": options.batch,
         "reference": "torch (PyTorch eager, FP32, CPU)",
         "untrained": artifact.untrained,

@@ -14,12 +14,14 @@ from mfdeploy.option_values import MAX_IMAGES, check_batch, check_int
 from mfdeploy.thresholds import check_overrides
 
 DEFAULT_TARGETS = ("onnx", "onnx-fp16", "onnx-int8", "coreml", "trt-fp16", "trt-int8")
+PARITY_DATA = BUILTIN  # without a training record: built-in photographs
 
 
 @dataclass
 class ParityOptions:
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    data: str = BUILTIN
+    # None: the data the model was trained on (its manifest's model.trained_on), else PARITY_DATA
+    data: str | None = None
     n: int = 64
     batch: int = 8
     layers: bool = False
@@ -40,7 +42,7 @@ def check_options(options: ParityOptions) -> list[str]:
 # `mfdeploy eval`: accuracy on labelled data (mfdeploy.parity.evaluate)
 EVAL_TARGETS = ("onnx", "onnx-fp16", "onnx-int8")
 EVAL_BATCH = ACCURACY_BATCH
-EVAL_DATA = BUILTIN_DIGITS  # its validation split: the images `mfdeploy train` held out
+EVAL_DATA = BUILTIN_DIGITS  # without a training record; its validation split: the images `mfdeploy train` held out
 
 
 # `mfdeploy predict`: one's own images through the artifact's targets (mfdeploy.parity.predict)

@@ -2,16 +2,18 @@
 the error per stage, and the terminal summary.
 
 JSON schema (version 1), top level: schema_version, created, artifact, model {size, num_classes, imgsz,
-source}, data {source, images, shape, sha256, skipped_files, used}, batch, reference, untrained (the
-manifest records random weights), untrained_note (why its agreement figures mean nothing; null when
-trained), default_thresholds {fp32|fp16|int8: {max_abs_error, min_cosine, min_top1, min_top5,
-stage_rel_error}} as applied to this model (min_top1/min_top5 null: not gated, an untrained model),
-overrides, stage_comparison, stage_mapping {stage: onnx tensor}, results [...], passed, failed_targets,
-seconds, versions. Each result: target, backend, precision, status (passed | failed | skipped); skipped
-ones have reason; the others label, thresholds, figures {max_abs_error, mean_abs_error, max_rel_error,
-cosine, top1_agreement, top5_agreement, nan_count, inf_count, samples}, failures [{metric, value, limit,
-text}], seconds, and (when localised) stages {rel_error {stage: value}, limit, first_parting {stage,
-rel_error, limit, growth [{stage, rel_error}]}} or stages {unavailable: reason}.
+source, trained_on}, data {source, images, shape, sha256, skipped_files, split (builtin-digits only), used, origin
+(given | trained_on: the model's training record | default), note (why a training record was not
+followed, or null)}, batch, reference, untrained (the manifest records random weights), untrained_note
+(why its agreement figures mean nothing; null when trained), default_thresholds {fp32|fp16|int8:
+{max_abs_error, min_cosine, min_top1, min_top5, stage_rel_error}} as applied to this model
+(min_top1/min_top5 null: not gated, an untrained model), overrides, stage_comparison, stage_mapping
+{stage: onnx tensor}, results [...], passed, failed_targets, seconds, versions. Each result: target,
+backend, precision, status (passed | failed | skipped); skipped ones have reason; the others label,
+thresholds, figures {max_abs_error, mean_abs_error, max_rel_error, cosine, top1_agreement,
+top5_agreement, nan_count, inf_count, samples}, failures [{metric, value, limit, text}], seconds, and
+(when localised) stages {rel_error {stage: value}, limit, first_parting {stage, rel_error, limit, growth
+[{stage, rel_error}]}} or stages {unavailable: reason}.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import io
 from typing import Any
 
 from mfdeploy import markdown as md
+from mfdeploy.images.choice import data_name
 
 
 def _row(result: dict[str, Any]) -> list[str]:
@@ -82,7 +85,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Parity report: Mobile-Former {md.text(model['size'])} ({md.text(report['artifact'])})",
         "",
-        f"Reference: {md.text(report['reference'])}. Data: {md.text(data['source'])}, {md.text(data['used'])} "
+        f"Reference: {md.text(report['reference'])}. Data: {md.text(data_name(data))}, {md.text(data['used'])} "
         f"images (sha256 {md.code(str(data['sha256'])[:16] + '...')}{_skipped_note(data)}), "
         f"batch {md.text(report['batch'])}. "
         f"Overall: **{'PASS' if report['passed'] else 'FAIL'}**.",
@@ -175,7 +178,7 @@ def html_report(report: dict[str, Any]) -> str:
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}</style></head><body>"
         f"<h1>Parity: Mobile-Former {html.escape(str(report['model']['size']))} &mdash; {verdict}</h1>"
-        f"<p>Reference: {html.escape(report['reference'])}; data: {html.escape(str(report['data']['source']))}, "
+        f"<p>Reference: {html.escape(report['reference'])}; data: {html.escape(data_name(report['data']))}, "
         f"{report['data']['used']} images.</p>{note}"
         "<table><tr>" + "".join(f"<th>{h}</th>" for h in HEADER) + f"</tr>{rows}</table>"
         f"<h2>Thresholds per precision</h2><ul>{limits}</ul>{plot}"
@@ -184,7 +187,10 @@ def html_report(report: dict[str, Any]) -> str:
 
 
 def terminal_lines(report: dict[str, Any]) -> list[str]:
-    lines = [f"parity of {report['artifact']} against {report['reference']} on {report['data']['used']} images:"]
+    lines = [
+        f"parity of {report['artifact']} against {report['reference']} on {report['data']['used']} images of "
+        f"{data_name(report['data'])}:"
+    ]
     for result in report["results"]:
         row = _row(result)
         if result["status"] == "skipped":

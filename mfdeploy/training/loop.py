@@ -2,7 +2,8 @@
 
 AdamW with a warm-up then cosine schedule, label smoothing, random-crop jitter, validation accuracy after
 every epoch. The checkpoint is written as .safetensors with what later commands need to use it
-(size, classes, image size, preprocessing) in its metadata.
+(size, classes, image size, preprocessing, and the data it was trained on: ``trained_on``, the default
+data of calibrate, parity and eval) in its metadata.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mfdeploy import __version__
-from mfdeploy.console import err, progress
+from mfdeploy.console import err, progress, warn
 from mfdeploy.errors import UserError
 from mfdeploy.fileio import sha256_file
-from mfdeploy.images.datasets import LabelledSplit, load_labelled
+from mfdeploy.images.datasets import LabelledData, LabelledSplit, load_labelled, training_record
 from mfdeploy.images.preprocess import Preprocessing
+from mfdeploy.manifest_schema import validate_checkpoint_metadata
 from mfdeploy.model import build_model
 from mfdeploy.model.weights import check_fits, read_checkpoint, save_checkpoint
 from mfdeploy.training.options import TrainConfig, check_config
@@ -110,6 +112,19 @@ def _load_backbone(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state)
 
 
+def _trained_on(data: LabelledData, out: Path) -> dict[str, Any] | None:
+    """The record of the data (see datasets.training_record), checked by the rule every reader applies: a
+    folder path the checkpoint's readers would refuse (a control character in it, or too long) is left out
+    with a warning, so the checkpoint stays readable and later commands use their own default data."""
+    record = training_record(data)
+    try:
+        validate_checkpoint_metadata({"trained_on": record}, out)
+    except UserError as exc:
+        warn(f"the training data is not recorded in the checkpoint: {exc}")
+        return None
+    return record
+
+
 def train(
     cfg: TrainConfig, out: str | os.PathLike[str], init_weights: str | os.PathLike[str] | None = None
 ) -> TrainResult:
@@ -120,6 +135,7 @@ def train(
     check_config(cfg)
     preprocessing = Preprocessing.for_size(cfg.imgsz)
     data = load_labelled(cfg.data)
+    trained_on = _trained_on(data, out)  # before training: the folder as it is now
     model = build_model(cfg.size, num_classes=len(data.classes), seed=cfg.seed)
     if init_weights is not None:
         _load_backbone(model, Path(init_weights))
@@ -187,7 +203,7 @@ def train(
         "classes": data.classes,
         "imgsz": cfg.imgsz,
         "preprocessing": preprocessing.to_dict(),
-        "trained_on": data.name,
+        **({"trained_on": trained_on} if trained_on is not None else {}),
         "val_accuracy": history[-1].val_accuracy,
         "train_config": asdict(cfg),
         "init_weights": str(init_weights) if init_weights else "random",
