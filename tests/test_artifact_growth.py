@@ -70,6 +70,10 @@ def test_trt_target_adds_its_graph_and_keeps_everything_already_there(cli, small
     assert set(artifact.calibrated_precisions) == {"fp16", "int8"}
     assert artifact.file_status("model.fp16.onnx") == "ok" and artifact.file_status("model.int8.onnx") == "ok"
     assert "added trt" in result.out and "kept model.onnx" in result.out
+    # the summary has the new graph's figures and every timed step, the calibration inside the stage included
+    assert "TensorRT graph: model.int8.onnx vs FP32" in result.out and "cosine" in result.out
+    took = next(line for line in result.out.splitlines() if line.strip().startswith("took "))
+    assert "trt " in took and "calibrate " in took and "lint " in took, took
 
 
 def test_trt_target_keeps_a_calibrated_graph_unless_asked_to_calibrate(cli, small_artifact):

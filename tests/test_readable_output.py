@@ -129,8 +129,8 @@ def test_calibrate_shows_each_step_after_the_fp32_pass(small_artifact):
         "FP16 graph: FP32 islands",
         "FP32 reference on",
         "fp32: ONNX Runtime CPU latency",
-        "int8 vs FP32",
-        "int8: ONNX Runtime CPU latency",
+        "int8 minmax vs FP32",  # each method's INT8 graph is evaluated under its own label
+        "int8 minmax: ONNX Runtime CPU latency",
         "fp16 vs FP32",
         "fp16: ONNX Runtime CPU latency",
     ]
