@@ -75,6 +75,16 @@ def digits_checkpoint(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def coreml_52m(tmp_path_factory):
+    """`mfdeploy export --size 52m --target coreml --json` (the README's default model with its Core ML
+    package), run once in its own process: (out folder, JSON result, stderr). Never change it: copy it."""
+    out = tmp_path_factory.mktemp("coreml52m")
+    result = run_subprocess("export", "--size", "52m", "--target", "coreml", "--out", out, "--json")
+    assert result.code == 0, result.err
+    return out, json.loads(result.out), result.err
+
+
 @pytest.fixture(scope="session", params=SIZES)
 def exported_size(request, tmp_path_factory):
     """Each size exported once (128 px, dynamic batch, random weights) for the tests that cover all sizes: the

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_subprocess
 from mfdeploy.artifacts import Artifact
 from mfdeploy.export import coreml_export
 from mfdeploy.export.coreml_convert import ConversionSpec, convert
@@ -53,12 +52,9 @@ def assert_one_error_line(result):
 
 
 @pytest.fixture(scope="module")
-def default_52m(tmp_path_factory):
-    """`mfdeploy export --size 52m --target coreml --json`: the real CLI, in its own process."""
-    out = tmp_path_factory.mktemp("coreml52m")
-    result = run_subprocess("export", "--size", "52m", "--target", "coreml", "--out", out, "--json")
-    assert result.code == 0, result.err
-    return out, json.loads(result.out), result.err
+def default_52m(coreml_52m):
+    """`mfdeploy export --size 52m --target coreml --json`: the real CLI, in its own process (tests/conftest.py)."""
+    return coreml_52m
 
 
 def test_default_export_is_a_verified_fp16_ml_program(default_52m):

@@ -17,14 +17,15 @@ from PIL import Image
 
 from mfdeploy.artifacts import Artifact
 from mfdeploy.calibration.pipeline import CalibrationOptions, calibrate_artifact
-from mfdeploy.export.pipeline import ExportOptions, export
 
 ALL_TARGETS = "onnx,onnx-fp16,onnx-int8,coreml,trt-fp16,trt-int8"
 
 
 @pytest.fixture(scope="module")
-def random_52m(tmp_path_factory):
-    root = export(ExportOptions(size="52m", target="coreml", out=tmp_path_factory.mktemp("parity52m"))).artifact
+def random_52m(tmp_path_factory, coreml_52m):
+    """The README's default model with its Core ML package (a copy of the shared export), calibrated."""
+    root = tmp_path_factory.mktemp("parity52m") / "mobileformer_52m"
+    shutil.copytree(coreml_52m[0] / "mobileformer_52m", root)
     calibrate_artifact(Artifact.open(root), CalibrationOptions(num_images=128, measure_latency=False))
     return root
 

@@ -11,14 +11,13 @@ compute units), so the figure belongs to the configuration whose latency the tab
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from mfdeploy.artifacts import Artifact
-from mfdeploy.benchmark.cell import CannotRun, RunnerFactory, load_runner, resolve_runner
+from mfdeploy.benchmark.cell import CannotRun, RunnerFactory, failed_entry, load_runner, resolve_runner
 from mfdeploy.errors import UserError
 from mfdeploy.images.labelled import ACCURACY_BATCH
 from mfdeploy.metrics import topk_accuracy
@@ -73,10 +72,4 @@ def measure_accuracy(request: AccuracyRequest, factory: RunnerFactory = resolve_
             "seconds": round(time.perf_counter() - started, 3),
         }
     except Exception as exc:  # noqa: BLE001 - a backend failing on this host is a result, not a crash
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return {
-            **base,
-            "status": "failed",
-            "error": f"{type(exc).__name__}: {message}".rstrip(": "),
-            "traceback": traceback.format_exc(limit=8),
-        }
+        return failed_entry(base, exc)

@@ -208,13 +208,7 @@ def measure_cell(request: CellRequest, factory: RunnerFactory = resolve_runner) 
                 entry["profile"] = {"available": False, "note": f"{backend} has no per-layer profiler in mfdeploy"}
         return entry
     except Exception as exc:  # noqa: BLE001 - a backend failing on this host is a result, not a crash
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return {
-            **base,
-            "status": "failed",
-            "error": f"{type(exc).__name__}: {message}".rstrip(": "),
-            "traceback": traceback.format_exc(limit=8),
-        }
+        return failed_entry(base, exc)
     finally:
         if runner is not None:
             runner.close()
@@ -265,3 +259,14 @@ def _profile(request: CellRequest, artifact: Artifact, images, factory: RunnerFa
     if not records:
         return {"available": False, "note": f"{runner.backend}'s profiler reported no layers", "runs": runs}
     return {"available": True, "source": runner.label, "runs": runs, **summarize_profile(records, request.top)}
+
+
+def failed_entry(base: dict[str, Any], exc: Exception) -> dict[str, Any]:
+    """A measurement that raised, as a result row: the error's first line and a short traceback."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return {
+        **base,
+        "status": "failed",
+        "error": f"{type(exc).__name__}: {message}".rstrip(": "),
+        "traceback": traceback.format_exc(limit=8),
+    }
