@@ -19,7 +19,6 @@ from typing import Any
 
 from mfdeploy.artifacts import (
     COREML_PACKAGE,
-    MANIFEST_DIGEST,
     MANIFEST_NAME,
     MANIFEST_VOLATILE,
     ONNX_FILE,
@@ -107,7 +106,13 @@ def compare(artifact: Artifact, wanted: dict[str, Any]) -> Existing:
 
 
 def export_identity(
-    source: dict[str, Any], num_classes: int, in_chans: int, preprocessing: dict[str, Any], options: Any
+    source: dict[str, Any],
+    num_classes: Any,
+    in_chans: Any,
+    preprocessing: dict[str, Any],
+    batch: Any,
+    opset: Any,
+    simplifier: Any,
 ) -> dict[str, Any]:
     """What decides the exported graph's content: the weights, the classes, the input, and the graph options."""
     return {
@@ -115,9 +120,9 @@ def export_identity(
         "classes": num_classes,
         "channels": in_chans,
         "preprocessing": _preprocessing_identity(preprocessing),
-        "batch": options.batch if options.batch is not None else "dynamic",
-        "opset": options.opset,
-        "simplifier": options.simplifier,
+        "batch": batch if batch is not None else "dynamic",
+        "opset": opset,
+        "simplifier": simplifier,
     }
 
 
@@ -126,15 +131,15 @@ def identity_of(artifact: Artifact) -> dict[str, Any]:
     manifest = artifact.manifest
     graph = manifest.get("onnx", {})
     model = manifest.get("model", {})
-    return {
-        "weights": _weights_identity(model.get("source") or {}),
-        "classes": model.get("num_classes"),
-        "channels": model.get("in_chans", 3),
-        "preprocessing": _preprocessing_identity(manifest.get("preprocessing") or {}),
-        "batch": graph.get("batch") if graph.get("batch") is not None else "dynamic",
-        "opset": graph.get("opset"),
-        "simplifier": graph.get("simplifier"),
-    }
+    return export_identity(
+        model.get("source") or {},
+        model.get("num_classes"),
+        model.get("in_chans", 3),
+        manifest.get("preprocessing") or {},
+        graph.get("batch"),
+        graph.get("opset"),
+        graph.get("simplifier"),
+    )
 
 
 def _weights_identity(source: dict[str, Any]) -> str:
@@ -206,9 +211,8 @@ def merged_manifest(old: dict[str, Any], new: dict[str, Any] | None) -> dict[str
     """The old manifest with the export's own sections (and file entries) taken from ``new`` when the graph
     was made again; every other section (calibration, coreml, tensorrt, engines) is kept as it was."""
     merged = copy.deepcopy(old)
-    for key in MANIFEST_VOLATILE:
+    for key in MANIFEST_VOLATILE:  # the update time and the content digest: the next save writes them
         merged.pop(key, None)
-    merged.pop(MANIFEST_DIGEST, None)
     if new is None:
         return merged
     for key in EXPORT_SECTIONS:
@@ -237,7 +241,8 @@ CALIBRATION_FLAGS = ("--calib-data", "--calib-size", "--calib-batch", "--method"
 def stage_needed(artifact: Artifact, stage: str, options: Any) -> bool:
     """Whether growing ``artifact`` needs ``stage`` to run; a stage whose files are there but were made with
     other options the user gave now is refused in one line (remaking it is what --force is for)."""
-    from mfdeploy.artifacts import engine_plan, precision_graph
+    from mfdeploy.artifacts import engine_plan
+    from mfdeploy.export.tensorrt_build import GRAPH_FOR_PRECISION, EngineOptions
 
     if stage == "coreml":
         if not artifact.has(COREML_PACKAGE):
@@ -258,8 +263,8 @@ def stage_needed(artifact: Artifact, stage: str, options: Any) -> bool:
         return False
     if stage == "trt":
         trt = options.stage_options.get("trt")
-        precision = trt.precision if trt is not None else "fp16"
-        graph = ONNX_FILE if precision == "fp32" else precision_graph(precision)
+        precision = trt.precision if trt is not None else EngineOptions.precision
+        graph = GRAPH_FOR_PRECISION[precision]
         asked_calibration = any(flag in options.explicit for flag in CALIBRATION_FLAGS)
         return asked_calibration or not (artifact.has(graph) and artifact.has(engine_plan(precision)))
     return True
@@ -306,8 +311,7 @@ def plan_notes(final: Path, plan: Plan) -> list[str]:
         line = f"replaced {final}, which held another export ({'; '.join(plan.differences)})"
         if plan.dropped:
             line += f"; removed with it, as made from that model: {', '.join(plan.dropped)}"
-        own = [name for name in plan.carried]
-        if own:
-            line += f"; kept your own files: {', '.join(own)}"
+        if plan.carried:
+            line += f"; kept your own files: {', '.join(plan.carried)}"
         return [line]
     return []

@@ -134,19 +134,6 @@ def grow_artifact(artifact: Artifact, target: str) -> ExportResult:
     folder lacks. Nothing already there is remade."""
     from dataclasses import replace
 
-    model = artifact.manifest["model"]
-    weights = artifact.require(WEIGHTS_FILE, f"remake it with `{export_command(artifact)}`")
-    artifact.require(ONNX_FILE, f"remake it with `{export_command(artifact)}`")
-    loaded = load_model(size=artifact.size, weights=weights, num_classes=artifact.num_classes)
-    source = model.get("source") or {}
-    random = source.get("weights") == "random"
-    loaded = replace(
-        loaded,
-        weights="random" if random else str(source.get("weights")),
-        weights_sha256=None if random else source.get("sha256"),
-        seed=source.get("seed") if random else None,
-        metadata={"classes": model.get("classes")} if model.get("classes") else {},
-    )
     graph = artifact.manifest.get("onnx", {})
     options = ExportOptions(
         size=artifact.size,
@@ -157,22 +144,39 @@ def grow_artifact(artifact: Artifact, target: str) -> ExportResult:
         simplifier=graph.get("simplifier", ExportOptions.simplifier),
         out=artifact.root.parent,
     )
-    stages = tuple(stage for stage in TARGET_STAGES[target] if growth.stage_needed(artifact, stage, options))
-    plan = growth.Plan(growth.GROW if stages else growth.UNCHANGED, artifact, stages=stages)
-    if not stages:
-        return _unchanged_result(artifact.root, plan)
+    plan = _grow_plan(artifact, options)
+    if plan.mode == growth.UNCHANGED:
+        return _unchanged_result(artifact.root, plan)  # decided before any model is built
+    model = artifact.manifest["model"]
+    weights = artifact.path(WEIGHTS_FILE)  # checked by _grow_plan
+    loaded = load_model(size=artifact.size, weights=weights, num_classes=artifact.num_classes)
+    source = model.get("source") or {}
+    random = source.get("weights") == "random"
+    loaded = replace(
+        loaded,
+        weights="random" if random else str(source.get("weights")),
+        weights_sha256=None if random else source.get("sha256"),
+        seed=source.get("seed") if random else None,
+        metadata={"classes": model.get("classes")} if model.get("classes") else {},
+    )
     return _run(options, loaded, artifact.preprocessing, artifact.root, plan)
 
 
 def _plan(final: Path, options: ExportOptions, loaded: LoadedModel, preprocessing: Preprocessing) -> growth.Plan:
     """What this export does to ``final``: make it, grow it, remake its graph, replace it, or nothing."""
-    identity = growth.export_identity(
-        loaded.source(), loaded.num_classes, loaded.in_chans, preprocessing.to_dict(), options
-    )
     existing = growth.existing_artifact(final, options.force)
     target_stages = TARGET_STAGES[options.target]
     if existing is None:
         return growth.Plan(growth.NEW, stages=target_stages, previous=final)
+    identity = growth.export_identity(
+        loaded.source(),
+        loaded.num_classes,
+        loaded.in_chans,
+        preprocessing.to_dict(),
+        options.batch,
+        options.opset,
+        options.simplifier,
+    )
     found = growth.compare(existing, identity)
     if not found.same_model:
         if not options.force:
@@ -180,8 +184,14 @@ def _plan(final: Path, options: ExportOptions, loaded: LoadedModel, preprocessin
         return growth.Plan(growth.REPLACE, existing, found.differences, stages=target_stages)
     if options.force:
         return growth.Plan(growth.REMAKE, existing, stages=target_stages)
+    return _grow_plan(existing, options)
+
+
+def _grow_plan(existing: Artifact, options: ExportOptions) -> growth.Plan:
+    """GROW with the stages the target still needs, or UNCHANGED when it needs none."""
     for name in (ONNX_FILE, WEIGHTS_FILE):  # a grown artifact reuses them: they must be what was verified
         existing.require(name, f"remake it with `{export_command(existing)}`")
+    target_stages = TARGET_STAGES[options.target]
     stages = tuple(stage for stage in target_stages if growth.stage_needed(existing, stage, options))
     kept = tuple(stage for stage in target_stages if stage not in stages)
     return growth.Plan(growth.GROW if stages else growth.UNCHANGED, existing, stages=stages, kept_stages=kept)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from mfdeploy.artifacts import OK
 from mfdeploy.calibration.options import ALL_METHODS
 from mfdeploy.calibration.pipeline import CalibrationOptions, calibrate_artifact
 from mfdeploy.errors import UserError
@@ -82,7 +83,7 @@ def _keeps_graph(ctx, graph: str) -> bool:
 
     if ctx.options.force or any(flag in ctx.options.explicit for flag in CALIBRATION_FLAGS):
         return False
-    return ctx.artifact.has(graph) and ctx.artifact.file_status(graph) == "ok"
+    return ctx.artifact.has(graph) and ctx.artifact.file_status(graph) == OK
 
 
 def _calibrated_with(manifest: dict, precision: str) -> str:
