@@ -136,3 +136,18 @@ def test_the_command_a_missing_target_names_works_as_written(cli, small_artifact
     assert coreml[:2] == ["mfdeploy", "export"]
     assert coreml[coreml.index("--target") + 1] == "coreml"
     assert coreml[coreml.index("--out") + 1] == str(small_artifact.parent)
+
+
+def test_parity_adds_the_core_ml_package_its_targets_need(cli, small_artifact):
+    """parity on an artifact without a package grows it (grow_artifact) instead of skipping the target."""
+    before = _state(small_artifact)
+    result = cli("parity", small_artifact, "--targets", "onnx,coreml", "--n", "4", "--json", "-")
+    assert result.code == 0, result.err
+    statuses = {r["target"]: r["status"] for r in json.loads(result.out)["results"]}
+    assert statuses == {"onnx": "passed", "coreml": "passed"}
+    artifact = Artifact.open(small_artifact)
+    assert artifact.file_status("model.mlpackage") == "ok"
+    after = _state(small_artifact)
+    assert {name: after[name] for name in before if name != "manifest.json"} == {
+        name: digest for name, digest in before.items() if name != "manifest.json"
+    }
