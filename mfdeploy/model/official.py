@@ -1,0 +1,571 @@
+"""The official Mobile-Former architecture (github AAboys/MobileFormer), re-implemented for deployment.
+
+The official code is the only Mobile-Former with trained ImageNet checkpoints in public. This module computes
+the same function (to float64 rounding) with the same parameters, written the way the rest of
+:mod:`mfdeploy.model` is: no shape read at run time (a trace has no ``aten::size``/``aten::Int``), tokens a
+``[T, D]`` parameter broadcast over the batch, every tensor of rank <= 4, and constants folded into weights
+inside ``forward`` so that an export's constant folding leaves one initializer per projection:
+
+- attention scales into the projection that makes the query (or, Former -> Mobile, the key);
+- the hard-sigmoid affines: ``2 * hsig(z) = clip((z + 3) / 3, 0, 2)``, with ``/3`` and ``+3`` in the weights;
+- BatchNorm1d of the classifier into its Linear (eval only: in training it normalises with batch statistics);
+- GELU's ``1/sqrt2`` into the first FFN Linear and its ``sqrt2 / 2`` into the second (Erf without a Div);
+- projections of the same input share one matmul: the bridge's query and gate, Former -> Mobile's key and value,
+  the two hyper-MLPs' first layers that read token 0 of the same tokens.
+
+26m's channel shuffles (the official code uses a 5-D view) are a Gather of the channels by a constant index.
+
+Module names follow the seed family's stages (``stem``, ``lite_bneck``, ``blocks.N``, ``final_to_former``,
+``channel_conv``, ``head``); ``blocks.N`` is the official ``features.N+1``. State dicts convert both ways with
+:func:`from_official_state_dict` / :func:`to_official_state_dict` (a 1:1 renaming: every parameter keeps its
+official shape), and :func:`identify_official` tells which size an official-keyed or mapped state dict is.
+
+Public: :class:`OfficialMobileFormer`, :func:`build_official_model`, :func:`from_official_state_dict`,
+:func:`to_official_state_dict`, :func:`identify_official` (and the configs re-exported from
+:mod:`mfdeploy.model.official_config`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mfdeploy.errors import UserError
+from mfdeploy.model.layers import DropPath, conv_bn
+from mfdeploy.model.official_config import (
+    OFFICIAL_CONFIGS,
+    OFFICIAL_SIZES,
+    OfficialBlock,
+    OfficialConfig,
+    get_official_config,
+)
+
+__all__ = [
+    "OFFICIAL_CONFIGS",
+    "OFFICIAL_SIZES",
+    "OfficialConfig",
+    "OfficialMobileFormer",
+    "build_official_model",
+    "from_official_state_dict",
+    "get_official_config",
+    "identify_official",
+    "to_official_state_dict",
+]
+
+_INV_SQRT2 = 0.5**0.5
+
+
+def _hsig2(weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """Weights such that ``clip(x W^T + b, 0, 2)`` is ``2 * hsig(x W^T + b)`` of the original weights."""
+    return weight / 3.0, (bias + 3.0) / 3.0
+
+
+def _shuffle_index(channels: int, groups: int) -> Tensor:
+    """Gather index of the official ChannelShuffle: output channel j*groups + i is input channel i*(C/groups) + j."""
+    return torch.arange(channels).view(groups, channels // groups).t().reshape(-1)
+
+
+class ChannelShuffle(nn.Module):
+    """The official channel shuffle as one Gather of channels (rank 4; the official view is 5-D)."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+        self.register_buffer("index", _shuffle_index(channels, groups), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.index_select(1, self.index)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.index.numel()}, groups={self.groups}"
+
+
+def _maybe_shuffle(channels: int, groups: int, enabled: bool) -> nn.Module:
+    return ChannelShuffle(channels, groups) if enabled else nn.Identity()
+
+
+class HyperMLP(nn.Module):
+    """A DyReLU's hyper-MLP on token 0: D -> D/4 (ReLU) -> 2C, hard sigmoid. Run by its block (see
+    :func:`dyrelu_coefficients`), which merges the first layers of the block's hyper-MLPs into one matmul."""
+
+    def __init__(self, token_dim: int, hidden: int, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.fc1 = nn.Linear(token_dim, hidden)
+        self.fc2 = nn.Linear(hidden, 2 * channels)
+
+
+def dyrelu_coefficients(token0: Tensor, hypers: Sequence[HyperMLP]) -> list[tuple[Tensor, Tensor]]:
+    """(a1, a2) per hyper-MLP, each [B, C, 1, 1], for ``max(x * a1, x * a2)``.
+
+    Official: ``a = hsig(fc2(relu(fc1(t0))))``, ``a1 = 2 a[:C]``, ``a2 = 2 a[C:] - 1``. With ``c = 2 a`` one clip
+    ``clip(u, 0, 2)`` with the affine folded into fc2, then ``-1`` on the second half.
+    """
+    w1 = torch.cat([h.fc1.weight for h in hypers])
+    b1 = torch.cat([h.fc1.bias for h in hypers])
+    hidden = F.relu(F.linear(token0, w1, b1)).split([h.fc1.out_features for h in hypers], dim=-1)
+    out = []
+    for h, part in zip(hypers, hidden):
+        w2, b2 = _hsig2(h.fc2.weight, h.fc2.bias)
+        c = F.linear(part, w2, b2).clamp(0.0, 2.0)[..., None, None]  # [B, 2C, 1, 1]
+        a1, a2 = c.split(h.channels, dim=1)
+        out.append((a1, a2 - 1.0))
+    return out
+
+
+def dyrelu(x: Tensor, coefficients: tuple[Tensor, Tensor]) -> Tensor:
+    """The official DyReLU (two slopes, no intercepts): ``max(x * a1, x * a2)``."""
+    a1, a2 = coefficients
+    return torch.maximum(x * a1, x * a2)
+
+
+def _heads(x: Tensor, heads: int) -> Tensor:
+    """[B, T, C] -> [B, heads, T, C // heads]."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def _feature_heads(x: Tensor, heads: int) -> Tensor:
+    """[B, C, H, W] -> [B, heads, C // heads, H*W]."""
+    return x.flatten(2).unflatten(1, (heads, -1))
+
+
+class ToFormer(nn.Module):
+    """Mobile -> Former (official ``Local2Global``): the tokens attend to the pixels, gated, post-norm.
+
+    ``q = Wq t`` in 2 heads, k = v = the feature map's channels of each head; ``z = softmax(q k^T / sqrt(C/2)) v``;
+    ``t = LN(t + proj(z * 2 hsig(Wg t)))``. q and gate are one matmul; the scale and the gate's affine are in it.
+    """
+
+    def __init__(self, channels: int, token_dim: int, heads: int = 2, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.channels = channels
+        self.heads = heads
+        self.scale = (channels // heads) ** -0.5
+        self.gate = nn.Linear(token_dim, channels)  # official alpha.0
+        self.q = nn.Linear(token_dim, channels)
+        self.proj = nn.Linear(channels, token_dim)
+        self.norm = nn.LayerNorm(token_dim)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
+        wg, bg = _hsig2(self.gate.weight, self.gate.bias)
+        weight = torch.cat([self.q.weight * self.scale, wg])
+        bias = torch.cat([self.q.bias * self.scale, bg])
+        q, gate = F.linear(tokens, weight, bias).split(self.channels, dim=-1)
+        kv = _feature_heads(x, self.heads)  # [B, h, d, L]
+        attn = (_heads(q, self.heads) @ kv).softmax(dim=-1)  # [B, h, T, L]
+        z = (kv @ attn.transpose(-1, -2)).flatten(1, 2).transpose(1, 2)  # [B, T, C]
+        z = self.proj(z * gate.clamp(0.0, 2.0))
+        return self.norm(tokens + self.drop_path(z))
+
+
+class Former(nn.Module):
+    """The Former (official ``GlobalBlock``): 4-head self-attention with k = v = the tokens, post-norm, then a
+    post-norm GELU FFN (D -> 2D -> D). Drop path on the attention branch only, as in the official code."""
+
+    def __init__(self, token_dim: int, heads: int = 4, ffn_ratio: int = 2, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.scale = (token_dim // heads) ** -0.5
+        self.ffn = nn.Sequential()  # official ffn.0 / ffn.2: named fc1 / fc2 here
+        self.ffn.add_module("fc1", nn.Linear(token_dim, token_dim * ffn_ratio))
+        self.ffn.add_module("fc2", nn.Linear(token_dim * ffn_ratio, token_dim))
+        self.ffn_norm = nn.LayerNorm(token_dim)
+        self.q = nn.Linear(token_dim, token_dim)
+        self.proj = nn.Linear(token_dim, token_dim)  # official channel_mlp
+        self.norm = nn.LayerNorm(token_dim)  # official layer_norm
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        q = _heads(F.linear(tokens, self.q.weight * self.scale, self.q.bias * self.scale), self.heads)
+        kv = _heads(tokens, self.heads)  # [B, h, T, d]
+        attn = (q @ kv.transpose(-1, -2)).softmax(dim=-1)
+        z = (attn @ kv).transpose(1, 2).flatten(2)
+        tokens = self.norm(tokens + self.drop_path(self.proj(z)))
+        # exact GELU: x/2 (1 + erf(x/sqrt2)) = u (1 + erf(u)) / sqrt2 with u = x/sqrt2
+        fc1, fc2 = self.ffn.fc1, self.ffn.fc2
+        u = F.linear(tokens, fc1.weight * _INV_SQRT2, fc1.bias * _INV_SQRT2)
+        y = F.linear(u * (1.0 + torch.erf(u)), fc2.weight * _INV_SQRT2, fc2.bias)
+        return self.ffn_norm(tokens + y)
+
+
+class ToMobile(nn.Module):
+    """Former -> Mobile (official ``Global2Local``): the pixels attend to the tokens; ``x + attn v``.
+
+    q = the feature map's channels per head (2 heads), ``k = Wk t``, ``v = Wv t``, one matmul for both with the
+    scale in k. The logits are built as ``k q`` ([T, L] per head) and normalised over the tokens, which is the
+    same attention without transposing the pixels.
+    """
+
+    def __init__(self, channels: int, token_dim: int, heads: int = 2, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.scale = (channels // heads) ** -0.5
+        self.k = nn.Linear(token_dim, channels)
+        self.v = nn.Linear(token_dim, channels)  # official proj
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
+        weight = torch.cat([self.k.weight * self.scale, self.v.weight])
+        bias = torch.cat([self.k.bias * self.scale, self.v.bias])
+        k, v = _heads(F.linear(tokens, weight, bias), 2 * self.heads).split(self.heads, dim=1)  # [B, h, T, d]
+        q = _feature_heads(x, self.heads)  # [B, h, d, L]
+        attn = (k @ q).softmax(dim=-2)  # [B, h, T, L], normalised over the tokens
+        z = (v.transpose(-1, -2) @ attn).flatten(1, 2).reshape_as(x)
+        return x + self.drop_path(z)
+
+
+class Stem(nn.Module):
+    """3x3 stride-2 conv, BatchNorm, ReLU6."""
+
+    def __init__(self, in_chans: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv_bn = conv_bn(in_chans, out_channels, 3, stride=2, padding=1)
+        self.act = nn.ReLU6()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.conv_bn(x))
+
+
+class LiteBottleneck(nn.Module):
+    """Official ``features.0`` ("conv alone"): dw 3x3 with multiplier e1 -> BN -> ReLU6 -> [shuffle] -> 1x1
+    (grouped) -> BN, plus the input when the shape is kept."""
+
+    def __init__(self, in_channels: int, spec: OfficialBlock, groups: int) -> None:
+        super().__init__()
+        hidden = in_channels * spec.e1
+        self.dw = conv_bn(in_channels, hidden, 3, stride=spec.stride, padding=1, groups=in_channels)
+        self.act = nn.ReLU6()
+        self.shuffle = _maybe_shuffle(hidden, in_channels, groups > 1)
+        self.pw = conv_bn(hidden, spec.out_channels, 1, groups=groups)
+        self.identity = spec.stride == 1 and in_channels == spec.out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.pw(self.shuffle(self.act(self.dw(x))))
+        return out + x if self.identity else out
+
+
+class _BridgedBlock(nn.Module):
+    """What both official blocks share: tokens updated first (ToFormer, Former), the convs, then ToMobile."""
+
+    def _bridges(self, in_channels: int, out_channels: int, cfg: OfficialConfig, drop_path: float) -> None:
+        self.to_former = ToFormer(in_channels, cfg.token_dim, cfg.bridge_heads, drop_path)
+        self.former = Former(cfg.token_dim, cfg.num_heads, cfg.ffn_ratio, drop_path)
+        self.to_mobile = ToMobile(out_channels, cfg.token_dim, cfg.bridge_heads, drop_path)
+        self.drop_path = DropPath(drop_path)
+
+
+class DnaBlock3(_BridgedBlock):
+    """Official stride-2 block: dw 3x3 (e1, stride) -> DyReLU -> pw -> dw 3x3 (e2) -> DyReLU -> pw, plus the inner
+    residual from the first pw; then ToMobile."""
+
+    def __init__(self, in_channels: int, spec: OfficialBlock, cfg: OfficialConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        oup, groups = spec.out_channels, cfg.pointwise_groups
+        hidden1, hidden2 = in_channels * spec.e1, oup * spec.e2
+        squeeze = cfg.token_dim // cfg.hyper_reduction
+        shuffle = groups > 1
+        self.conv1 = conv_bn(in_channels, hidden1, 3, stride=spec.stride, padding=1, groups=in_channels)
+        self.shuffle1 = _maybe_shuffle(hidden1, in_channels, shuffle)
+        self.hyper1 = HyperMLP(cfg.token_dim, squeeze, hidden1)
+        self.conv2 = conv_bn(hidden1, oup, 1, groups=groups)
+        self.conv3 = conv_bn(oup, hidden2, 3, padding=1, groups=oup)
+        self.shuffle3 = _maybe_shuffle(hidden2, oup, shuffle)
+        self.hyper3 = HyperMLP(cfg.token_dim, squeeze, hidden2)
+        self.conv4 = conv_bn(hidden2, oup, 1, groups=groups)
+        self._bridges(in_channels, oup, cfg, drop_path)
+        self.identity = spec.stride == 1 and in_channels == oup
+
+    def forward(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        tokens = self.former(self.to_former(x, tokens))
+        c1, c3 = dyrelu_coefficients(tokens[:, 0], (self.hyper1, self.hyper3))
+        h = self.conv2(dyrelu(self.shuffle1(self.conv1(x)), c1))
+        out = self.drop_path(self.conv4(dyrelu(self.shuffle3(self.conv3(h)), c3))) + h
+        out = self.to_mobile(out, tokens)
+        return (out + x if self.identity else out), tokens
+
+
+class DnaBlock(_BridgedBlock):
+    """Official stride-1 block: pw (e1) -> DyReLU -> dw 3x3 -> DyReLU -> pw, plus the input when the shape is
+    kept, then ToMobile (after the skip)."""
+
+    def __init__(self, in_channels: int, spec: OfficialBlock, cfg: OfficialConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        oup, groups = spec.out_channels, cfg.pointwise_groups
+        hidden = in_channels * spec.e1
+        squeeze = cfg.token_dim // cfg.hyper_reduction
+        shuffle = groups > 1
+        self.conv1 = conv_bn(in_channels, hidden, 1, groups=groups)
+        self.shuffle1 = _maybe_shuffle(hidden, groups, shuffle)
+        self.hyper1 = HyperMLP(cfg.token_dim, squeeze, hidden)
+        self.conv2 = conv_bn(hidden, hidden, 3, stride=spec.stride, padding=1, groups=hidden)
+        self.hyper2 = HyperMLP(cfg.token_dim, squeeze, hidden)
+        self.conv3 = conv_bn(hidden, oup, 1, groups=groups)
+        self.shuffle3 = _maybe_shuffle(oup, groups, shuffle)
+        self._bridges(in_channels, oup, cfg, drop_path)
+        self.identity = spec.stride == 1 and in_channels == oup
+
+    def forward(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        tokens = self.former(self.to_former(x, tokens))
+        c1, c2 = dyrelu_coefficients(tokens[:, 0], (self.hyper1, self.hyper2))
+        h = dyrelu(self.shuffle1(self.conv1(x)), c1)
+        h = self.shuffle3(self.conv3(dyrelu(self.conv2(h), c2)))
+        if self.identity:
+            h = self.drop_path(h) + x
+        return self.to_mobile(h, tokens), tokens
+
+
+class ChannelConv(nn.Module):
+    """The classifier's [shuffle] -> 1x1 conv C -> 6C (grouped) -> BN -> ReLU6."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int) -> None:
+        super().__init__()
+        self.shuffle = _maybe_shuffle(in_channels, groups, groups > 1)
+        self.conv_bn = conv_bn(in_channels, out_channels, 1, groups=groups)
+        self.act = nn.ReLU6()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.conv_bn(self.shuffle(x)))
+
+
+class ClassifierHead(nn.Module):
+    """Pool -> hswish, concat token 0, Linear + BatchNorm1d -> hswish, dropout, Linear. Returns logits.
+
+    In eval the BatchNorm1d is folded into fc1's weights (one Gemm); in training it runs as a BatchNorm1d.
+    """
+
+    def __init__(self, in_channels: int, token_dim: int, hidden: int, num_classes: int, drop: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_channels + token_dim, hidden)
+        self.norm = nn.BatchNorm1d(hidden)
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def _fc1_norm(self, x: Tensor) -> Tensor:
+        if self.training:
+            return self.norm(self.fc1(x))
+        bn = self.norm
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = self.fc1.weight * scale[:, None]
+        bias = (self.fc1.bias - bn.running_mean) * scale + bn.bias
+        return F.linear(x, weight, bias)
+
+    def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
+        pooled = F.hardswish(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        h = F.hardswish(self._fc1_norm(torch.cat([pooled, tokens[:, 0]], dim=1)))
+        return self.fc2(self.drop(h))
+
+
+class OfficialMobileFormer(nn.Module):
+    """The official Mobile-Former of one size. ``forward`` returns logits (no softmax)."""
+
+    family = "official"
+
+    def __init__(
+        self,
+        cfg: OfficialConfig,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        # [T, D] as the official nn.Embedding's weight; used as [1, T, D], broadcast over the batch.
+        self.tokens = nn.Parameter(torch.zeros(cfg.num_tokens, cfg.token_dim))
+        self.stem = Stem(in_chans, cfg.stem_channels)
+        self.lite_bneck = LiteBottleneck(cfg.stem_channels, cfg.lite, cfg.pointwise_groups)
+        # The official drop-path rate grows linearly over features.0..L-1 (features.0 has no drop path).
+        layers = len(cfg.blocks) + 1
+        blocks, channels = [], cfg.lite.out_channels
+        for index, spec in enumerate(cfg.blocks, start=1):
+            block_type = DnaBlock3 if spec.kind == "DnaBlock3" else DnaBlock
+            blocks.append(block_type(channels, spec, cfg, drop_path_rate * (index + 1) / layers))
+            channels = spec.out_channels
+        self.blocks = nn.ModuleList(blocks)
+        self.final_to_former = ToFormer(channels, cfg.token_dim, cfg.bridge_heads, drop_path_rate)
+        self.channel_conv = ChannelConv(channels, cfg.channel_conv_out, cfg.pointwise_groups)
+        self.head = ClassifierHead(cfg.channel_conv_out, cfg.token_dim, cfg.head_hidden, num_classes, drop_rate)
+
+    def forward(self, x: Tensor) -> Tensor:
+        feature_map = self.lite_bneck(self.stem(x))
+        tokens = self.tokens[None]
+        for block in self.blocks:
+            feature_map, tokens = block(feature_map, tokens)
+        tokens = self.final_to_former(feature_map, tokens)
+        return self.head(self.channel_conv(feature_map), tokens)
+
+
+def init_official_weights(model: OfficialMobileFormer, seed: int) -> None:
+    """Deterministic initialisation from ``seed`` (independent of the global RNG), as the official code does:
+    convs normal(0, sqrt(2 / fan_out)), linears normal(0, 0.01) with zero bias, norms 1 / 0, tokens normal(0, 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.tokens.normal_(0.0, 1.0, generator=gen)
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+                module.weight.normal_(0.0, (2.0 / fan_out) ** 0.5, generator=gen)
+            elif isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, 0.01, generator=gen)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d, nn.LayerNorm)):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+
+def build_official_model(
+    size: str,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    seed: int = 0,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
+) -> OfficialMobileFormer:
+    """Build an official Mobile-Former of the named size, deterministically initialised from ``seed``, in eval
+    mode. Load trained official weights with ``model.load_state_dict(from_official_state_dict(sd))``."""
+    cfg = get_official_config(size)
+    if num_classes < 1:
+        raise UserError(f"num_classes must be at least 1, got {num_classes}")
+    if in_chans < 1:
+        raise UserError(f"input channels must be at least 1, got {in_chans}")
+    model = OfficialMobileFormer(cfg, num_classes, in_chans, drop_rate, drop_path_rate)
+    init_official_weights(model, seed)
+    return model.eval()
+
+
+# --- state dict keys -------------------------------------------------------------------------------------------
+# (official, ours) prefix pairs, per scope. A key converts by its scope's first matching prefix; a key that
+# matches none is an error, never dropped.
+_TOP = (
+    ("tokens.weight", "tokens"),
+    ("stem.0.", "stem.conv_bn.conv."),
+    ("stem.1.", "stem.conv_bn.bn."),
+    ("classifier.conv.1.", "channel_conv.conv_bn.conv."),
+    ("classifier.conv.2.", "channel_conv.conv_bn.bn."),
+    ("classifier.fc.0.", "head.fc1."),
+    ("classifier.fc.1.", "head.norm."),
+    ("classifier.classifier.1.", "head.fc2."),
+)
+_LITE = (
+    ("conv.0.", "dw.conv."),
+    ("conv.1.", "dw.bn."),
+    ("conv.4.", "pw.conv."),
+    ("conv.5.", "pw.bn."),
+)
+_TO_FORMER = (
+    ("alpha.0.", "gate."),
+    ("q.", "q."),
+    ("proj.", "proj."),
+    ("layer_norm.", "norm."),
+)
+_BLOCK = (
+    *((f"conv{i}.0.", f"conv{i}.conv.") for i in range(1, 5)),
+    *((f"conv{i}.1.", f"conv{i}.bn.") for i in range(1, 5)),
+    *((f"hyper{i}.hyper.0.", f"hyper{i}.fc1.") for i in range(1, 4)),
+    *((f"hyper{i}.hyper.2.", f"hyper{i}.fc2.") for i in range(1, 4)),
+    *((f"local_global.{o}", f"to_former.{m}") for o, m in _TO_FORMER),
+    ("global_block.ffn.0.", "former.ffn.fc1."),
+    ("global_block.ffn.2.", "former.ffn.fc2."),
+    ("global_block.ffn_norm.", "former.ffn_norm."),
+    ("global_block.q.", "former.q."),
+    ("global_block.channel_mlp.", "former.proj."),
+    ("global_block.layer_norm.", "former.norm."),
+    ("global_local.k.", "to_mobile.k."),
+    ("global_local.proj.", "to_mobile.v."),
+)
+_OFFICIAL_FEATURE = re.compile(r"features\.(\d+)\.(.*)", re.DOTALL)
+_OUR_BLOCK = re.compile(r"blocks\.(\d+)\.(.*)", re.DOTALL)
+
+
+def _rename(rest: str, table: Sequence[tuple[str, str]], forward: bool) -> str | None:
+    for official, ours in table:
+        src, dst = (official, ours) if forward else (ours, official)
+        if rest.startswith(src) and (src.endswith(".") or rest == src):
+            return dst + rest[len(src) :]
+    return None
+
+
+def _official_to_ours(key: str) -> str | None:
+    if match := _OFFICIAL_FEATURE.fullmatch(key):
+        index, rest = int(match.group(1)), match.group(2)
+        if index == 0:
+            renamed = _rename(rest, _LITE, True)
+            return None if renamed is None else "lite_bneck." + renamed
+        renamed = _rename(rest, _BLOCK, True)
+        return None if renamed is None else f"blocks.{index - 1}.{renamed}"
+    if key.startswith("local_global."):
+        renamed = _rename(key[len("local_global.") :], _TO_FORMER, True)
+        return None if renamed is None else "final_to_former." + renamed
+    return _rename(key, _TOP, True)
+
+
+def _ours_to_official(key: str) -> str | None:
+    if match := _OUR_BLOCK.fullmatch(key):
+        renamed = _rename(match.group(2), _BLOCK, False)
+        return None if renamed is None else f"features.{int(match.group(1)) + 1}.{renamed}"
+    if key.startswith("lite_bneck."):
+        renamed = _rename(key[len("lite_bneck.") :], _LITE, False)
+        return None if renamed is None else "features.0." + renamed
+    if key.startswith("final_to_former."):
+        renamed = _rename(key[len("final_to_former.") :], _TO_FORMER, False)
+        return None if renamed is None else "local_global." + renamed
+    return _rename(key, _TOP, False)
+
+
+def _convert(state: Mapping[str, Tensor], rename, what: str) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in state.items():
+        new = rename(key)
+        if new is None:
+            unknown.append(key)
+        else:
+            out[new] = value
+    if unknown:
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise UserError(f"not {what} Mobile-Former state dict keys: {', '.join(unknown[:5])}{more}")
+    return out
+
+
+def from_official_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Official keys (``features.3.conv1.0.weight``) -> this module's (``blocks.2.conv1.conv.weight``), same
+    tensors, same order. Raises UserError on a key the official model does not have."""
+    return _convert(state, _official_to_ours, "official")
+
+
+def to_official_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """This module's keys -> the official ones (the inverse of :func:`from_official_state_dict`)."""
+    return _convert(state, _ours_to_official, "mfdeploy official-family")
+
+
+def _expected_shapes(size: str, num_classes: int, in_chans: int) -> dict[str, torch.Size]:
+    with torch.device("meta"):
+        model = OfficialMobileFormer(get_official_config(size), num_classes, in_chans)
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def identify_official(state: Mapping[str, Tensor]) -> tuple[str, int, int] | None:
+    """Which (size, num_classes, in_chans) an official-keyed or mapped state dict is, or None when it is
+    neither (every key and shape must match one size)."""
+    if "classifier.classifier.1.weight" in state:
+        try:
+            state = from_official_state_dict(state)
+        except UserError:
+            return None
+    try:
+        num_classes = int(state["head.fc2.weight"].shape[0])
+        in_chans = int(state["stem.conv_bn.conv.weight"].shape[1])
+    except (KeyError, IndexError, AttributeError):
+        return None
+    for size in OFFICIAL_SIZES:
+        expected = _expected_shapes(size, num_classes, in_chans)
+        if expected.keys() == state.keys() and all(tuple(state[k].shape) == s for k, s in expected.items()):
+            return size, num_classes, in_chans
+    return None
