@@ -99,22 +99,32 @@ class HyperMLP(nn.Module):
         self.fc2 = nn.Linear(hidden, 2 * channels)
 
 
-def dyrelu_coefficients(token0: Tensor, hypers: Sequence[HyperMLP]) -> list[tuple[Tensor, Tensor]]:
-    """(a1, a2) per hyper-MLP, each [B, C, 1, 1], for ``max(x * a1, x * a2)``.
+def hyper_offset(hypers: Sequence[HyperMLP]) -> Tensor:
+    """0 on the a1 halves and -1 on the a2 halves of the hyper-MLPs' concatenated outputs."""
+    return torch.cat([torch.cat([torch.zeros(h.channels), -torch.ones(h.channels)]) for h in hypers])
 
-    Official: ``a = hsig(fc2(relu(fc1(t0))))``, ``a1 = 2 a[:C]``, ``a2 = 2 a[C:] - 1``. With ``c = 2 a`` one clip
-    ``clip(u, 0, 2)`` with the affine folded into fc2, then ``-1`` on the second half.
+
+def dyrelu_coefficients(token0: Tensor, hypers: Sequence[HyperMLP], offset: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """(a1, a2) per hyper-MLP, each [B, C, 1, 1], for ``max(x * a1, x * a2)``; ``offset`` from :func:`hyper_offset`.
+
+    Official: ``a = hsig(fc2(relu(fc1(t0))))``, ``a1 = 2 a[:C]``, ``a2 = 2 a[C:] - 1``. With ``c = 2 a`` it is one
+    ``clip(u, 0, 2)`` with the affine folded into fc2, then ``-1`` on the second halves. All of a block's hyper-MLPs
+    run as one chain: their first layers read the same token, so their weights are stacked; their second layers
+    read different hidden vectors, so their weights form a block-diagonal matrix (the zero blocks cost a few
+    thousand multiply-adds, and the chain is 7 ops whatever the number of hyper-MLPs).
     """
     w1 = torch.cat([h.fc1.weight for h in hypers])
     b1 = torch.cat([h.fc1.bias for h in hypers])
-    hidden = F.relu(F.linear(token0, w1, b1)).split([h.fc1.out_features for h in hypers], dim=-1)
-    out = []
-    for h, part in zip(hypers, hidden):
-        w2, b2 = _hsig2(h.fc2.weight, h.fc2.bias)
-        c = F.linear(part, w2, b2).clamp(0.0, 2.0)[..., None, None]  # [B, 2C, 1, 1]
-        a1, a2 = c.split(h.channels, dim=1)
-        out.append((a1, a2 - 1.0))
-    return out
+    hidden = F.relu(F.linear(token0, w1, b1))
+    rows = []
+    for i, h in enumerate(hypers):
+        w2 = h.fc2.weight / 3.0
+        blocks = [w2 if j == i else w2.new_zeros(2 * h.channels, g.fc1.out_features) for j, g in enumerate(hypers)]
+        rows.append(torch.cat(blocks, dim=1))
+    b2 = torch.cat([(h.fc2.bias + 3.0) / 3.0 for h in hypers])
+    c = F.linear(hidden, torch.cat(rows), b2).clamp(0.0, 2.0) + offset
+    parts = c[..., None, None].split([n for h in hypers for n in (h.channels, h.channels)], dim=1)
+    return [(parts[2 * i], parts[2 * i + 1]) for i in range(len(hypers))]
 
 
 def dyrelu(x: Tensor, coefficients: tuple[Tensor, Tensor]) -> Tensor:
@@ -278,11 +288,12 @@ class DnaBlock3(_BridgedBlock):
         self.hyper3 = HyperMLP(cfg.token_dim, squeeze, hidden2)
         self.conv4 = conv_bn(hidden2, oup, 1, groups=groups)
         self._bridges(in_channels, oup, cfg, drop_path)
+        self.register_buffer("hyper_offset", hyper_offset((self.hyper1, self.hyper3)), persistent=False)
         self.identity = spec.stride == 1 and in_channels == oup
 
     def forward(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         tokens = self.former(self.to_former(x, tokens))
-        c1, c3 = dyrelu_coefficients(tokens[:, 0], (self.hyper1, self.hyper3))
+        c1, c3 = dyrelu_coefficients(tokens[:, 0], (self.hyper1, self.hyper3), self.hyper_offset)
         h = self.conv2(dyrelu(self.shuffle1(self.conv1(x)), c1))
         out = self.drop_path(self.conv4(dyrelu(self.shuffle3(self.conv3(h)), c3))) + h
         out = self.to_mobile(out, tokens)
@@ -307,11 +318,12 @@ class DnaBlock(_BridgedBlock):
         self.conv3 = conv_bn(hidden, oup, 1, groups=groups)
         self.shuffle3 = _maybe_shuffle(oup, groups, shuffle)
         self._bridges(in_channels, oup, cfg, drop_path)
+        self.register_buffer("hyper_offset", hyper_offset((self.hyper1, self.hyper2)), persistent=False)
         self.identity = spec.stride == 1 and in_channels == oup
 
     def forward(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         tokens = self.former(self.to_former(x, tokens))
-        c1, c2 = dyrelu_coefficients(tokens[:, 0], (self.hyper1, self.hyper2))
+        c1, c2 = dyrelu_coefficients(tokens[:, 0], (self.hyper1, self.hyper2), self.hyper_offset)
         h = dyrelu(self.shuffle1(self.conv1(x)), c1)
         h = self.shuffle3(self.conv3(dyrelu(self.conv2(h), c2)))
         if self.identity:
