@@ -143,6 +143,19 @@ def _feature_heads(x: Tensor, heads: int) -> Tensor:
     return x.flatten(2).unflatten(1, (heads, -1))
 
 
+def _per_head_out(weight: Tensor, bias: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+    """A Linear's [C, D] weight and [C] bias as [heads, D, C // heads] and [heads, 1, C // heads]: applied to tokens
+    [B, 1, T, D] by one broadcast matmul, it gives the heads [B, heads, T, C // heads] with no reshape or transpose
+    of activations (the rearrangement is of the weights, and an export folds it)."""
+    return weight.unflatten(0, (heads, -1)).transpose(1, 2), bias.unflatten(0, (heads, -1)).unsqueeze(1)
+
+
+def _per_head_in(weight: Tensor, heads: int) -> Tensor:
+    """A Linear's [D, C] weight as [heads, C // heads, D]: ``(z_heads @ w).sum(1)`` is the Linear (without bias)
+    of the concatenated heads, again without moving activations."""
+    return weight.unflatten(1, (heads, -1)).permute(1, 2, 0)
+
+
 class ToFormer(nn.Module):
     """Mobile -> Former (official ``Local2Global``): the tokens attend to the pixels, gated, post-norm.
 
@@ -162,14 +175,14 @@ class ToFormer(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
-        wg, bg = _hsig2(self.gate.weight, self.gate.bias)
-        weight = torch.cat([self.q.weight * self.scale, wg])
-        bias = torch.cat([self.q.bias * self.scale, bg])
-        q, gate = F.linear(tokens, weight, bias).split(self.channels, dim=-1)
-        kv = _feature_heads(x, self.heads)  # [B, h, d, L]
-        attn = (_heads(q, self.heads) @ kv).softmax(dim=-1)  # [B, h, T, L]
-        z = (kv @ attn.transpose(-1, -2)).flatten(1, 2).transpose(1, 2)  # [B, T, C]
-        z = self.proj(z * gate.clamp(0.0, 2.0))
+        h = self.heads
+        wq, bq = _per_head_out(self.q.weight * self.scale, self.q.bias * self.scale, h)
+        wg, bg = _per_head_out(*_hsig2(self.gate.weight, self.gate.bias), h)
+        q, gate = (tokens.unsqueeze(1) @ torch.cat([wq, wg]) + torch.cat([bq, bg])).split(h, dim=1)  # [B, h, T, d]
+        kv = _feature_heads(x, h)  # [B, h, d, L]
+        attn = (q @ kv).softmax(dim=-1)  # [B, h, T, L]
+        z = (kv @ attn.transpose(-1, -2)).transpose(-1, -2) * gate.clamp(0.0, 2.0)  # [B, h, T, d]
+        z = (z @ _per_head_in(self.proj.weight, h)).sum(dim=1) + self.proj.bias
         return self.norm(tokens + self.drop_path(z))
 
 
@@ -191,11 +204,13 @@ class Former(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        q = _heads(F.linear(tokens, self.q.weight * self.scale, self.q.bias * self.scale), self.heads)
-        kv = _heads(tokens, self.heads)  # [B, h, T, d]
+        h = self.heads
+        wq, bq = _per_head_out(self.q.weight * self.scale, self.q.bias * self.scale, h)
+        q = tokens.unsqueeze(1) @ wq + bq  # [B, h, T, d]
+        kv = _heads(tokens, h)  # [B, h, T, d]
         attn = (q @ kv.transpose(-1, -2)).softmax(dim=-1)
-        z = (attn @ kv).transpose(1, 2).flatten(2)
-        tokens = self.norm(tokens + self.drop_path(self.proj(z)))
+        z = ((attn @ kv) @ _per_head_in(self.proj.weight, h)).sum(dim=1) + self.proj.bias
+        tokens = self.norm(tokens + self.drop_path(z))
         # exact GELU: x/2 (1 + erf(x/sqrt2)) = u (1 + erf(u)) / sqrt2 with u = x/sqrt2
         fc1, fc2 = self.ffn.fc1, self.ffn.fc2
         u = F.linear(tokens, fc1.weight * _INV_SQRT2, fc1.bias * _INV_SQRT2)
@@ -220,9 +235,10 @@ class ToMobile(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
-        weight = torch.cat([self.k.weight * self.scale, self.v.weight])
-        bias = torch.cat([self.k.bias * self.scale, self.v.bias])
-        k, v = _heads(F.linear(tokens, weight, bias), 2 * self.heads).split(self.heads, dim=1)  # [B, h, T, d]
+        h = self.heads
+        wk, bk = _per_head_out(self.k.weight * self.scale, self.k.bias * self.scale, h)
+        wv, bv = _per_head_out(self.v.weight, self.v.bias, h)
+        k, v = (tokens.unsqueeze(1) @ torch.cat([wk, wv]) + torch.cat([bk, bv])).split(h, dim=1)  # [B, h, T, d]
         q = _feature_heads(x, self.heads)  # [B, h, d, L]
         attn = (k @ q).softmax(dim=-2)  # [B, h, T, L], normalised over the tokens
         z = (v.transpose(-1, -2) @ attn).flatten(1, 2).reshape_as(x)
