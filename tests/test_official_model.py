@@ -1,0 +1,189 @@
+"""The official Mobile-Former family: the same function as the official code (fixtures made by
+tools/make_official_reference.py from its commit f447310), its exact state_dict keys, and a deploy-ready graph."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import onnx
+import pytest
+import torch
+
+import official_reference as ref
+from mfdeploy.errors import UserError
+from mfdeploy.model.official import (
+    OFFICIAL_CONFIGS,
+    OFFICIAL_SIZES,
+    OfficialMobileFormer,
+    build_official_model,
+    from_official_state_dict,
+    get_official_config,
+    identify_official,
+    to_official_state_dict,
+)
+from mfdeploy.model.stages import stage_modules, stage_names
+
+REFERENCE = ref.load_reference()
+
+
+def _meta_model(size: str, num_classes: int = 1000, in_chans: int = 3) -> OfficialMobileFormer:
+    with torch.device("meta"):
+        return OfficialMobileFormer(get_official_config(size), num_classes, in_chans)
+
+
+def _official_listing(size: str, num_classes: int = 1000) -> list[tuple[str, tuple[int, ...]]]:
+    """The official (key, shape) listing, from our model through the key mapping (checked against the official
+    code's own listing by its sha256 in test_official_keys_and_shapes_are_exact)."""
+    state = to_official_state_dict(_meta_model(size, num_classes).state_dict())
+    return [(k, tuple(v.shape)) for k, v in state.items()]
+
+
+def test_the_reference_covers_every_size_and_names_the_official_commit():
+    assert tuple(REFERENCE["sizes"]) == OFFICIAL_SIZES
+    assert REFERENCE["header"]["official_commit"] == "f44731062abb22a87962f0783467393dae23a9c5"
+
+
+@pytest.mark.parametrize("size", OFFICIAL_SIZES)
+def test_official_keys_and_shapes_are_exact(size):
+    """Mapped to official names, our state dict lists exactly the official keys, shapes and order (the sha256 of
+    the official code's own listing, in the format of the shared mobile_former_<size>_keys.txt files)."""
+    entry = REFERENCE["sizes"][size]
+    state = to_official_state_dict(_meta_model(size).state_dict())
+    assert len(state) == entry["state_dict_entries"]
+    assert ref.listing_sha256(state) == entry["state_dict_keys_sha256"]
+
+
+@pytest.mark.parametrize("size", OFFICIAL_SIZES)
+def test_zero_filled_official_state_dict_loads_strictly(size):
+    model = _meta_model(size)
+    official = {
+        k: torch.zeros(s, dtype=torch.long if k.endswith("num_batches_tracked") else torch.float32)
+        for k, s in _official_listing(size)
+    }
+    model.load_state_dict(from_official_state_dict(official), strict=True, assign=True)
+    assert identify_official(official) == (size, 1000, 3)
+    assert identify_official(from_official_state_dict(official)) == (size, 1000, 3)
+
+
+@pytest.mark.parametrize("size", OFFICIAL_SIZES)
+def test_parameter_counts_equal_the_official_code(size):
+    model = _meta_model(size)
+    params = sum(p.numel() for p in model.parameters())
+    assert params == OFFICIAL_CONFIGS[size].official_params == REFERENCE["sizes"][size]["params"]
+
+
+def test_state_dict_round_trip_is_exact():
+    model = build_official_model("26m", num_classes=7, seed=3)
+    state = model.state_dict()
+    official = to_official_state_dict(state)
+    assert "features.1.hyper1.hyper.0.weight" in official and "classifier.classifier.1.weight" in official
+    back = from_official_state_dict(official)
+    assert list(back) == list(state)
+    assert all(back[k] is state[k] for k in state)
+    assert identify_official(official) == ("26m", 7, 3)
+
+
+def test_unknown_keys_are_errors_not_dropped():
+    official = dict.fromkeys(k for k, _ in _official_listing("52m"))
+    with pytest.raises(UserError, match="features.1.bogus"):
+        from_official_state_dict({**official, "features.1.bogus.weight": None})
+    with pytest.raises(UserError, match="module.tokens"):
+        to_official_state_dict({"module.tokens": None})
+    assert identify_official({"classifier.classifier.1.weight": torch.zeros(10, 1024)}) is None
+    assert identify_official({"something": torch.zeros(1)}) is None
+
+
+@pytest.mark.parametrize("size", OFFICIAL_SIZES)
+def test_same_logits_as_the_official_code(size):
+    """float64: the same function to rounding (<= 1e-9); float32: <= 1e-5 and the same top-1."""
+    model = build_official_model(size, num_classes=ref.NUM_CLASSES)
+    weights = ref.official_weights(_official_listing(size, ref.NUM_CLASSES))
+    for dtype, name, tol in ((torch.float64, "float64", 1e-9), (torch.float32, "float32", 1e-5)):
+        cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
+        model.to(dtype).load_state_dict(from_official_state_dict(cast), strict=True)
+        with torch.no_grad():
+            logits = model(ref.official_input(dtype)).double()
+        expected = torch.tensor(REFERENCE["sizes"][size]["logits"][name], dtype=torch.float64)
+        assert (logits - expected).abs().max().item() <= tol, name
+        assert torch.equal(logits.argmax(1), expected.argmax(1)), name
+
+
+def test_stages_match_the_seed_family_names():
+    model = _meta_model("52m")
+    names = stage_names(model.cfg)
+    assert names[:2] == ["stem", "lite_bneck"] and names[-3:] == ["final_to_former", "channel_conv", "head"]
+    assert len(names) == len(model.cfg.blocks) + 5 == len(stage_modules(model))
+    assert model.family == "official" and model.cfg.name == "52m"
+
+
+def test_trace_has_no_shape_reads_and_nothing_above_rank_4():
+    """No aten::Int / aten::size (coremltools stops at them), nothing 5-D (26m's shuffle included), and a trace
+    made at batch 2 runs at other batches. 26m: both block kinds, and the channel shuffles."""
+    model = build_official_model("26m")
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.randn(2, 3, 32, 32))
+    graph = traced.inlined_graph
+    kinds = {node.kind() for node in graph.nodes()}
+    assert not kinds & {"aten::Int", "aten::size", "aten::repeat", "aten::expand", "prim::If", "prim::Loop"}
+    ranks = [v.type().dim() for n in graph.nodes() for v in n.outputs() if isinstance(v.type(), torch.TensorType)]
+    assert ranks and max(r for r in ranks if r is not None) <= 4
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x))
+
+
+def test_26m_onnx_has_rank_4_at_most_and_folds_its_constants():
+    """The 26m graph (with its channel shuffles) as the project exports it: every value rank <= 4, no Div
+    (scales, hard-sigmoid and GELU constants are folded into weights), one Gather per shuffle."""
+    model = build_official_model("26m")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.zeros(2, 3, 32, 32),),
+            buffer,
+            dynamo=False,
+            opset_version=17,
+            do_constant_folding=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    graph = onnx.shape_inference.infer_shapes(onnx.load_from_string(buffer.getvalue()), strict_mode=True).graph
+    ranks = [len(v.type.tensor_type.shape.dim) for v in graph.value_info]
+    assert ranks and max(ranks) <= 4
+    ops = [node.op_type for node in graph.node]
+    assert "Div" not in ops and "Tile" not in ops and "Expand" not in ops
+    shuffles = sum(1 for node in graph.node if node.op_type == "Gather" and "shuffle" in node.name)
+    assert shuffles == 2 + 2 * len(model.cfg.blocks)
+
+
+def test_training_mode_runs_batchnorm1d_and_drop_path():
+    """Fine-tuning: in training the head's BatchNorm1d uses batch statistics (and updates its running ones),
+    and drop path is active; eval is deterministic."""
+    model = build_official_model("26m", num_classes=5, drop_rate=0.1, drop_path_rate=0.2).train()
+    x = torch.randn(2, 3, 32, 32)
+    before = model.head.norm.running_mean.clone()
+    loss = model(x).logsumexp(1).mean()
+    loss.backward()
+    assert not torch.equal(before, model.head.norm.running_mean)
+    assert model.tokens.grad is not None and model.blocks[0].hyper1.fc1.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x))
+
+
+def test_builder_is_deterministic_and_independent_of_the_global_rng():
+    torch.manual_seed(1)
+    a = build_official_model("52m", seed=5)
+    torch.manual_seed(2)
+    b = build_official_model("52m", seed=5)
+    c = build_official_model("52m", seed=6)
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+    assert not torch.equal(a.blocks[0].conv1.conv.weight, c.blocks[0].conv1.conv.weight)
+    assert not a.training
+    with pytest.raises(UserError, match="unknown official"):
+        build_official_model("53m")
+    assert get_official_config("mobile_former_52m") is get_official_config("52M")
