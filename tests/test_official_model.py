@@ -12,6 +12,7 @@ import torch
 
 import official_reference as ref
 from mfdeploy.errors import UserError
+from mfdeploy.model.complexity import measure
 from mfdeploy.model.official import (
     OFFICIAL_CONFIGS,
     OFFICIAL_SIZES,
@@ -109,12 +110,15 @@ def test_same_logits_as_the_official_code(size):
         assert torch.equal(logits.argmax(1), expected.argmax(1)), name
 
 
-def test_stages_match_the_seed_family_names():
-    model = _meta_model("52m")
+def test_stages_and_complexity_work_as_for_the_seed_family():
+    model = build_official_model("52m")
     names = stage_names(model.cfg)
     assert names[:2] == ["stem", "lite_bneck"] and names[-3:] == ["final_to_former", "channel_conv", "head"]
     assert len(names) == len(model.cfg.blocks) + 5 == len(stage_modules(model))
     assert model.family == "official" and model.cfg.name == "52m"
+    stats = measure(model, 64)
+    assert stats.params == OFFICIAL_CONFIGS["52m"].official_params == sum(s.params for s in stats.stages)
+    assert stats.madds == sum(s.madds for s in stats.stages) > 0
 
 
 def test_trace_has_no_shape_reads_and_nothing_above_rank_4():

@@ -178,7 +178,7 @@ class ToFormer(nn.Module):
         h = self.heads
         wq, bq = _per_head_out(self.q.weight * self.scale, self.q.bias * self.scale, h)
         wg, bg = _per_head_out(*_hsig2(self.gate.weight, self.gate.bias), h)
-        q, gate = (tokens.unsqueeze(1) @ torch.cat([wq, wg]) + torch.cat([bq, bg])).split(h, dim=1)  # [B, h, T, d]
+        q, gate = (tokens.unsqueeze(-3) @ torch.cat([wq, wg]) + torch.cat([bq, bg])).split(h, dim=-3)  # [B, h, T, d]
         kv = _feature_heads(x, h)  # [B, h, d, L]
         attn = (q @ kv).softmax(dim=-1)  # [B, h, T, L]
         z = (kv @ attn.transpose(-1, -2)).transpose(-1, -2) * gate.clamp(0.0, 2.0)  # [B, h, T, d]
@@ -206,7 +206,7 @@ class Former(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         h = self.heads
         wq, bq = _per_head_out(self.q.weight * self.scale, self.q.bias * self.scale, h)
-        q = tokens.unsqueeze(1) @ wq + bq  # [B, h, T, d]
+        q = tokens.unsqueeze(-3) @ wq + bq  # [B, h, T, d]
         kv = _heads(tokens, h)  # [B, h, T, d]
         attn = (q @ kv.transpose(-1, -2)).softmax(dim=-1)
         z = ((attn @ kv) @ _per_head_in(self.proj.weight, h)).sum(dim=1) + self.proj.bias
@@ -238,7 +238,7 @@ class ToMobile(nn.Module):
         h = self.heads
         wk, bk = _per_head_out(self.k.weight * self.scale, self.k.bias * self.scale, h)
         wv, bv = _per_head_out(self.v.weight, self.v.bias, h)
-        k, v = (tokens.unsqueeze(1) @ torch.cat([wk, wv]) + torch.cat([bk, bv])).split(h, dim=1)  # [B, h, T, d]
+        k, v = (tokens.unsqueeze(-3) @ torch.cat([wk, wv]) + torch.cat([bk, bv])).split(h, dim=-3)  # [B, h, T, d]
         q = _feature_heads(x, self.heads)  # [B, h, d, L]
         attn = (k @ q).softmax(dim=-2)  # [B, h, T, L], normalised over the tokens
         z = (v.transpose(-1, -2) @ attn).flatten(1, 2).reshape_as(x)
@@ -405,7 +405,8 @@ class OfficialMobileFormer(nn.Module):
         self.cfg = cfg
         self.num_classes = num_classes
         self.in_chans = in_chans
-        # [T, D] as the official nn.Embedding's weight; used as [1, T, D], broadcast over the batch.
+        # [T, D] as the official nn.Embedding's weight. The first ToFormer takes it as it is and broadcasts it
+        # over the batch (the official code repeats it; a leaf, not a view, so FlopCounterMode can hook it).
         self.tokens = nn.Parameter(torch.zeros(cfg.num_tokens, cfg.token_dim))
         self.stem = Stem(in_chans, cfg.stem_channels)
         self.lite_bneck = LiteBottleneck(cfg.stem_channels, cfg.lite, cfg.pointwise_groups)
@@ -423,7 +424,7 @@ class OfficialMobileFormer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         feature_map = self.lite_bneck(self.stem(x))
-        tokens = self.tokens[None]
+        tokens = self.tokens  # [T, D]: the first bridge broadcasts it over the batch
         for block in self.blocks:
             feature_map, tokens = block(feature_map, tokens)
         tokens = self.final_to_former(feature_map, tokens)
