@@ -359,6 +359,12 @@ def check_metadata_fits(metadata: dict[str, Any], model: MobileFormer, path: Pat
         )
 
 
+def check_ema_has_weights(weights: object, ema: bool) -> None:
+    """--ema picks one of a checkpoint's two weight sets: without --weights there is none to pick from."""
+    if ema and weights is None:
+        raise UserError(f"--ema selects a checkpoint's EMA weights ({EMA_KEY}); pass --weights too, or {NO_EMA}")
+
+
 @dataclass
 class LoadedModel:
     """A ready model and where its weights came from (for manifests and reports)."""
@@ -399,8 +405,7 @@ def load_model(
     if num_classes is not None:
         check_num_classes(num_classes)
     check_seed(seed)
-    if weights is None and ema:
-        raise UserError(f"--ema selects a checkpoint's EMA weights ({EMA_KEY}); pass --weights too, or {NO_EMA}")
+    check_ema_has_weights(weights, ema)
     if weights is None:
         size = size or DEFAULT_SIZE
         model = build_model(size, num_classes or 1000, in_chans or 3, seed=seed)
