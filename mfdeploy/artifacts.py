@@ -456,7 +456,7 @@ def export_command(artifact: Artifact, target: str | None = None, force: bool = 
     source = model.get("source") if isinstance(model.get("source"), dict) else {}
     args = ["mfdeploy", "export"]
     if source.get("weights") not in (None, "random"):
-        args += ["--weights", str(source["weights"])]
+        args += ["--weights", str(source["weights"])] + (["--ema"] if source.get("ema") is True else [])
     else:
         args += ["--size", str(model.get("size", "SIZE"))]
         if model.get("imgsz") not in (None, EXPORT_DEFAULT_IMGSZ):

@@ -17,6 +17,7 @@ from mfdeploy.cli.options import (
     CalibBatchOption,
     CalibDataOption,
     CalibSizeOption,
+    EmaOption,
     Fp16NormOption,
     ImgszOption,
     JsonOption,
@@ -100,6 +101,7 @@ def export(
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch axis (the default).")] = False,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset, 17 or newer.")] = default(ExportOptions, "opset"),
     weights: WeightsOption = None,
+    ema: EmaOption = False,
     num_classes: NumClassesOption = None,
     seed: SeedOption = default(ExportOptions, "seed"),
     out: OutOption = default(ExportOptions, "out"),
@@ -186,6 +188,7 @@ def export(
         batch=batch,
         opset=opset,
         weights=str(weights) if weights else None,
+        ema=ema,
         num_classes=num_classes,
         seed=seed,
         out=out,
@@ -276,6 +279,7 @@ def calibrate(
     artifact_dir: OptionalArtifactArgument = None,
     size: SizeOption = None,
     weights: WeightsOption = None,
+    ema: EmaOption = False,
     out: OutOption = default(ExportOptions, "out"),
     calib_data: CalibDataOption = default(CalibrationOptions, "data"),
     calib_size: CalibSizeOption = default(CalibrationOptions, "num_images"),
@@ -310,7 +314,7 @@ def calibrate(
         measure_latency=not no_latency,
     )
     check_options(options)
-    artifact = open_or_export(artifact_dir, size, out, weights)
+    artifact = open_or_export(artifact_dir, size, out, weights, ema=ema)
     report = calibrate_artifact(artifact, options)
     write_json(report, json_target)
     print_calibration_summary(artifact, report, human(json_target))

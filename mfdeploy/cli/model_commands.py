@@ -10,6 +10,7 @@ from rich.table import Table
 
 from mfdeploy.cli.app import app
 from mfdeploy.cli.options import (
+    EmaOption,
     ImgszOption,
     JsonOption,
     NumClassesOption,
@@ -129,6 +130,7 @@ def train(
     ),
     seed: SeedOption = default(TrainConfig, "seed"),
     weights: WeightsOption = None,
+    ema: EmaOption = False,
     json_target: JsonOption = None,
 ) -> None:
     """Fine-tune a Mobile-Former on labelled images (CPU), reporting validation accuracy every epoch."""
@@ -145,7 +147,7 @@ def train(
         lr=lr,
         seed=seed,
     )
-    result = run_training(cfg, out, init_weights=weights)
+    result = run_training(cfg, out, init_weights=weights, init_ema=ema)
     write_json(result.to_dict(), json_target)
     human(json_target).print(
         f"wrote {result.out} ({result.size}, {len(result.classes)} classes): validation accuracy "

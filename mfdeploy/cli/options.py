@@ -65,7 +65,16 @@ ThreadsOption = Annotated[
     Optional[int], typer.Option("--threads", help="ONNX Runtime intra-op (and torch) threads (default: theirs).")
 ]
 WeightsOption = Annotated[
-    Optional[Path], typer.Option("--weights", help="Checkpoint (.safetensors, .pt/.pth) (default: random weights).")
+    Optional[Path],
+    typer.Option(
+        "--weights",
+        help="Checkpoint: .pth.tar (the official ones, timm's format), .tar, .pth, .pt, .bin, .ckpt or "
+        ".safetensors; a state dict or a training checkpoint holding one (default: random weights).",
+    ),
+]
+EmaOption = Annotated[
+    bool,
+    typer.Option("--ema", help="Load the checkpoint's EMA weights (timm's state_dict_ema) instead of its state_dict."),
 ]
 OutOption = Annotated[Path, typer.Option("--out", help="Folder that holds mobileformer_<size>/ artifact folders.")]
 TargetsOption = Annotated[

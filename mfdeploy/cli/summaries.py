@@ -21,6 +21,8 @@ def print_export_summary(result: Any, say_to: Console) -> None:
     graph, model, verification = m["onnx"], m["model"], m["verification"]["onnx"]
     source = model["source"]
     weights = f"random weights, seed {source['seed']}" if source["weights"] == "random" else source["weights"]
+    if source.get("ema") is True:
+        weights += ", EMA weights"
     batch = "dynamic batch" if graph["dynamic_batch"] else f"batch {graph['batch']}"
     if result.mode == "grow":
         say(result.message)

@@ -146,7 +146,7 @@ def _weights_identity(source: dict[str, Any]) -> str:
     if source.get("weights") == "random":
         return f"random (seed {source.get('seed')})"
     digest = str(source.get("sha256", "?"))
-    return f"checkpoint sha256 {digest[:12]}"
+    return f"checkpoint sha256 {digest[:12]}" + (", EMA weights" if source.get("ema") is True else "")
 
 
 def _preprocessing_identity(preprocessing: dict[str, Any]) -> str:

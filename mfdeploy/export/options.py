@@ -41,6 +41,7 @@ class ExportOptions:
     batch: int | None = None  # None: dynamic batch axis
     opset: int = 17
     weights: str | None = None
+    ema: bool = False  # the checkpoint's EMA weights (state_dict_ema)
     num_classes: int | None = None
     seed: int = 0
     out: Path = Path("artifacts")

@@ -112,7 +112,7 @@ def export(options: ExportOptions) -> ExportResult:
     ``--force`` and replaced with it (see :mod:`mfdeploy.export.growth`).
     """
     check_options(options)
-    loaded = load_model(options.size, options.weights, options.num_classes, seed=options.seed)
+    loaded = load_model(options.size, options.weights, options.num_classes, seed=options.seed, ema=options.ema)
     for stage in TARGET_STAGES[options.target]:
         # each stage refuses its bad options (and a missing library) before any export work
         stage_check = _stage_function(stage, "check_stage")
@@ -157,6 +157,7 @@ def grow_artifact(artifact: Artifact, target: str) -> ExportResult:
         weights="random" if random else str(source.get("weights")),
         weights_sha256=None if random else source.get("sha256"),
         seed=source.get("seed") if random else None,
+        ema=source.get("ema") is True,  # the stored weights are the EMA ones: the export says so again
         metadata={"classes": model.get("classes")} if model.get("classes") else {},
     )
     return _run(options, loaded, artifact.preprocessing, artifact.root, plan)

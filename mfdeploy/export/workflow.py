@@ -27,39 +27,48 @@ def open_or_export(
     out: str | Path = DEFAULT_OUT,
     weights: str | Path | None = None,
     target: str = "onnx",
+    ema: bool = False,
 ) -> Artifact:
     """The artifact folder given, or ``<out>/mobileformer_<size>`` when it exists (and no ``weights`` ask for
-    a new one), else a fresh export of ``target`` there."""
+    a new one), else a fresh export of ``target`` there (``ema``: of the checkpoint's EMA weights)."""
     if artifact_dir is not None:
-        if size is not None or weights is not None:
-            given = "--size" if size is not None else "--weights"
+        if size is not None or weights is not None or ema:
+            given = "--size" if size is not None else "--weights" if weights is not None else "--ema"
             raise UserError(f"pass either an artifact folder or {given}, not both")
         return Artifact.open(artifact_dir)
+    from mfdeploy.model.weights import check_ema_has_weights
+
+    check_ema_has_weights(weights, ema)
     root = Path(out) / artifact_dir_name(get_config(size or DEFAULT_SIZE).name)
     if weights is not None or not (root / MANIFEST_NAME).exists():
-        _refuse_folder_in_the_way(_export_root(out, size, weights), out, weights)
-        options = ExportOptions(size=size, weights=str(weights) if weights else None, target=target, out=Path(out))
+        _refuse_folder_in_the_way(_export_root(out, size, weights, ema), out, weights, ema)
+        options = ExportOptions(
+            size=size, weights=str(weights) if weights else None, ema=ema, target=target, out=Path(out)
+        )
         root = export(options).artifact
     return Artifact.open(root)
 
 
-def _export_root(out: str | Path, size: str | None, weights: str | Path | None) -> Path | None:
+def _export_root(out: str | Path, size: str | None, weights: str | Path | None, ema: bool = False) -> Path | None:
     """The folder the export made for this command would write; None when only the export can tell."""
     if weights is None or size is not None:
         return Path(out) / artifact_dir_name(get_config(size or DEFAULT_SIZE).name)
     from mfdeploy.model.weights import identify, read_checkpoint
 
-    found = identify(read_checkpoint(weights).state_dict)
+    found = identify(read_checkpoint(weights, ema=ema).state_dict)
     return Path(out) / artifact_dir_name(found[0]) if found else None
 
 
-def _refuse_folder_in_the_way(root: Path | None, out: str | Path, weights: str | Path | None) -> None:
+def _refuse_folder_in_the_way(
+    root: Path | None, out: str | Path, weights: str | Path | None, ema: bool = False
+) -> None:
     """calibrate, parity and bench export on demand but have no --force: a non-empty folder where that
     export would go is refused here with what to do, instead of the export's advice to pass --force."""
     if root is None or not root.is_dir() or not any(root.iterdir()):
         return
     if weights is not None:
-        command = shlex.join(["mfdeploy", "export", "--weights", str(weights), "--out", str(out), "--force"])
+        ema_flag = ["--ema"] if ema else []
+        command = shlex.join(["mfdeploy", "export", "--weights", str(weights), *ema_flag, "--out", str(out), "--force"])
         raise UserError(
             f"{root} already exists and --weights asks for a new export there; replace it with `{command}` "
             "and then give the folder, or choose another --out"

@@ -1,14 +1,19 @@
 """Reading and writing Mobile-Former checkpoints safely, and building the model a command asks for.
 
 Checkpoints are read with ``torch.load(weights_only=True)`` or safetensors: never an arbitrary unpickle.
-A checkpoint that does not fit is described (which size, how many classes it holds) instead of
-failing on the first key.
+Accepted as users hold them: a bare state dict, the usual wrappers ({"state_dict": ...}, {"model": ...}),
+or a training checkpoint such as timm's CheckpointSaver writes (``mobile-former-26m.pth.tar``: epoch, arch,
+state_dict, optimizer, an ``argparse.Namespace`` of the script's arguments, optionally state_dict_ema);
+DataParallel's ``module.`` prefix is dropped. A checkpoint that does not fit is described (which size, how
+many classes it holds) instead of failing on the first key.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
+import math
 import os
 import pickle
 import re
@@ -29,8 +34,20 @@ from mfdeploy.model.mobileformer import MobileFormer, build_model
 from mfdeploy.option_values import check_num_classes, check_seed, shown
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+# torch.save files by the names they are given; ".pth.tar" (first: it also ends in ".tar") is timm's
+TORCH_SUFFIXES = (".pth.tar", ".tar", ".pth", ".pt", ".bin", ".ckpt")
+WEIGHTS_SUFFIXES = TORCH_SUFFIXES + SAFETENSORS_SUFFIXES
+_SAVE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")  # save_checkpoint writes a bare state dict, never a .tar
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+EMA_KEY = "state_dict_ema"  # timm's exponential moving average of the weights, next to its state_dict
+NO_EMA = "drop --ema"
+# The one class a checkpoint may pickle besides tensors and plain containers: timm's CheckpointSaver stores the
+# training script's arguments as an argparse.Namespace ("args"). It is admitted so the file loads at all; what
+# it holds is still unpickled by the safe unpickler (any other class in it is refused) and is never read.
+_ADMITTED_CLASSES = (argparse.Namespace,)
+_TIMM_MARKERS = ("epoch", "arch")  # CheckpointSaver writes both, with state_dict, optimizer and version
+_MAX_FACT_CHARS = 100
+_MAX_EPOCH = 10**6
 _MAX_KEYS_SHOWN = 4
 _COUNTERS = ("num_batches_tracked",)  # BatchNorm's step counter: the one integer tensor of a state dict
 _PICKLE_PROTOCOL = re.compile(rb"\x80[\x02-\x05]")  # how a bare pickle (not torch.save's zip) begins
@@ -40,31 +57,117 @@ _PICKLE_PROTOCOL = re.compile(rb"\x80[\x02-\x05]")  # how a bare pickle (not tor
 class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Where the state came from, in plain JSON values: {"format": "safetensors" | "state_dict" | "wrapped" |
+    # "timm", "key": the entry read ("state_dict", "state_dict_ema", "model/state_dict"), "module_prefix": True
+    # when DataParallel's prefix was dropped, and for timm its epoch, arch, metric and version when valid}.
+    origin: dict[str, Any] = field(default_factory=dict)
 
 
-def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """Accept a bare state dict or the usual wrappers ({"state_dict": ...}, {"model": ...})."""
-    for _ in range(3):
-        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            break
-        if isinstance(obj, dict):
-            inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
-            if inner is not None:
-                obj = inner
-                continue
-        raise UserError(f"{path} is not a checkpoint: expected a state dict of tensors, found {type(obj).__name__}")
-    state = {str(k): v for k, v in obj.items()}
+def weights_suffix(path: Path) -> str | None:
+    """The accepted suffix ``path`` ends with (".pth.tar" before ".tar"), or None."""
+    name = path.name.lower()
+    return next((suffix for suffix in WEIGHTS_SUFFIXES if name.endswith(suffix)), None)
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _timm_facts(obj: dict[Any, Any]) -> dict[str, Any] | None:
+    """What a timm CheckpointSaver dict says of its training, as plain JSON values; None if it is no such dict.
+
+    The values are user data: a fact of the wrong type, out of range or unprintable is left out, a long
+    ``arch`` cut short. The optimizer state and the pickled arguments are never read."""
+    if not all(key in obj for key in _TIMM_MARKERS):
+        return None
+    facts: dict[str, Any] = {}
+    epoch = obj.get("epoch")
+    if isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= _MAX_EPOCH:
+        facts["epoch"] = epoch
+    arch = obj.get("arch")
+    if isinstance(arch, str) and arch.isprintable() and arch:
+        facts["arch"] = arch[:_MAX_FACT_CHARS]
+    metric = obj.get("metric")
+    if isinstance(metric, (int, float)) and not isinstance(metric, bool) and math.isfinite(metric):
+        facts["metric"] = float(metric)
+    version = obj.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and 0 <= version <= _MAX_EPOCH:
+        facts["version"] = version
+    return facts
+
+
+def _no_ema(path: Path) -> UserError:
+    return UserError(f"{path.name} has no {EMA_KEY} (no EMA weights); {NO_EMA}")
+
+
+def _not_a_state_dict(value: Any, where: str, path: Path) -> UserError:
+    """Why ``value`` (the file itself, or its entry ``where``) is not a state dict of tensors, in one line."""
+    what = f"{path.name}'s {where}" if where else path.name
+    if not where and not isinstance(value, dict):
+        return UserError(f"{path} is not a checkpoint: expected a state dict of tensors, found {type(value).__name__}")
+    if not isinstance(value, dict):
+        return UserError(f"{what} is not a state dict of tensors: it is a {type(value).__name__}")
+    if not value:
+        return UserError(f"{what} is an empty dict: it holds no weights")
+    key, entry = next((k, v) for k, v in value.items() if not isinstance(v, torch.Tensor))
+    return UserError(
+        f"{what} is not a state dict of tensors: its entry {shown(key)} is a {type(entry).__name__}, not a tensor"
+    )
+
+
+def _unwrap(obj: Any, path: Path, ema: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state dict in a bare state dict, a wrapper ({"state_dict": ...}, {"model": ...}, nested up to three
+    deep) or a timm checkpoint (its state_dict, or with ``ema`` its state_dict_ema), and where it came from."""
+    facts = _timm_facts(obj) if isinstance(obj, dict) else None
+    origin: dict[str, Any] = {"format": "state_dict"} if facts is None else {"format": "timm", **facts}
+    keys: list[str] = []
+    level = obj
+    while not _is_state_dict(level):
+        if not isinstance(level, dict) or len(keys) == 3:
+            raise _not_a_state_dict(level, "/".join(keys), path)
+        present = [k for k in _WRAPPER_KEYS if k in level]
+        key = next((k for k in present if isinstance(level[k], dict)), present[0] if present else None)
+        if ema and EMA_KEY in level:
+            key = EMA_KEY
+        if key is None:
+            if ema and not keys:
+                raise _no_ema(path)
+            if facts is not None and not keys:
+                epoch = f" (epoch {facts['epoch']})" if "epoch" in facts else ""
+                raise UserError(
+                    f"{path.name} is a timm training checkpoint{epoch} without a state_dict, so it holds no weights; "
+                    "give the checkpoint saved with them"
+                )
+            if keys or not level:
+                raise _not_a_state_dict(level, "/".join(keys), path)
+            found = ", ".join(shown(k) for k in list(level)[:_MAX_KEYS_SHOWN])
+            raise UserError(
+                f"{path} is not a checkpoint: expected a state dict of tensors or one under "
+                f"{', '.join(_WRAPPER_KEYS)}; its keys are {found}" + (" ..." if len(level) > _MAX_KEYS_SHOWN else "")
+            )
+        keys.append(key)
+        level = level[key]
+    if ema and EMA_KEY not in keys:
+        raise _no_ema(path)
+    if keys:
+        origin["key"] = "/".join(keys)
+        if facts is None:
+            origin["format"] = "wrapped"
+    state = {str(k): v for k, v in level.items()}
     if all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
         state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state
+        origin["module_prefix"] = True
+    return state, origin
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read a .safetensors or .pt/.pth checkpoint, with its mfdeploy metadata when it has some."""
+def read_checkpoint(path: str | os.PathLike[str], ema: bool = False) -> Checkpoint:
+    """Read a .safetensors or torch.save checkpoint (.pth.tar, .tar, .pth, .pt, .bin, .ckpt), with its mfdeploy
+    metadata when it has some. ``ema``: the EMA weights of a timm checkpoint (state_dict_ema), refused in one
+    line when the file has none."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist")
-    suffix = path.suffix.lower()
+    suffix = weights_suffix(path)
     if suffix in SAFETENSORS_SUFFIXES:
         from safetensors import SafetensorError, safe_open
 
@@ -76,15 +179,17 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             raise UserError(f"cannot read {path}: not a valid safetensors file ({exc})") from None
         if not state:
             raise UserError(f"{path} holds no tensors; it is not a Mobile-Former checkpoint")
+        if ema:
+            raise _no_ema(path)
         check_tensors(state, path)
         metadata = _parse_metadata(raw_meta)
         validate_checkpoint_metadata(metadata, path)
-        return Checkpoint(state, metadata)
+        return Checkpoint(state, metadata, {"format": "safetensors"})
     if suffix in TORCH_SUFFIXES:
-        state = _unwrap(_torch_load(path), path)
+        state, origin = _unwrap(_torch_load(path), path, ema)
         check_tensors(state, path)
-        return Checkpoint(state)
-    raise UserError(f"unsupported weights file {path.name}: use .safetensors, .pt or .pth")
+        return Checkpoint(state, origin=origin)
+    raise UserError(f"unsupported weights file {path.name}: use a {', '.join(WEIGHTS_SUFFIXES)} file")
 
 
 def _parse_metadata(raw: dict[str, str]) -> dict[str, Any]:
@@ -99,17 +204,20 @@ def _parse_metadata(raw: dict[str, str]) -> dict[str, Any]:
 
 
 def _torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)``: tensors and plain containers only, never an arbitrary unpickle."""
+    """``torch.load(weights_only=True)``: tensors, plain containers and an argparse.Namespace only, never an
+    arbitrary unpickle."""
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols it was not written with
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(list(_ADMITTED_CLASSES)):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to parse a user's file is a user error
         found = re.search(r"GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
         if found is not None:
             raise UserError(
                 f"refusing to load {path}: it pickles a Python object ({found.group(1)}), and only tensors "
-                "are loaded safely; save model.state_dict() or a .safetensors file"
+                "are loaded safely (and the argparse.Namespace of a training checkpoint); save model.state_dict() "
+                "or a .safetensors file"
             ) from None
         refused = isinstance(exc, pickle.UnpicklingError) or "magic number" in str(exc)
         if refused and _is_bare_pickle(path):
@@ -118,7 +226,8 @@ def _torch_load(path: Path) -> Any:
                 "code when unpickled, so it is refused for safety (only torch.load(weights_only=True) is used); "
                 "save model.state_dict() with torch.save, or a .safetensors file"
             ) from None
-        first_line = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        # torch's first sentence says what broke; the rest is advice for its own developers
+        first_line = str(exc).strip().splitlines()[0].split(". ")[0][:120] if str(exc).strip() else ""
         reason = first_line if isinstance(exc, (RuntimeError, OSError)) and first_line else "corrupt or truncated"
         raise UserError(f"cannot read {path}: not a valid PyTorch checkpoint ({reason})") from None
 
@@ -222,7 +331,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], metadata: di
         from safetensors.torch import save
 
         data = save(state, metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
-    elif path.suffix.lower() in TORCH_SUFFIXES:
+    elif path.suffix.lower() in _SAVE_SUFFIXES:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         data = buffer.getvalue()
@@ -250,6 +359,12 @@ def check_metadata_fits(metadata: dict[str, Any], model: MobileFormer, path: Pat
         )
 
 
+def check_ema_has_weights(weights: object, ema: bool) -> None:
+    """--ema picks one of a checkpoint's two weight sets: without --weights there is none to pick from."""
+    if ema and weights is None:
+        raise UserError(f"--ema selects a checkpoint's EMA weights ({EMA_KEY}); pass --weights too, or {NO_EMA}")
+
+
 @dataclass
 class LoadedModel:
     """A ready model and where its weights came from (for manifests and reports)."""
@@ -262,6 +377,8 @@ class LoadedModel:
     weights_sha256: str | None
     seed: int | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    ema: bool = False  # the checkpoint's EMA weights (state_dict_ema), not its state_dict
+    origin: dict[str, Any] = field(default_factory=dict)  # Checkpoint.origin: the file's format and training facts
 
     @property
     def is_random(self) -> bool:
@@ -270,7 +387,8 @@ class LoadedModel:
     def source(self) -> dict[str, Any]:
         if self.is_random:
             return {"weights": "random", "seed": self.seed}
-        return {"weights": self.weights, "sha256": self.weights_sha256}
+        # one file holds two models when it has EMA weights: which one is part of what was exported
+        return {"weights": self.weights, "sha256": self.weights_sha256, **({"ema": True} if self.ema else {})}
 
 
 def load_model(
@@ -279,12 +397,15 @@ def load_model(
     num_classes: int | None = None,
     in_chans: int | None = None,
     seed: int = 0,
+    ema: bool = False,
 ) -> LoadedModel:
     """The model a command asks for: from a checkpoint when given (size and classes read from it when
-    not passed), otherwise deterministic random weights from ``seed``, with a one-time warning."""
+    not passed; ``ema``: its EMA weights), otherwise deterministic random weights from ``seed``, with a
+    one-time warning."""
     if num_classes is not None:
         check_num_classes(num_classes)
     check_seed(seed)
+    check_ema_has_weights(weights, ema)
     if weights is None:
         size = size or DEFAULT_SIZE
         model = build_model(size, num_classes or 1000, in_chans or 3, seed=seed)
@@ -296,8 +417,8 @@ def load_model(
         return LoadedModel(model, model.cfg.name, model.num_classes, model.in_chans, "random", None, seed)
 
     path = Path(weights)
-    checkpoint = read_checkpoint(path)
-    found = identify(checkpoint.state_dict)
+    checkpoint = read_checkpoint(path, ema=ema)
+    found = identify(checkpoint.state_dict)  # the unwrapped state: where another family's identify plugs in
     if found is not None:
         size = size or found[0]
         num_classes = num_classes or found[1]
@@ -317,4 +438,6 @@ def load_model(
         sha256_file(path),
         None,
         checkpoint.metadata,
+        ema,
+        checkpoint.origin,
     )

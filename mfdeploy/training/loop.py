@@ -28,7 +28,7 @@ from mfdeploy.images.datasets import LabelledData, LabelledSplit, load_labelled,
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.manifest_schema import validate_checkpoint_metadata
 from mfdeploy.model import build_model
-from mfdeploy.model.weights import check_fits, read_checkpoint, save_checkpoint
+from mfdeploy.model.weights import check_ema_has_weights, check_fits, read_checkpoint, save_checkpoint
 from mfdeploy.training.options import TrainConfig, check_config
 
 
@@ -100,9 +100,10 @@ def evaluate_accuracy(model: nn.Module, loader: DataLoader) -> float:
     return correct / max(total, 1)
 
 
-def _load_backbone(model: nn.Module, path: Path) -> None:
-    """Start from a checkpoint of the same size; its classifier is kept only if the class count matches."""
-    state = read_checkpoint(path).state_dict
+def _load_backbone(model: nn.Module, path: Path, ema: bool = False) -> None:
+    """Start from a checkpoint of the same size (``ema``: its EMA weights); its classifier is kept only if the
+    class count matches."""
+    state = read_checkpoint(path, ema=ema).state_dict
     own = model.state_dict()
     if state.get("head.fc2.weight") is not None and state["head.fc2.weight"].shape != own["head.fc2.weight"].shape:
         state = {k: v for k, v in state.items() if not k.startswith("head.fc2.")}
@@ -126,9 +127,14 @@ def _trained_on(data: LabelledData, out: Path) -> dict[str, Any] | None:
 
 
 def train(
-    cfg: TrainConfig, out: str | os.PathLike[str], init_weights: str | os.PathLike[str] | None = None
+    cfg: TrainConfig,
+    out: str | os.PathLike[str],
+    init_weights: str | os.PathLike[str] | None = None,
+    init_ema: bool = False,
 ) -> TrainResult:
-    """Train ``cfg.size`` on ``cfg.data`` (from ``init_weights`` if given) and write ``out`` atomically."""
+    """Train ``cfg.size`` on ``cfg.data`` (from ``init_weights`` if given, its EMA weights with ``init_ema``) and
+    write ``out`` atomically."""
+    check_ema_has_weights(init_weights, init_ema)
     out = Path(out)
     if out.suffix.lower() not in (".safetensors", ".pt", ".pth"):
         raise UserError(f"--out {out.name}: use a .safetensors (recommended) or .pt file name")
@@ -138,7 +144,7 @@ def train(
     trained_on = _trained_on(data, out)  # before training: the folder as it is now
     model = build_model(cfg.size, num_classes=len(data.classes), seed=cfg.seed)
     if init_weights is not None:
-        _load_backbone(model, Path(init_weights))
+        _load_backbone(model, Path(init_weights), init_ema)
 
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(
@@ -207,6 +213,7 @@ def train(
         "val_accuracy": history[-1].val_accuracy,
         "train_config": asdict(cfg),
         "init_weights": str(init_weights) if init_weights else "random",
+        **({"init_ema": True} if init_ema else {}),
     }
     save_checkpoint(model, out, metadata)
     return TrainResult(
