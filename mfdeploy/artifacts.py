@@ -459,6 +459,8 @@ def export_command(artifact: Artifact, target: str | None = None, force: bool = 
         args += ["--weights", str(source["weights"])] + (["--ema"] if source.get("ema") is True else [])
     else:
         args += ["--size", str(model.get("size", "SIZE"))]
+        if model.get("family") not in (None, "seed"):
+            args += ["--arch", str(model["family"])]
         if model.get("imgsz") not in (None, EXPORT_DEFAULT_IMGSZ):
             args += ["--imgsz", str(model["imgsz"])]
         if model.get("num_classes") not in (None, EXPORT_DEFAULT_CLASSES):

@@ -47,6 +47,10 @@ class _Invalid(Exception):
         self.problem = problem
 
 
+#: The Mobile-Former families (mfdeploy.model.families): a manifest or checkpoint names one of them.
+MODEL_FAMILIES = ("seed", "official")
+
+
 def _fail(field: str, value: Any, expected: str) -> NoReturn:
     raise _Invalid(field, f"is {shown(value)}, expected {expected}")
 
@@ -227,6 +231,8 @@ def _files(value: Any) -> None:
 def _manifest(manifest: dict[str, Any], consistent: bool) -> None:
     model = _object(_require(manifest, "model", "model"), "model")
     _string(_require(model, "size", "model.size"), "model.size")
+    if "family" in model:
+        _string(model["family"], "model.family", MODEL_FAMILIES)
     num_classes = _int(_require(model, "num_classes", "model.num_classes"), "model.num_classes", 1, MAX_NUM_CLASSES)
     imgsz = _imgsz(_require(model, "imgsz", "model.imgsz"), "model.imgsz")
     in_chans = _int(model.get("in_chans", 3), "model.in_chans", 1, MAX_IN_CHANS)
@@ -274,6 +280,8 @@ def _metadata(metadata: dict[str, Any]) -> None:
         num_classes = _int(metadata["num_classes"], "num_classes", 1, MAX_NUM_CLASSES)
     if "size" in metadata:
         _string(metadata["size"], "size")
+    if "family" in metadata:
+        _string(metadata["family"], "family", MODEL_FAMILIES)
     if "in_chans" in metadata:
         _int(metadata["in_chans"], "in_chans", 1, MAX_IN_CHANS)
     imgsz = _imgsz(metadata["imgsz"], "imgsz") if "imgsz" in metadata else None

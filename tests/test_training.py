@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from conftest import DIGITS_EPOCHS, DIGITS_IMGSZ
 from mfdeploy.images.datasets import load_digits_data
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.model.weights import load_model, read_checkpoint
@@ -16,11 +17,12 @@ from mfdeploy.model.weights import load_model, read_checkpoint
 def test_digits_training_reaches_90_percent(digits_checkpoint):
     result = json.loads((digits_checkpoint.parent / "train_result.json").read_text())
     assert result["val_accuracy"] >= 0.90, result["history"]
-    assert len(result["history"]) == 10
+    assert len(result["history"]) == DIGITS_EPOCHS
 
     # The checkpoint itself carries what later commands need, and reproduces the reported accuracy.
     meta = read_checkpoint(digits_checkpoint).metadata
-    assert meta["size"] == "26m" and meta["num_classes"] == 10 and meta["imgsz"] == 64
+    assert meta["size"] == "26m" and meta["num_classes"] == 10 and meta["imgsz"] == DIGITS_IMGSZ
+    assert meta["family"] == "official"
     loaded = load_model(weights=digits_checkpoint)
     pre = Preprocessing.from_dict(meta["preprocessing"])
     val = load_digits_data().val

@@ -12,6 +12,7 @@ from mfdeploy.calibration.options import CalibrationOptions
 from mfdeploy.cli.app import app
 from mfdeploy.cli.options import (
     COREML,
+    ArchOption,
     ArtifactArgument,
     AtolOption,
     CalibBatchOption,
@@ -102,6 +103,7 @@ def export(
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset, 17 or newer.")] = default(ExportOptions, "opset"),
     weights: WeightsOption = None,
     ema: EmaOption = False,
+    arch: ArchOption = None,
     num_classes: NumClassesOption = None,
     seed: SeedOption = default(ExportOptions, "seed"),
     out: OutOption = default(ExportOptions, "out"),
@@ -189,6 +191,7 @@ def export(
         opset=opset,
         weights=str(weights) if weights else None,
         ema=ema,
+        arch=arch,
         num_classes=num_classes,
         seed=seed,
         out=out,

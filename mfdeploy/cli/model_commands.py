@@ -10,6 +10,7 @@ from rich.table import Table
 
 from mfdeploy.cli.app import app
 from mfdeploy.cli.options import (
+    ArchOption,
     EmaOption,
     ImgszOption,
     JsonOption,
@@ -120,7 +121,8 @@ def train(
     out: Annotated[
         Path, typer.Option("--out", callback=file_target, help="Checkpoint to write (.safetensors or .pt).")
     ],
-    size: SizeOption = default(TrainConfig, "size"),
+    size: SizeOption = None,
+    arch: ArchOption = None,
     data: data_option("builtin-digits, or an ImageFolder (one sub-folder per class).") = default(TrainConfig, "data"),
     epochs: Annotated[int, typer.Option("--epochs")] = default(TrainConfig, "epochs"),
     imgsz: ImgszOption = default(TrainConfig, "imgsz"),
@@ -136,10 +138,12 @@ def train(
     """Fine-tune a Mobile-Former on labelled images (CPU), reporting validation accuracy every epoch."""
     from mfdeploy.images.preprocess import check_imgsz
     from mfdeploy.model import get_config
+    from mfdeploy.model.families import check_arch
     from mfdeploy.training.loop import train as run_training
 
     cfg = TrainConfig(
-        size=get_config(size or default(TrainConfig, "size")).name,
+        size=None if size is None else get_config(size).name,
+        arch=None if arch is None else check_arch(arch),
         data=data,
         epochs=epochs,
         imgsz=check_imgsz(default(TrainConfig, "imgsz") if imgsz is None else imgsz),

@@ -72,6 +72,14 @@ WeightsOption = Annotated[
         ".safetensors; a state dict or a training checkpoint holding one (default: random weights).",
     ),
 ]
+ArchOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--arch",
+        help="Model family without --weights: seed (the PaddleViT design, the default) or official "
+        "(AAboys/MobileFormer, the ImageNet checkpoints' network). A checkpoint says its own.",
+    ),
+]
 EmaOption = Annotated[
     bool,
     typer.Option("--ema", help="Load the checkpoint's EMA weights (timm's state_dict_ema) instead of its state_dict."),

@@ -24,11 +24,13 @@ def print_export_summary(result: Any, say_to: Console) -> None:
     if source.get("ema") is True:
         weights += ", EMA weights"
     batch = "dynamic batch" if graph["dynamic_batch"] else f"batch {graph['batch']}"
+    family = "official " if model.get("family") == "official" else ""
     if result.mode == "grow":
         say(result.message)
-        say(f"  Mobile-Former {model['size']} ({weights}); {graph['file']} as verified at its export ({m['created']})")
+        say(f"  {family}Mobile-Former {model['size']} ({weights}); {graph['file']} as verified at its export")
     else:
-        say(f"exported Mobile-Former {model['size']} ({weights}) to {display_path(result.artifact / graph['file'])}")
+        graph_path = display_path(result.artifact / graph["file"])
+        say(f"exported {family}Mobile-Former {model['size']} ({weights}) to {graph_path}")
         if result.message:
             say(f"  {result.message}")
         say(

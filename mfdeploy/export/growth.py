@@ -106,6 +106,7 @@ def compare(artifact: Artifact, wanted: dict[str, Any]) -> Existing:
 
 
 def export_identity(
+    family: Any,
     source: dict[str, Any],
     num_classes: Any,
     in_chans: Any,
@@ -116,6 +117,7 @@ def export_identity(
 ) -> dict[str, Any]:
     """What decides the exported graph's content: the weights, the classes, the input, and the graph options."""
     return {
+        "family": family,
         "weights": _weights_identity(source),
         "classes": num_classes,
         "channels": in_chans,
@@ -132,6 +134,7 @@ def identity_of(artifact: Artifact) -> dict[str, Any]:
     graph = manifest.get("onnx", {})
     model = manifest.get("model", {})
     return export_identity(
+        model.get("family", "seed"),  # written since the official family; every earlier artifact is seed
         model.get("source") or {},
         model.get("num_classes"),
         model.get("in_chans", 3),

@@ -42,6 +42,7 @@ class ExportOptions:
     opset: int = 17
     weights: str | None = None
     ema: bool = False  # the checkpoint's EMA weights (state_dict_ema)
+    arch: str | None = None  # the model family without --weights (None: seed); a checkpoint says its own
     num_classes: int | None = None
     seed: int = 0
     out: Path = Path("artifacts")

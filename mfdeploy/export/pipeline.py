@@ -112,7 +112,9 @@ def export(options: ExportOptions) -> ExportResult:
     ``--force`` and replaced with it (see :mod:`mfdeploy.export.growth`).
     """
     check_options(options)
-    loaded = load_model(options.size, options.weights, options.num_classes, seed=options.seed, ema=options.ema)
+    loaded = load_model(
+        options.size, options.weights, options.num_classes, seed=options.seed, ema=options.ema, arch=options.arch
+    )
     for stage in TARGET_STAGES[options.target]:
         # each stage refuses its bad options (and a missing library) before any export work
         stage_check = _stage_function(stage, "check_stage")
@@ -170,6 +172,7 @@ def _plan(final: Path, options: ExportOptions, loaded: LoadedModel, preprocessin
     if existing is None:
         return growth.Plan(growth.NEW, stages=target_stages, previous=final)
     identity = growth.export_identity(
+        loaded.family,
         loaded.source(),
         loaded.num_classes,
         loaded.in_chans,
@@ -312,6 +315,7 @@ def _export_graph(
     graph = onnx_export.finalize(
         graph,
         {
+            "mfdeploy.family": loaded.family,
             "mfdeploy.size": loaded.size,
             "mfdeploy.num_classes": str(loaded.num_classes),
             "mfdeploy.imgsz": str(imgsz),
@@ -335,12 +339,15 @@ def _export_graph(
     bar.update(task, advance=1, status="manifest")
 
     complexity = measure(model, imgsz)
-    save_checkpoint(model, tmp / WEIGHTS_FILE, {"size": loaded.size, "num_classes": loaded.num_classes})
+    save_checkpoint(
+        model, tmp / WEIGHTS_FILE, {"family": loaded.family, "size": loaded.size, "num_classes": loaded.num_classes}
+    )
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "created": utc_now(),
         "model": {
             "architecture": "Mobile-Former",
+            "family": loaded.family,  # mfdeploy.model.families: seed (PaddleViT) or official (AAboys)
             "size": loaded.size,
             "num_classes": loaded.num_classes,
             "in_chans": loaded.in_chans,
@@ -351,6 +358,8 @@ def _export_graph(
             # what `mfdeploy train` trained it on: the default data of calibrate, parity and eval
             "trained_on": trained_on_record(loaded.metadata.get("trained_on")),
             "source": loaded.source(),
+            # the checkpoint file's format and what its trainer wrote (timm: epoch, arch, metric)
+            "checkpoint": loaded.origin or None,
         },
         "preprocessing": preprocessing.to_dict(),
         "inputs": [TensorSpec(onnx_export.INPUT_NAME, (batch_axis, loaded.in_chans, imgsz, imgsz)).to_dict()],

@@ -53,10 +53,11 @@ def _export_root(out: str | Path, size: str | None, weights: str | Path | None, 
     """The folder the export made for this command would write; None when only the export can tell."""
     if weights is None or size is not None:
         return Path(out) / artifact_dir_name(get_config(size or DEFAULT_SIZE).name)
-    from mfdeploy.model.weights import identify, read_checkpoint
+    from mfdeploy.model.families import identify_family, to_model_keys
+    from mfdeploy.model.weights import read_checkpoint
 
-    found = identify(read_checkpoint(weights, ema=ema).state_dict)
-    return Path(out) / artifact_dir_name(found[0]) if found else None
+    found = identify_family(to_model_keys(read_checkpoint(weights, ema=ema).state_dict))
+    return Path(out) / artifact_dir_name(found[1]) if found else None
 
 
 def _refuse_folder_in_the_way(

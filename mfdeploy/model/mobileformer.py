@@ -68,6 +68,8 @@ class ClassifierHead(nn.Module):
 class MobileFormer(nn.Module):
     """The full classifier. ``forward`` returns logits; there is no softmax, in eval or in training."""
 
+    family = "seed"  # see mfdeploy.model.families
+
     def __init__(
         self,
         cfg: MobileFormerConfig,

@@ -30,7 +30,7 @@ from mfdeploy.errors import UserError
 from mfdeploy.fileio import atomic_path, sha256_file
 from mfdeploy.manifest_schema import CHECKPOINT_ACTION, validate_checkpoint_metadata
 from mfdeploy.model.config import DEFAULT_SIZE, SIZES, get_config
-from mfdeploy.model.mobileformer import MobileFormer, build_model
+from mfdeploy.model.mobileformer import MobileFormer
 from mfdeploy.option_values import check_num_classes, check_seed, shown
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -49,6 +49,7 @@ _TIMM_MARKERS = ("epoch", "arch")  # CheckpointSaver writes both, with state_dic
 _MAX_FACT_CHARS = 100
 _MAX_EPOCH = 10**6
 _MAX_KEYS_SHOWN = 4
+_FIT_FLAGS = ("--arch", "--size", "--num-classes", "--in-chans")  # in the order of identify_family's answer
 _COUNTERS = ("num_batches_tracked",)  # BatchNorm's step counter: the one integer tensor of a state dict
 _PICKLE_PROTOCOL = re.compile(rb"\x80[\x02-\x05]")  # how a bare pickle (not torch.save's zip) begins
 
@@ -282,26 +283,25 @@ def identify(state: dict[str, torch.Tensor]) -> tuple[str, int, int] | None:
     return None
 
 
-def _describe(size: str, num_classes: int, in_chans: int) -> str:
-    chans = "" if in_chans == 3 else f", {in_chans} input channels"
-    return f"Mobile-Former {size} with {num_classes} classes{chans}"
+def check_fits(state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+    """Raise a UserError naming the first offending keys if ``state`` does not fit ``model``; a state dict of
+    another known model (family, size, class count, input channels) is named with the flags that load it."""
+    from mfdeploy.model.families import describe, family_of, identify_family
 
-
-def check_fits(state: dict[str, torch.Tensor], model: MobileFormer, path: Path) -> None:
-    """Raise a UserError naming the first offending keys if ``state`` does not fit ``model``."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     misshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if not (missing or unexpected or misshaped):
         return
-    wanted = _describe(model.cfg.name, model.num_classes, model.in_chans)
-    found = identify(state)
+    asked = (family_of(model), model.cfg.name, model.num_classes, model.in_chans)
+    wanted = describe(*asked)
+    found = identify_family(state)
     if found is not None:
-        size, num_classes, in_chans = found
+        flags = [f"{flag} {value}" for flag, value, want in zip(_FIT_FLAGS, found, asked) if value != want]
         raise UserError(
-            f"weights {path.name} are a {_describe(*found)}, but a {wanted} was asked for; "
-            f"pass --size {size} --num-classes {num_classes}" + (f" --in-chans {in_chans}" if in_chans != 3 else "")
+            f"weights {path.name} hold {describe(*found, article=True)}, not the {wanted} asked for; "
+            f"pass {' '.join(flags)} (or leave those options out: the checkpoint says them)"
         )
 
     def show(keys: list[str]) -> str:
@@ -316,7 +316,7 @@ def check_fits(state: dict[str, torch.Tensor], model: MobileFormer, path: Path) 
     if misshaped:
         details = [f"{k} {list(state[k].shape)} vs {list(expected[k].shape)}" for k in misshaped]
         problems.append(f"{len(misshaped)} mis-shaped ({show(details)})")
-    raise UserError(f"weights {path.name} do not fit {wanted}: " + "; ".join(problems))
+    raise UserError(f"weights {path.name} do not fit the {wanted}: " + "; ".join(problems))
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
@@ -342,10 +342,17 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], metadata: di
     return path
 
 
-def check_metadata_fits(metadata: dict[str, Any], model: MobileFormer, path: Path) -> None:
-    """The metadata describes these weights: the same size, class count and input channels, and one class
-    name per output (a list of another length would mislabel every prediction, or crash `eval`)."""
-    facts = {"size": model.cfg.name, "num_classes": model.num_classes, "in_chans": model.in_chans}
+def check_metadata_fits(metadata: dict[str, Any], model: nn.Module, path: Path) -> None:
+    """The metadata describes these weights: the same family, size, class count and input channels, and one
+    class name per output (a list of another length would mislabel every prediction, or crash `eval`)."""
+    from mfdeploy.model.families import family_of
+
+    facts = {
+        "family": family_of(model),
+        "size": model.cfg.name,
+        "num_classes": model.num_classes,
+        "in_chans": model.in_chans,
+    }
     for key, actual in facts.items():
         if key in metadata and metadata[key] != actual:
             raise UserError(
@@ -369,7 +376,7 @@ def check_ema_has_weights(weights: object, ema: bool) -> None:
 class LoadedModel:
     """A ready model and where its weights came from (for manifests and reports)."""
 
-    model: MobileFormer
+    model: nn.Module  # a MobileFormer or an OfficialMobileFormer
     size: str
     num_classes: int
     in_chans: int
@@ -379,6 +386,7 @@ class LoadedModel:
     metadata: dict[str, Any] = field(default_factory=dict)
     ema: bool = False  # the checkpoint's EMA weights (state_dict_ema), not its state_dict
     origin: dict[str, Any] = field(default_factory=dict)  # Checkpoint.origin: the file's format and training facts
+    family: str = "seed"  # mfdeploy.model.families: "seed" or "official"
 
     @property
     def is_random(self) -> bool:
@@ -398,37 +406,61 @@ def load_model(
     in_chans: int | None = None,
     seed: int = 0,
     ema: bool = False,
+    arch: str | None = None,
 ) -> LoadedModel:
-    """The model a command asks for: from a checkpoint when given (size and classes read from it when
-    not passed; ``ema``: its EMA weights), otherwise deterministic random weights from ``seed``, with a
-    one-time warning."""
+    """The model a command asks for: from a checkpoint when given (family, size and classes read from it when
+    not passed; ``ema``: its EMA weights), otherwise deterministic random weights of family ``arch`` from
+    ``seed``, with a one-time warning. Official checkpoints (official keys) are renamed to the model's keys."""
+    from mfdeploy.model.families import (
+        TITLES,
+        build_family_model,
+        check_arch,
+        describe,
+        identify_family,
+        to_model_keys,
+    )
+
     if num_classes is not None:
         check_num_classes(num_classes)
     check_seed(seed)
     check_ema_has_weights(weights, ema)
     if weights is None:
-        size = size or DEFAULT_SIZE
-        model = build_model(size, num_classes or 1000, in_chans or 3, seed=seed)
+        family = check_arch(arch)
+        model = build_family_model(family, size or DEFAULT_SIZE, num_classes or 1000, in_chans or 3, seed=seed)
         warn_once(
             "random-weights",
-            f"no --weights given: Mobile-Former {model.cfg.name} has random weights (seed {seed}); "
+            f"no --weights given: the {TITLES[family]} {model.cfg.name} has random weights (seed {seed}); "
             "its outputs mean nothing, only its numerics can be checked",
         )
-        return LoadedModel(model, model.cfg.name, model.num_classes, model.in_chans, "random", None, seed)
+        return LoadedModel(
+            model, model.cfg.name, model.num_classes, model.in_chans, "random", None, seed, family=family
+        )
 
     path = Path(weights)
     checkpoint = read_checkpoint(path, ema=ema)
-    found = identify(checkpoint.state_dict)  # the unwrapped state: where another family's identify plugs in
+    try:
+        state = to_model_keys(checkpoint.state_dict)
+    except UserError as exc:
+        raise UserError(f"weights {path.name}: {exc}") from None
+    found = identify_family(state)
     if found is not None:
-        size = size or found[0]
-        num_classes = num_classes or found[1]
-        in_chans = in_chans or found[2]
+        if arch is not None and check_arch(arch) != found[0]:
+            raise UserError(
+                f"weights {path.name} hold {describe(*found, article=True)}, not --arch {check_arch(arch)}; "
+                "drop --arch (the checkpoint says its family)"
+            )
+        arch = found[0]
+        size = size or found[1]
+        num_classes = num_classes or found[2]
+        in_chans = in_chans or found[3]
+    recorded = checkpoint.metadata.get("family")  # validated by read_checkpoint
+    family = check_arch(arch if arch is not None else recorded if isinstance(recorded, str) else None)
     if size is None:
         raise UserError(f"{path.name} is not a Mobile-Former checkpoint of any known size; pass --size to see why")
-    model = build_model(size, num_classes or 1000, in_chans or 3, seed=seed)
-    check_fits(checkpoint.state_dict, model, path)
+    model = build_family_model(family, size, num_classes or 1000, in_chans or 3, seed=seed)
+    check_fits(state, model, path)
     check_metadata_fits(checkpoint.metadata, model, path)
-    model.load_state_dict(checkpoint.state_dict, strict=True)
+    model.load_state_dict(state, strict=True)
     return LoadedModel(
         model.eval(),
         model.cfg.name,
@@ -440,4 +472,5 @@ def load_model(
         checkpoint.metadata,
         ema,
         checkpoint.origin,
+        family,
     )

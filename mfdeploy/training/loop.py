@@ -27,9 +27,9 @@ from mfdeploy.fileio import sha256_file
 from mfdeploy.images.datasets import LabelledData, LabelledSplit, load_labelled, training_record
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.manifest_schema import validate_checkpoint_metadata
-from mfdeploy.model import build_model
-from mfdeploy.model.weights import check_ema_has_weights, check_fits, read_checkpoint, save_checkpoint
-from mfdeploy.training.options import TrainConfig, check_config
+from mfdeploy.model.families import SEED, TITLES, build_family_model, describe, identify_family, to_model_keys
+from mfdeploy.model.weights import Checkpoint, check_ema_has_weights, check_fits, read_checkpoint, save_checkpoint
+from mfdeploy.training.options import DEFAULT_TRAIN_SIZE, TrainConfig, check_config
 
 
 @dataclass
@@ -100,10 +100,25 @@ def evaluate_accuracy(model: nn.Module, loader: DataLoader) -> float:
     return correct / max(total, 1)
 
 
-def _load_backbone(model: nn.Module, path: Path, ema: bool = False) -> None:
-    """Start from a checkpoint of the same size (``ema``: its EMA weights); its classifier is kept only if the
-    class count matches."""
-    state = read_checkpoint(path, ema=ema).state_dict
+def _init_family_and_size(cfg: TrainConfig, init: Checkpoint | None, path: Path | None) -> tuple[str, str]:
+    """The family and size to train: as asked, else what the starting checkpoint is, else seed 26m. A family
+    asked for that the checkpoint is not is refused here (the size is checked with the weights)."""
+    found = identify_family(init.state_dict) if init is not None else None
+    arch = cfg.arch
+    if found is not None and arch is not None and arch != found[0]:
+        raise UserError(
+            f"--weights {path.name} hold {describe(*found, article=True)}, not --arch {arch}; drop --arch "
+            "(the checkpoint says its family)"
+        )
+    arch = arch or (found[0] if found else SEED)
+    size = cfg.size or (found[1] if found else DEFAULT_TRAIN_SIZE)
+    return arch, size
+
+
+def _load_backbone(model: nn.Module, init: Checkpoint, path: Path) -> None:
+    """Start from a checkpoint of the same family and size; its classifier is kept only if the class count
+    matches (fine-tuning an ImageNet checkpoint on 10 classes starts a new classifier layer)."""
+    state = init.state_dict
     own = model.state_dict()
     if state.get("head.fc2.weight") is not None and state["head.fc2.weight"].shape != own["head.fc2.weight"].shape:
         state = {k: v for k, v in state.items() if not k.startswith("head.fc2.")}
@@ -142,9 +157,17 @@ def train(
     preprocessing = Preprocessing.for_size(cfg.imgsz)
     data = load_labelled(cfg.data)
     trained_on = _trained_on(data, out)  # before training: the folder as it is now
-    model = build_model(cfg.size, num_classes=len(data.classes), seed=cfg.seed)
+    init = None
     if init_weights is not None:
-        _load_backbone(model, Path(init_weights), init_ema)
+        init = read_checkpoint(init_weights, ema=init_ema)
+        try:
+            init.state_dict = to_model_keys(init.state_dict)
+        except UserError as exc:
+            raise UserError(f"--weights {Path(init_weights).name}: {exc}") from None
+    arch, size = _init_family_and_size(cfg, init, Path(init_weights) if init_weights else None)
+    model = build_family_model(arch, size, num_classes=len(data.classes), seed=cfg.seed)
+    if init is not None:
+        _load_backbone(model, init, Path(init_weights))
 
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(
@@ -169,7 +192,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     err.print(
-        f"training Mobile-Former {model.cfg.name} on {data.name}: {len(data.train)} train / {len(data.val)} "
+        f"training the {TITLES[arch]} {model.cfg.name} on {data.name}: {len(data.train)} train / {len(data.val)} "
         f"validation images, {len(data.classes)} classes, {cfg.imgsz}x{cfg.imgsz}, {cfg.epochs} epochs",
         markup=False,
     )
@@ -203,6 +226,7 @@ def train(
     metadata = {
         "format": "mfdeploy-checkpoint",
         "mfdeploy_version": __version__,
+        "family": arch,
         "size": model.cfg.name,
         "num_classes": model.num_classes,
         "in_chans": model.in_chans,

@@ -7,13 +7,15 @@ from dataclasses import dataclass
 
 from mfdeploy.images.datasets import BUILTIN_DIGITS
 
+DEFAULT_TRAIN_SIZE = "26m"
 MAX_LEARNING_RATE = 10.0  # AdamW diverges long before; a larger value is a typo
 MAX_WEIGHT_DECAY = 10.0
 
 
 @dataclass
 class TrainConfig:
-    size: str = "26m"
+    size: str | None = None  # None: the --weights checkpoint's size, else DEFAULT_TRAIN_SIZE
+    arch: str | None = None  # None: the --weights checkpoint's family, else seed
     data: str = BUILTIN_DIGITS
     epochs: int = 10
     imgsz: int = 64
