@@ -36,8 +36,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mfdeploy.export.coreml_convert import COMPRESSIONS, ConversionSpec, convert, package_bytes  # noqa: E402
+from mfdeploy.export.coreml_convert import ConversionSpec, convert, package_bytes  # noqa: E402
 from mfdeploy.export.coreml_export import CoreMLOptions  # noqa: E402
+from mfdeploy.export.coreml_options import COMPRESSIONS  # noqa: E402
 from mfdeploy.export.coreml_program import OFFICIAL_52M_COMPUTE_OPS, inspect_program  # noqa: E402
 from mfdeploy.images.preprocess import Preprocessing  # noqa: E402
 from mfdeploy.images.samples import builtin_images  # noqa: E402

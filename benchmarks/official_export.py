@@ -1,0 +1,338 @@
+"""Benchmark: our official-family ONNX graph against the official Mobile-Former code exported the plain way.
+
+    python benchmarks/official_export.py --official /tmp/official [--size 52m] [--runs 200] [--json results.json]
+
+``--official`` is a checkout of github AAboys/MobileFormer (mobile_former.py, dna_blocks.py). That repository has
+no licence, so nothing of it is in mfdeploy: its two files are imported at run time the way
+tools/make_official_reference.py does it (a throwaway package with stand-ins for the timm names it imports).
+
+- Our official family (``build_official_model``, seed 0, 1000 classes) and the official code's model of the same
+  size with the same weights (``to_official_state_dict``, strict load), both in eval mode.
+- Ours exported by mfdeploy's own pipeline (TorchScript exporter, dynamic batch, opset 17, constant reshape
+  targets, onnxslim); the official module exported as it is (``torch.onnx.export``, opset 17) and simplified by
+  the same onnxslim. The official code's traced Python ints fix the batch, so it is exported once per measured
+  batch; ours once, with a dynamic batch.
+- Node counts, the largest logit difference on the same input, and ONNX Runtime CPU latency (2 threads) of both
+  side by side in alternating blocks (benchmarks/export_onnx.py's timing), median per batch.
+- The compute-op count of the Core ML ML program of our model (mfdeploy's converter and passes, FP16, iOS16),
+  counted with the seed-0 weights and with every parameter perturbed (what a trained checkpoint gets: random
+  init leaves all norms 1/0 and biases 0, which lets coremltools merge some ops).
+- The wall time of ``python -m mfdeploy export --weights <official .pth.tar> --target onnx`` in a fresh process,
+  on a timm CheckpointSaver-style checkpoint of the same weights written here.
+
+Without ``--official`` (or with a folder lacking mobile_former.py) the comparison with the official code is
+skipped with one line saying why; the rest is still measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(ROOT / "tools"))
+from export_onnx import THREADS, interleaved_medians, session  # noqa: E402
+from make_official_reference import build as build_official_code  # noqa: E402
+from make_official_reference import import_official  # noqa: E402
+
+from mfdeploy.export import onnx_export  # noqa: E402
+from mfdeploy.model.official import build_official_model, to_official_state_dict  # noqa: E402
+
+OPSET = 17
+NUM_CLASSES = 1000
+SEED = 0
+AGREEMENT_TOLERANCE = 1e-4  # float32 logits of two exports of the same weights
+TARGETS = {
+    "node_ratio": 0.7,  # ours / plain, after the same simplifier
+    "latency_ratio": 0.8,  # ours / plain, ONNX Runtime CPU median, at every measured batch
+    "coreml_compute_ops": {"52m": 550},  # per size; sizes without a target report the count only
+    "export_command_s": 15.0,
+}
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in ("torch", "onnxruntime", "onnx", "onnxslim", "coremltools"):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def official_checkout_problem(path: Path | None) -> str | None:
+    """Why the plain-export comparison cannot run, or None when it can."""
+    if path is None:
+        return "no --official checkout given"
+    missing = [name for name in ("mobile_former.py", "dna_blocks.py") if not (path / name).is_file()]
+    if missing:
+        return f"{path} lacks {', '.join(missing)} (not a checkout of github AAboys/MobileFormer)"
+    return None
+
+
+def ours_graph(model: torch.nn.Module, imgsz: int, simplifier: str) -> onnx.ModelProto:
+    """The graph `mfdeploy export` writes: dynamic batch, constant reshape targets, simplified."""
+    graph = onnx_export.torch_to_onnx(model, imgsz, None, OPSET)
+    graph, _ = onnx_export.pin_reshape_shapes(graph)
+    return onnx_export.simplify(graph, simplifier)
+
+
+def plain_graph(model: torch.nn.Module, batch: int, imgsz: int, simplifier: str) -> onnx.ModelProto:
+    """The official module exported as it is (its traced ints fix the batch), then the same simplifier."""
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "plain.onnx"
+        torch.onnx.export(
+            model.eval(),
+            (torch.zeros(batch, 3, imgsz, imgsz),),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["images"],
+            output_names=["logits"],
+        )
+        graph = onnx.load(str(path))
+    return onnx_export.simplify(graph, simplifier)
+
+
+def coreml_compute_ops(model: torch.nn.Module, imgsz: int) -> dict[str, object]:
+    """Compute ops of our model's ML program (mfdeploy's converter and passes), as `mfdeploy export` counts them."""
+    if importlib.util.find_spec("coremltools") is None:  # an optional extra: pip install 'mfdeploy[coreml]'
+        return {"skipped": "Core ML op count skipped: coremltools is not installed"}
+    from coreml import perturbed  # benchmarks/coreml.py
+
+    from mfdeploy.export.coreml_convert import ConversionSpec, convert
+    from mfdeploy.export.coreml_export import CoreMLOptions
+    from mfdeploy.export.coreml_program import OFFICIAL_52M_COMPUTE_OPS, inspect_program
+    from mfdeploy.images.preprocess import Preprocessing
+
+    options = CoreMLOptions()
+    spec = ConversionSpec(options, imgsz=imgsz, in_chans=3, preprocessing=Preprocessing.for_size(imgsz))
+    counts: dict[str, object] = {"deployment_target": options.deployment_target, "precision": options.precision}
+    for name, candidate in (("seed0", model), ("perturbed", perturbed(copy.deepcopy(model)))):
+        mlmodel, seconds = convert(candidate, spec)
+        counts[f"compute_ops_{name}"] = inspect_program(mlmodel._mil_program, options.deployment_target).compute_ops
+        counts[f"convert_s_{name}"] = round(seconds, 1)
+    counts["official_52m_compute_ops"] = OFFICIAL_52M_COMPUTE_OPS
+    return counts
+
+
+def write_official_checkpoint(model: torch.nn.Module, size: str, path: Path) -> None:
+    """An official-format checkpoint as timm's CheckpointSaver writes it (mobile-former-<size>.pth.tar)."""
+    arch = f"mobile_former_{size}"
+    torch.save(
+        {
+            "epoch": 449,
+            "arch": arch,
+            "state_dict": to_official_state_dict(model.state_dict()),
+            "optimizer": {},
+            "version": 2,
+            "args": argparse.Namespace(model=arch, num_classes=NUM_CLASSES, epochs=450, lr=0.0009, batch_size=128),
+        },
+        path,
+    )
+
+
+def export_command(checkpoint: Path) -> dict[str, object]:
+    """Wall time of `mfdeploy export --weights <checkpoint> --target onnx` in a fresh process (this checkout)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "mfdeploy", "export", "--weights", str(checkpoint), "--target", "onnx"]
+        start = time.perf_counter()
+        done = subprocess.run([*command, "--out", out], capture_output=True, text=True, env=env)
+        seconds = time.perf_counter() - start
+    result: dict[str, object] = {"seconds": round(seconds, 2), "returncode": done.returncode}
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()]
+        result["error"] = lines[-1].strip() if lines else f"exit status {done.returncode}"
+    return result
+
+
+def verdict(value: float | None, limit: float) -> dict[str, object]:
+    return {"value": value, "target": f"<= {limit}", "pass": value is not None and value <= limit}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--official", type=Path, help="checkout of github AAboys/MobileFormer (mobile_former.py)")
+    parser.add_argument("--size", default="52m")
+    parser.add_argument("--imgsz", type=int, default=224)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--simplifier", default="onnxslim")
+    parser.add_argument("--skip-coreml", action="store_true", help="leave out the Core ML op count")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    batches = [int(b) for b in args.batches.split(",")]
+    checkout = args.official.resolve() if args.official else None
+    skip_reason = official_checkout_problem(checkout)
+    if skip_reason:
+        print(f"skipping the plain-export comparison with the official code: {skip_reason}")
+
+    model = build_official_model(args.size, NUM_CLASSES, 3, seed=SEED)
+    ours = ours_graph(model, args.imgsz, args.simplifier)
+    results: dict[str, object] = {
+        "size": args.size,
+        "imgsz": args.imgsz,
+        "threads": THREADS,
+        "runs": args.runs,
+        "simplifier": args.simplifier,
+        "opset": OPSET,
+        "cpu": cpu_name(),
+        "load_average_start": list(os.getloadavg()),
+        "versions": versions(),
+        "ours_nodes": len(ours.graph.node),
+        "ours_batch": "dynamic (exported once)",
+        "plain": None if skip_reason is None else {"skipped": skip_reason},
+    }
+    targets: dict[str, dict[str, object]] = {}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if skip_reason is None:
+            official = build_official_code(import_official(checkout, Path(tmp)), args.size, NUM_CLASSES)
+            official.load_state_dict(to_official_state_dict(model.state_dict()), strict=True)
+            ours_session = session(ours)
+            plain: dict[str, object] = {"batch": "fixed: the official code's traced ints fix it, exported per batch"}
+            per_batch = {}
+            for batch in batches:
+                graph = plain_graph(official, batch, args.imgsz, args.simplifier)
+                plain_session = session(graph)
+                x = np.random.default_rng(0).standard_normal((batch, 3, args.imgsz, args.imgsz)).astype(np.float32)
+                with torch.inference_mode():
+                    reference = official(torch.from_numpy(x)).numpy()
+                got_ours = ours_session.run(None, {"images": x})[0]
+                got_plain = plain_session.run(None, {"images": x})[0]
+                medians = interleaved_medians(
+                    {
+                        "ours": lambda x=x: ours_session.run(None, {"images": x}),
+                        "plain": lambda s=plain_session, x=x: s.run(None, {"images": x}),
+                    },
+                    args.runs,
+                    args.warmup,
+                )
+                per_batch[batch] = {
+                    "plain_nodes": len(graph.graph.node),
+                    "node_ratio": len(ours.graph.node) / len(graph.graph.node),
+                    "max_abs_diff_ours_vs_plain": float(np.abs(got_ours - got_plain).max()),
+                    "max_abs_diff_ours_vs_official_torch": float(np.abs(got_ours - reference).max()),
+                    "max_abs_logit": float(np.abs(reference).max()),
+                    "median_ms": medians,
+                    "latency_ratio": medians["ours"] / medians["plain"],
+                }
+                print(
+                    f"  batch {batch}: ours {medians['ours']:.2f} ms, plain {medians['plain']:.2f} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            plain["batches"] = per_batch
+            results["plain"] = plain
+            rows = per_batch.values()
+            targets["node_ratio"] = verdict(max(r["node_ratio"] for r in rows), TARGETS["node_ratio"])
+            for batch, row in per_batch.items():
+                targets[f"latency_ratio_b{batch}"] = verdict(row["latency_ratio"], TARGETS["latency_ratio"])
+            targets["outputs_agree"] = verdict(max(r["max_abs_diff_ours_vs_plain"] for r in rows), AGREEMENT_TOLERANCE)
+
+        if not args.skip_coreml:
+            coreml = coreml_compute_ops(model, args.imgsz)
+            results["coreml"] = coreml
+            limit = TARGETS["coreml_compute_ops"].get(args.size)
+            if limit is not None and "skipped" not in coreml:
+                # the perturbed count is what a trained checkpoint converts to; it is never below the seed-0 one
+                worst = max(coreml["compute_ops_seed0"], coreml["compute_ops_perturbed"])
+                targets["coreml_compute_ops"] = verdict(worst, limit)
+
+        checkpoint = Path(tmp) / f"mobile-former-{args.size}.pth.tar"
+        write_official_checkpoint(model, args.size, checkpoint)
+        results["export_command"] = export_command(checkpoint)
+        ok = results["export_command"]["returncode"] == 0
+        targets["export_command_s"] = verdict(
+            results["export_command"]["seconds"] if ok else None, TARGETS["export_command_s"]
+        )
+
+    results["load_average_end"] = list(os.getloadavg())
+    results["targets"] = targets
+    print_table(results, args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if "outputs_agree" in targets and not targets["outputs_agree"]["pass"]:
+        sys.exit(f"our graph and the official code's differ by {targets['outputs_agree']['value']:.3g}")
+
+
+def print_table(results: dict, args: argparse.Namespace) -> None:
+    plain = results["plain"]
+    timed = bool(plain and "batches" in plain)
+    timing = f", ONNX Runtime CPU, {THREADS} threads, median of {args.runs} runs in alternating blocks" if timed else ""
+    print(
+        f"Official Mobile-Former {args.size} at {args.imgsz}px on {results['cpu']}{timing} (load average "
+        f"{results['load_average_start'][0]:.1f} at the start, {results['load_average_end'][0]:.1f} at the end)"
+    )
+    if timed:
+        print("ours: mfdeploy's pipeline, dynamic batch, exported once; plain: the official module exported as it is,")
+        print("      once per batch (its traced ints fix the batch); both simplified by " + args.simplifier)
+        print(
+            f"{'batch':>5} {'ours ms':>9} {'plain ms':>9} {'lat ratio':>9} {'ours nodes':>10} {'plain nodes':>11} "
+            f"{'node ratio':>10} {'max |diff|':>10}"
+        )
+        for batch, row in plain["batches"].items():
+            m = row["median_ms"]
+            print(
+                f"{batch:>5} {m['ours']:>9.2f} {m['plain']:>9.2f} {row['latency_ratio']:>9.2f} "
+                f"{results['ours_nodes']:>10} {row['plain_nodes']:>11} {row['node_ratio']:>10.2f} "
+                f"{row['max_abs_diff_ours_vs_plain']:>10.2e}"
+            )
+    else:
+        print(f"ours: {results['ours_nodes']} nodes after {args.simplifier} (dynamic batch)")
+    coreml = results.get("coreml")
+    if coreml and "skipped" in coreml:
+        print(coreml["skipped"])
+    elif coreml:
+        print(
+            f"Core ML ({coreml['precision']}, {coreml['deployment_target']}) compute ops: "
+            f"{coreml['compute_ops_seed0']} with seed-0 weights, {coreml['compute_ops_perturbed']} with perturbed "
+            f"(trained-like) weights; the official 52m converts to {coreml['official_52m_compute_ops']}"
+        )
+    export = results["export_command"]
+    if export["returncode"] == 0:
+        print(f"`mfdeploy export --weights <official .pth.tar> --target onnx`: {export['seconds']:.1f} s")
+    else:
+        print(
+            f"`mfdeploy export --weights <official .pth.tar> --target onnx` failed ({export['seconds']:.1f} s): "
+            f"{export['error']}"
+        )
+    for name, row in results["targets"].items():
+        value = row["value"]
+        shown = "n/a" if value is None else (f"{value:.3g}" if isinstance(value, float) else str(value))
+        print(f"  {name:<22} {shown:>9}  target {row['target']:<8} {'PASS' if row['pass'] else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
