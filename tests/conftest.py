@@ -13,6 +13,7 @@ import torch
 
 from mfdeploy.cli import main
 from mfdeploy.model import SIZES
+from mfdeploy.model.families import ARCHS
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -93,14 +94,19 @@ def coreml_52m(tmp_path_factory):
     return out, json.loads(result.out), result.err
 
 
-@pytest.fixture(scope="session", params=SIZES)
+FAMILY_SIZES = [(arch, size) for arch in ARCHS for size in SIZES]  # every size of both families
+
+
+@pytest.fixture(scope="session", params=FAMILY_SIZES, ids=[f"{arch}-{size}" for arch, size in FAMILY_SIZES])
 def exported_size(request, tmp_path_factory):
-    """Each size exported once (128 px, dynamic batch, random weights) for the tests that cover all sizes: the
-    graph has every node of the 224 px one (the image size changes only shapes), at a third of the pixels."""
+    """Each size of each family exported once (64 px, dynamic batch, random weights) for the tests that cover
+    all sizes: the graph has every node of the 224 px one (the image size changes only shapes), at a twelfth
+    of the pixels."""
     from mfdeploy.export.pipeline import ExportOptions, export
 
-    out = tmp_path_factory.mktemp(f"size-{request.param}")
-    return export(ExportOptions(size=request.param, imgsz=128, out=out))
+    arch, size = request.param
+    out = tmp_path_factory.mktemp(f"size-{arch}-{size}")
+    return export(ExportOptions(size=size, arch=arch, imgsz=64, out=out))
 
 
 @pytest.fixture(scope="session")

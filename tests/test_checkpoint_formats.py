@@ -195,7 +195,7 @@ def test_training_starts_from_the_ema_weights_when_asked(official, states):
     from mfdeploy.training.loop import _load_backbone
 
     model = build_model("26m", num_classes=NUM_CLASSES)
-    _load_backbone(model, official, ema=True)
+    _load_backbone(model, read_checkpoint(official, ema=True), official)
     assert _equal(model.state_dict(), states[1])
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import FAMILY_SIZES
 from mfdeploy.artifacts import Artifact
 from mfdeploy.export import coreml_export
 from mfdeploy.export.coreml_convert import ConversionSpec, convert
@@ -24,7 +25,8 @@ from mfdeploy.images.datasets import load_digits_data
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.images.samples import builtin_images, builtin_photos
 from mfdeploy.metrics import compare_logits
-from mfdeploy.model import SIZES, build_model
+from mfdeploy.model import build_model
+from mfdeploy.model.families import build_family_model
 from mfdeploy.model.weights import save_checkpoint
 from mfdeploy.runtime.coreml_env import predict_unavailable_reason
 from mfdeploy.runtime.coreml_runner import CoreMLRunner, chunk_sizes
@@ -255,8 +257,9 @@ def test_trained_checkpoint_keeps_its_class_names_and_predictions(digits):
     artifact = Artifact.open(digits["root"])
     coreml = artifact.manifest["coreml"]
     assert coreml["labels"]["source"] == "checkpoint" and coreml["labels"]["count"] == 10
-    # Trained weights: no LayerNorm happens to equal another, so this is the structural op count.
-    assert coreml["compute_ops"] <= 500
+    # Trained weights: no LayerNorm happens to equal another, so this is the structural op count (the official
+    # family's 26m: its channel shuffles are gathers; the official code's own program has 767 ops at 52m).
+    assert coreml["compute_ops"] <= 550
     assert coreml["verification"]["evaluations"]["fp16"]["top1_agreement"] >= 0.99
     # And on the handwritten digits it was trained on, the package predicts what PyTorch predicts.
     val = load_digits_data().val
@@ -312,11 +315,11 @@ def test_op_check_names_ops_the_target_lacks(int8_ios18):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size", SIZES)
-def test_every_size_converts_and_evaluates(size):
-    model = build_model(size)
-    preprocessing = Preprocessing.for_size(128)  # every stage and op of the 224 px graph, at a third of the pixels
-    mlmodel, _ = convert(model, ConversionSpec(CoreMLOptions(), imgsz=128, in_chans=3, preprocessing=preprocessing))
+@pytest.mark.parametrize(("arch", "size"), FAMILY_SIZES, ids=[f"{arch}-{size}" for arch, size in FAMILY_SIZES])
+def test_every_size_converts_and_evaluates(arch, size):
+    model = build_family_model(arch, size)
+    preprocessing = Preprocessing.for_size(64)  # every stage and op of the 224 px graph, at a twelfth of the pixels
+    mlmodel, _ = convert(model, ConversionSpec(CoreMLOptions(), imgsz=64, in_chans=3, preprocessing=preprocessing))
     program = mlmodel._mil_program
     report = inspect_program(program, "iOS16")
     assert report.unsupported == [] and report.compute_ops > 0

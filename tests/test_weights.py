@@ -43,10 +43,20 @@ def test_identify_tells_sizes_apart():
 
 def test_checkpoint_of_another_size_or_class_count_is_reported_as_such(tmp_path):
     path = save_checkpoint(build_model("26m", num_classes=10), tmp_path / "digits.safetensors")
-    with pytest.raises(UserError, match=r"are a Mobile-Former 26m with 10 classes.*--size 26m --num-classes 10"):
+    with pytest.raises(
+        UserError,
+        match=r"hold a seed-family \(PaddleViT\) Mobile-Former 26m with 10 classes, not "
+        r"the .* 52m with 10 classes asked for; pass --size 26m \(",
+    ):
         load_model(size="52m", weights=path)
-    with pytest.raises(UserError, match=r"26m with 10 classes, but a Mobile-Former 26m with 1000 classes"):
+    with pytest.raises(
+        UserError,
+        match=r"26m with 10 classes, not the .* 26m with 1000 classes asked for; pass "
+        r"--num-classes 10 \(",
+    ):
         load_model(size="26m", num_classes=1000, weights=path)
+    with pytest.raises(UserError, match=r"Mobile-Former 26m with 10 classes, not --arch official; drop --arch"):
+        load_model(weights=path, arch="official")
 
 
 def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path):

@@ -9,6 +9,8 @@ weights per output channel. Kept in float, by design:
   outputs int8;
 - activation x activation MatMuls (attention products), whose operands are softmax outputs or the
   feature map itself;
+- MatMuls whose constant weight is not a matrix (the official family's per-head [heads, in, out] projections):
+  ONNX Runtime's integer MatMul, which judges the INT8 graph here, takes per-channel scales for 2-D only;
 - biases (TensorRT adds float biases after the INT8 kernel) and the final logits.
 """
 
@@ -43,6 +45,13 @@ def plan_quantization(model: onnx.ModelProto) -> QuantizationPlan:
         if node.op_type != "Conv" and (len(node.input) < 2 or node.input[weight_index] not in constants):
             plan.excluded[node.name] = "activation x activation product (attention), no constant weight"
             continue
+        rank = _constant_rank(graph, node.input[weight_index]) if node.op_type == "MatMul" else 2
+        if rank != 2:
+            plan.excluded[node.name] = (
+                f"its constant weight has rank {rank}: ONNX Runtime's integer MatMul takes per-channel "
+                "scales for a 2-D weight only"
+            )
+            continue
         activation = node.input[0]
         source = traces_to(activation, producer_of, FLOAT_PRODUCERS)
         if source is not None:
@@ -52,6 +61,18 @@ def plan_quantization(model: onnx.ModelProto) -> QuantizationPlan:
         plan.activations.append(activation)
     plan.activations = list(dict.fromkeys(plan.activations))
     return plan
+
+
+def _constant_rank(graph: onnx.GraphProto, name: str) -> int:
+    """Rank of a constant (initializer or Constant node output); 2 when it cannot be told."""
+    for init in graph.initializer:
+        if init.name == name:
+            return len(init.dims)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            return len(value.dims) if value is not None else 2
+    return 2
 
 
 def quantize(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str, TensorRange]) -> onnx.ModelProto:

@@ -36,11 +36,11 @@ def _millions(value: float) -> str:
     return f"{value / 1e6:.2f}M"
 
 
-def _measure_sizes(names: list[str], num_classes: int, imgsz: int) -> list:
+def _measure_sizes(names: list[str], num_classes: int, imgsz: int, arch: str) -> list:
     """Build and measure each size, with one progress row per size on stderr (all seven take half a minute)."""
     from mfdeploy.console import progress
-    from mfdeploy.model import build_model
     from mfdeploy.model.complexity import measure
+    from mfdeploy.model.families import build_family_model
 
     results = []
     with progress() as bar:
@@ -49,11 +49,20 @@ def _measure_sizes(names: list[str], num_classes: int, imgsz: int) -> list:
             row = rows[name]
             bar.start_task(row)
             bar.update(row, status="build the model", refresh=True)
-            model = build_model(name, num_classes)
+            model = build_family_model(arch, name, num_classes)
             bar.update(row, advance=1, status=f"count params and MAdds at {imgsz}x{imgsz}", refresh=True)
             results.append(measure(model, imgsz))
             bar.update(row, advance=1, status="done")
     return results
+
+
+def _official_figures(arch: str, size: str, num_classes: int) -> dict[str, int]:
+    """The official code's exact parameter count, for the official family with its 1000 classes."""
+    if arch != "official" or num_classes != PAPER_NUM_CLASSES:
+        return {}
+    from mfdeploy.model.official_config import get_official_config
+
+    return {"official_params": get_official_config(size).official_params}
 
 
 @app.command()
@@ -63,24 +72,29 @@ def info(
     all_sizes: Annotated[bool, typer.Option("--all", help="One table of all seven sizes.")] = False,
     imgsz: ImgszOption = INFO_IMGSZ,
     num_classes: NumClassesOption = INFO_CLASSES,
+    arch: ArchOption = None,
     json_target: JsonOption = None,
 ) -> None:
-    """Parameters and multiply-adds, per stage or for every size, next to the paper's figures."""
+    """Parameters and multiply-adds, per stage or for every size, next to the paper's figures (and, for the
+    official family, the official code's exact parameter count)."""
     from mfdeploy.images.preprocess import check_imgsz
     from mfdeploy.model import SIZES, get_config
+    from mfdeploy.model.families import TITLES, check_arch
     from mfdeploy.option_values import check_num_classes
 
     imgsz = check_imgsz(INFO_IMGSZ if imgsz is None else imgsz)
     num_classes = check_num_classes(INFO_CLASSES if num_classes is None else num_classes)
     if all_sizes and given(ctx, size="--size"):
         raise UserError("pass either --size or --all, not both")
+    arch = check_arch(arch)
     names = list(SIZES) if all_sizes else [get_config(size or DEFAULT_SIZE).name]
-    results = _measure_sizes(names, num_classes, imgsz)
-    write_json([r.to_dict() for r in results] if all_sizes else results[0].to_dict(), json_target)
+    results = _measure_sizes(names, num_classes, imgsz, arch)
+    documents = [{**r.to_dict(), "family": arch, **_official_figures(arch, r.size, num_classes)} for r in results]
+    write_json(documents if all_sizes else documents[0], json_target)
     say = human(json_target)
     scale_note = "" if imgsz == INFO_IMGSZ else f" (paper figures are at 224x224; measured at {imgsz}x{imgsz})"
     if all_sizes:
-        table = Table(title=f"Mobile-Former sizes at {imgsz}x{imgsz}, {num_classes} classes{scale_note}")
+        table = Table(title=f"{TITLES[arch]} sizes at {imgsz}x{imgsz}, {num_classes} classes{scale_note}")
         for column in ("size", "params M", "paper", "diff", "MAdds M", "paper", "diff", "tokens", "heads", "top-1*"):
             table.add_column(column, justify="right", no_wrap=True)
         for r in results:
@@ -100,7 +114,7 @@ def info(
         say.print("* ImageNet top-1 reported by the paper. MAdds count conv, linear and matmul.")
         return
     r = results[0]
-    table = Table(title=f"Mobile-Former {r.size} at {imgsz}x{imgsz}, {num_classes} classes{scale_note}")
+    table = Table(title=f"{TITLES[arch]} {r.size} at {imgsz}x{imgsz}, {num_classes} classes{scale_note}")
     for column, justify in (("stage", "left"), ("output shape", "left"), ("params", "right"), ("MAdds", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for stage in r.stages:
@@ -114,6 +128,10 @@ def info(
         f"MAdds {_millions(r.madds)} (paper {_millions(r.paper_madds)}, {r.madds_vs_paper:+.1%}); "
         f"tokens {r.num_tokens}x{r.token_dim}, {r.num_heads} heads; paper ImageNet top-1 {r.paper_top1:.1f}"
     )
+    official = documents[0].get("official_params")
+    if official is not None:
+        same = "the same count" if official == r.params else f"{r.params - official:+,} here"
+        say.print(f"the official code's {r.size} has {official:,} params with 1000 classes: {same}")
 
 
 @app.command()
