@@ -75,7 +75,8 @@ def summary_lines(manifest: dict[str, Any], folder: str | Path = "") -> list[str
             if compression["mode"] != "none"
             else ""
         ),
-        f"  ops: {c['compute_ops']} compute ops (the official code's 52m converted as it is: {c['official_52m_compute_ops']}), "
+        f"  ops: {c['compute_ops']} compute ops "
+        f"(the official code's 52m converted as it is: {c['official_52m_compute_ops']}), "
         f"all available on {c['deployment_target']}; converted in {c['timings_s']['convert_s']:.1f} s ({size})",
     ]
     for name, figures in v["evaluations"].items():

@@ -53,23 +53,16 @@ def get_family_config(arch: str, size: str) -> Any:
     return get_config(size)
 
 
-def build_family_model(
-    arch: str,
-    size: str,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    seed: int = 0,
-    drop_rate: float = 0.0,
-    drop_path_rate: float = 0.0,
-) -> nn.Module:
-    """A model of family ``arch`` and ``size``, deterministically initialised from ``seed``, in eval mode."""
+def build_family_model(arch: str, size: str, num_classes: int = 1000, **options: Any) -> nn.Module:
+    """A model of family ``arch`` and ``size``, deterministically initialised, in eval mode. ``options`` are
+    the family builder's own (in_chans, seed, drop_rate, drop_path_rate: the same names in both)."""
     if check_arch(arch) == OFFICIAL:
         from mfdeploy.model.official import build_official_model
 
-        return build_official_model(size, num_classes, in_chans, seed, drop_rate, drop_path_rate)
+        return build_official_model(size, num_classes, **options)
     from mfdeploy.model.mobileformer import build_model
 
-    return build_model(size, num_classes, in_chans, seed, drop_rate, drop_path_rate)
+    return build_model(size, num_classes, **options)
 
 
 def meta_model(arch: str, size: str, num_classes: int, in_chans: int) -> nn.Module:

@@ -426,7 +426,7 @@ def load_model(
     check_ema_has_weights(weights, ema)
     if weights is None:
         family = check_arch(arch)
-        model = build_family_model(family, size or DEFAULT_SIZE, num_classes or 1000, in_chans or 3, seed=seed)
+        model = build_family_model(family, size or DEFAULT_SIZE, num_classes or 1000, in_chans=in_chans or 3, seed=seed)
         warn_once(
             "random-weights",
             f"no --weights given: the {TITLES[family]} {model.cfg.name} has random weights (seed {seed}); "
@@ -457,7 +457,7 @@ def load_model(
     family = check_arch(arch if arch is not None else recorded if isinstance(recorded, str) else None)
     if size is None:
         raise UserError(f"{path.name} is not a Mobile-Former checkpoint of any known size; pass --size to see why")
-    model = build_family_model(family, size, num_classes or 1000, in_chans or 3, seed=seed)
+    model = build_family_model(family, size, num_classes or 1000, in_chans=in_chans or 3, seed=seed)
     check_fits(state, model, path)
     check_metadata_fits(checkpoint.metadata, model, path)
     model.load_state_dict(state, strict=True)
