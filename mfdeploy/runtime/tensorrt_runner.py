@@ -105,8 +105,7 @@ class TensorRTRunner(Runner):
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise RuntimeError(
-                f"TensorRT ICudaEngine.create_execution_context returned None for {self.plan_path} "
-                "(out of GPU memory?)"
+                f"TensorRT ICudaEngine.create_execution_context returned None for {self.plan_path} (out of GPU memory?)"
             )
         self.stream = torch.cuda.Stream()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -249,9 +248,7 @@ def profile_refusal(batch_range: tuple[int, int, int] | None, batch: int, precis
     if low <= batch <= high:
         return None
     new_low, new_high = min(low, batch), max(high, batch)
-    command = (
-        f"{rebuild} --min-batch {new_low} --opt-batch {min(max(opt, new_low), new_high)} --max-batch {new_high}"
-    )
+    command = f"{rebuild} --min-batch {new_low} --opt-batch {min(max(opt, new_low), new_high)} --max-batch {new_high}"
     return (
         f"the {precision} engine's optimization profile covers batch {low}..{high} (opt {opt}), not {batch}; "
         f"rebuild it with `{command}`"
