@@ -17,7 +17,7 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mfdeploy import console
 from mfdeploy.artifacts import ENGINE_PRECISIONS, TIMING_CACHE, engine_plan, precision_graph, utc_now
@@ -25,6 +25,9 @@ from mfdeploy.errors import UserError
 from mfdeploy.fileio import atomic_path, display_path, sha256_file
 from mfdeploy.option_values import MAX_WORKSPACE_GIB, check_batch, check_positive
 from mfdeploy.runtime.tensorrt_env import ENGINE_SIDECAR, host_info, read_sidecar
+
+if TYPE_CHECKING:
+    import tensorrt as trt  # annotations only: tests/test_tensorrt_api.py checks the names used on them
 
 GRAPH_FOR_PRECISION = {p: precision_graph(p) for p in ENGINE_PRECISIONS}
 PLAN_FOR_PRECISION = {p: engine_plan(p) for p in ENGINE_PRECISIONS}
@@ -286,7 +289,7 @@ class TimingCacheUse:
         self.active = False
 
     @classmethod
-    def open(cls, config, path: Path) -> "TimingCacheUse":
+    def open(cls, config: trt.IBuilderConfig, path: Path) -> "TimingCacheUse":
         use = cls(path)
         use.loaded = use.path.read_bytes() if use.path.is_file() else b""
         cache = config.create_timing_cache(use.loaded)
@@ -305,7 +308,7 @@ class TimingCacheUse:
             console.warn("TensorRT refused an empty timing cache too; building without one")
         return use
 
-    def save(self, config) -> None:
+    def save(self, config: trt.IBuilderConfig) -> None:
         if not self.active:
             return
         built = config.get_timing_cache()
