@@ -4,6 +4,7 @@ sidecar refusal, and (where TensorRT and a GPU exist) real engine builds checked
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,6 +16,7 @@ from mfdeploy.calibration.pipeline import CalibrationOptions, calibrate_artifact
 from mfdeploy.errors import UserError
 from mfdeploy.export.pipeline import ExportOptions, export
 from mfdeploy.graph.tensorrt_lint import lint_graph, operator_table
+from mfdeploy.runtime.base import TargetUnavailable
 from mfdeploy.runtime.tensorrt_env import check_engine_compatible, tensorrt_unavailable_reason
 
 NO_TENSORRT = tensorrt_unavailable_reason()
@@ -186,6 +188,135 @@ def test_trt_options_without_the_trt_target_are_refused(cli, tmp_path, target, f
     assert not (tmp_path / "o").exists()
 
 
+def test_a_batch_outside_the_profile_is_refused_with_the_range_and_the_command():
+    from mfdeploy.runtime.tensorrt_runner import profile_refusal
+
+    command = "mfdeploy build-engine art --precision int8"
+    assert profile_refusal((1, 8, 32), 32, "int8", command) is None
+    assert profile_refusal(None, 999, "int8", command) is None  # a static engine: fixed_batch covers it
+    high = profile_refusal((1, 8, 32), 64, "int8", command)
+    assert high == (
+        "the int8 engine's optimization profile covers batch 1..32 (opt 8), not 64; rebuild it with "
+        "`mfdeploy build-engine art --precision int8 --min-batch 1 --opt-batch 8 --max-batch 64`"
+    )
+    low = profile_refusal((4, 8, 16), 2, "fp16", command)
+    assert "covers batch 4..16" in low and "--min-batch 2 --opt-batch 8 --max-batch 16`" in low
+
+
+def test_parity_skips_a_target_whose_profile_does_not_cover_the_batch():
+    """run_targets (parity, eval, verification) asks the runner before running: the cell is skipped with the
+    runner's one-line reason, as for a target that cannot run here."""
+    from mfdeploy.benchmark.noop import NoopRunner
+    from mfdeploy.runtime.comparison import run_targets
+    from mfdeploy.runtime.tensorrt_runner import profile_refusal
+
+    class Engine(NoopRunner):
+        def batch_unsupported_reason(self, batch):
+            return profile_refusal((1, 8, 8), batch, "fp16", "mfdeploy build-engine art --precision fp16")
+
+    images = np.zeros((20, 3, 32, 32), np.float32)
+    reference = np.zeros((20, 10), np.float32)
+    [run] = run_targets(reference, [Engine(3, 32, 10)], images, 16)
+    assert run.runner is None and "covers batch 1..8 (opt 8), not 16" in run.skipped
+    [run] = run_targets(reference, [Engine(3, 32, 10)], images, 8)  # 8, 8 and a remainder of 4
+    assert run.skipped is None and run.logits.shape == (20, 10)
+
+
+class FakeTimingCache:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.combined: list[bytes] = []
+
+    def serialize(self) -> bytes:
+        return self.data + b"+built"
+
+    def combine(self, other, ignore_mismatch):
+        self.combined.append(other.data)
+        return True
+
+
+class FakeConfig:
+    """IBuilderConfig's timing-cache calls as TensorRT documents them: set_timing_cache returns False for a
+    cache it does not accept (ignore_mismatch=False), get_timing_cache may return None."""
+
+    def __init__(self, accepts=lambda data: True, keeps=True) -> None:
+        self.accepts, self.keeps, self.set = accepts, keeps, None
+
+    def create_timing_cache(self, data):
+        return FakeTimingCache(bytes(data))
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        assert ignore_mismatch is False
+        if not self.accepts(cache.data):
+            return False
+        self.set = cache
+        return True
+
+    def get_timing_cache(self):
+        return self.set if self.keeps else None
+
+
+def test_timing_cache_reused_only_when_tensorrt_accepts_it(tmp_path, capsys):
+    from mfdeploy.export.tensorrt_build import TimingCacheUse
+
+    path = tmp_path / "art" / "timing.cache"
+    fresh = TimingCacheUse.open(FakeConfig(), path)  # no file yet
+    assert not fresh.reused and fresh.rejected is None
+    path.parent.mkdir()
+    path.write_bytes(b"from-this-gpu")
+    config = FakeConfig()
+    use = TimingCacheUse.open(config, path)
+    assert use.reused and use.rejected is None
+    use.save(config)
+    assert path.read_bytes() == b"from-this-gpu+built"
+    assert use.recorded_path(tmp_path / "art") == "timing.cache"  # inside the artifact: relative
+    assert TimingCacheUse(tmp_path / "elsewhere.cache").recorded_path(tmp_path / "art") == str(
+        tmp_path / "elsewhere.cache"
+    )
+    # a cache from another GPU or TensorRT version: TensorRT says no; a fresh cache is used, never fatal
+    path.write_bytes(b"from-another-gpu")
+    config = FakeConfig(accepts=lambda data: data != b"from-another-gpu")
+    rejected = TimingCacheUse.open(config, path)
+    assert not rejected.reused and "rejected the timing cache" in rejected.rejected
+    assert "rejected the timing cache" in capsys.readouterr().err
+    assert config.set.data == b""  # the build runs with the fresh cache
+    rejected.save(config)
+    assert path.read_bytes() == b"+built"  # replaced by this host's cache
+    # another build wrote the file meanwhile: its entries are combined in before saving
+    config = FakeConfig()
+    use = TimingCacheUse.open(config, path)
+    path.write_bytes(b"written-meanwhile")
+    use.save(config)
+    assert config.set.combined == [b"written-meanwhile"]
+    # get_timing_cache returning None: nothing written, a warning, no crash
+    before = path.read_bytes()
+    config = FakeConfig(keeps=False)
+    use = TimingCacheUse.open(config, path)
+    use.save(config)
+    assert path.read_bytes() == before and "get_timing_cache returned None" in capsys.readouterr().err
+
+
+def test_plan_and_engine_json_are_written_together_or_not_at_all(tmp_path, monkeypatch):
+    from mfdeploy.export import tensorrt_build
+
+    plan, sidecar = tmp_path / "model.fp16.plan", tmp_path / "engine.json"
+    tensorrt_build.write_together({plan: b"plan", sidecar: b"{}"})
+    assert plan.read_bytes() == b"plan" and sidecar.read_bytes() == b"{}"
+    real_replace = tensorrt_build.os.replace
+
+    def fail_on_second(src, dst):
+        if Path(dst).name == "engine.json":
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(tensorrt_build.os, "replace", fail_on_second)
+    (tmp_path / "new").mkdir()
+    new_plan, new_sidecar = tmp_path / "new" / "model.fp16.plan", tmp_path / "new" / "engine.json"
+    with pytest.raises(OSError):
+        tensorrt_build.write_together({new_sidecar: b"{}", new_plan: b"plan"})  # engine.json first: it fails
+    assert list((tmp_path / "new").iterdir()) == []  # neither file, no temporaries
+
+
 @needs_tensorrt
 @pytest.mark.gpu
 @pytest.mark.trt
@@ -196,7 +327,9 @@ def test_engines_build_run_and_match_pytorch(cli, tmp_path, precision):
     from mfdeploy.metrics import compare_logits
     from mfdeploy.runtime.registry import create_runner
 
-    # random weights: below FP32 top-1 agreement is noise (flat logits), so FP16/INT8 are held to cosine
+    # random weights: below FP32 top-1 agreement is noise (flat logits), so FP16/INT8 are held to cosine.
+    # FP32 engines are built with TF32 cleared (build_engine), so 1e-3 is an FP32-vs-FP32 tolerance; with TF32
+    # on, Ampere+ GPUs round matmul inputs to 10 mantissa bits and would miss it.
     tolerances = {"fp32": (1e-3, 0.99999), "fp16": (5e-2, 0.999), "int8": (None, 0.99)}
     root = export(ExportOptions(size="52m", out=tmp_path)).artifact
     artifact = Artifact.open(root)
@@ -204,10 +337,20 @@ def test_engines_build_run_and_match_pytorch(cli, tmp_path, precision):
         calibrate_artifact(artifact, CalibrationOptions(num_images=64, measure_latency=False, precisions=(precision,)))
     cache = tmp_path / "timing.cache"
     first = build_engine(artifact, EngineOptions(precision, BatchProfile(1, 8, 32), timing_cache=cache))
+    assert first["tf32"] is (precision != "fp32")
+    # "reused" is TensorRT's answer, not the file's existence: this host's own cache must be accepted...
     second = build_engine(artifact, EngineOptions(precision, BatchProfile(1, 8, 32), timing_cache=cache))
     assert not first["timing_cache_reused"] and second["timing_cache_reused"]
+    assert "timing_cache_rejected" not in second
+    # ...and a file that is not a timing cache is reported as rejected and replaced, the build going on
+    cache.write_bytes(b"not a timing cache")
+    third = build_engine(artifact, EngineOptions(precision, BatchProfile(1, 8, 32), timing_cache=cache))
+    assert not third["timing_cache_reused"] and "rejected" in third["timing_cache_rejected"]
+    assert cache.read_bytes() != b"not a timing cache"
     images = artifact.preprocessing.batch(__import__("mfdeploy.images.samples").sample_images.builtin_images(32))
     with create_runner("torch", artifact) as reference, create_runner(f"trt-{precision}", artifact) as engine:
+        # the profile as the engine reports it (get_tensor_profile_shape), not as we asked for it
+        assert engine.batch_range == (1, 8, 32)
         for batch in (1, 7, 32):
             figures = compare_logits(reference.infer(images[:batch]), engine.infer(images[:batch]))
             atol, min_cosine = tolerances[precision]
@@ -217,9 +360,37 @@ def test_engines_build_run_and_match_pytorch(cli, tmp_path, precision):
                 assert figures["max_abs_error"] <= atol
         gpu = engine.pop_device_timings()["gpu_compute"]
         assert len(gpu) == 3 and min(gpu) > 0 and engine.pop_device_timings() == {}
+        too_big = np.concatenate([images, images, images[:1]])  # 65 > 32
+        assert "covers batch 1..32 (opt 8), not 65" in engine.batch_unsupported_reason(65)
+        with pytest.raises(TargetUnavailable, match="--max-batch 65"):
+            engine.infer(too_big)
     with create_runner(f"trt-{precision}", artifact, profile=True) as profiled:
         profiled.infer(images[:8])
         layers = profiled.profile_layers()
         assert layers and any("/blocks." in layer.name for layer in layers)
     static = build_engine(artifact, EngineOptions(precision, BatchProfile.static(1), timing_cache=cache))
+    with create_runner(f"trt-{precision}", artifact) as engine:
+        # the engine itself has a fixed batch of 1: read back from TensorRT, not from what was passed in
+        assert engine.inputs()[0].fixed_batch == 1 and engine.batch_range is None
     assert static["profile"]["max"] == 1
+
+
+@needs_tensorrt
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_cuda_graphs_replay_matches_plain_launches(tmp_path):
+    """--cuda-graphs on a real engine: captured after one warm-up launch, replayed with the same logits."""
+    from mfdeploy.export.tensorrt_build import BatchProfile, EngineOptions, build_engine
+    from mfdeploy.runtime.registry import create_runner
+
+    artifact = Artifact.open(export(ExportOptions(size="26m", imgsz=64, out=tmp_path)).artifact)
+    build_engine(artifact, EngineOptions("fp32", BatchProfile(1, 4, 8)))
+    images = np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
+    with create_runner("trt-fp32", artifact) as plain, create_runner("trt-fp32", artifact, cuda_graphs=True) as graphs:
+        expected = plain.infer(images)
+        first, replayed = graphs.infer(images), graphs.infer(images)  # plain launch + capture, then replay
+        state = graphs.cuda_graphs_state()
+        assert state["requested"] and (state["used"] or state["fallback"]), state
+        np.testing.assert_allclose(first, expected, atol=1e-5)
+        np.testing.assert_allclose(replayed, expected, atol=1e-5)
+        assert len(graphs.pop_device_timings()["gpu_compute"]) == 2

@@ -60,10 +60,13 @@ class BenchOptions:
     command: str | None = None  # the command line, recorded for whoever reruns it
     temporary_artifact: bool = False  # exported for this run only (bench --size)
     data: str | None = None  # labelled data (builtin-digits or an ImageFolder): each target's accuracy too
+    cuda_graphs: bool = False  # TensorRT targets replay a captured CUDA graph; other backends ignore it
 
     def runner_options(self) -> dict[str, Any]:
         """Only what the user set: runners ignore options that do not concern them."""
         options = {"threads": self.threads, "provider": self.provider, "compute_units": self.compute_units}
+        if self.cuda_graphs:
+            options["cuda_graphs"] = True
         return {key: value for key, value in options.items() if value is not None}
 
 
@@ -168,6 +171,9 @@ def _cell_warnings(entry: dict[str, Any]) -> list[str]:
     warnings = spread_warnings(Summary(**latency), what)
     if entry.get("caveat"):
         warnings.append(f"{what}: {entry['caveat']}")
+    graphs = entry.get("cuda_graphs") or {}
+    if graphs.get("fallback"):  # a failed capture, or a backend that ignores --cuda-graphs
+        warnings.append(f"{what}: --cuda-graphs not used: {graphs['fallback']}")
     return warnings
 
 
@@ -265,6 +271,7 @@ def run_bench(
             "top_layers": options.top,
             "isolation": "one fresh process per target and batch",
             **({"data": options.data} if options.data is not None else {}),
+            **({"cuda_graphs": True} if options.cuda_graphs else {}),
         },
         "environment": environment,
         "results": results,

@@ -169,6 +169,9 @@ def measure_cell(request: CellRequest, factory: RunnerFactory = resolve_runner) 
         if spec.fixed_batch is not None and spec.fixed_batch != request.batch:
             reason = f"the model has a fixed batch of {spec.fixed_batch}"
             return {**base, "status": "skipped", "reason": reason, "batch_specific": True}
+        refusal = runner.batch_unsupported_reason(request.batch)  # outside a TensorRT profile's range
+        if refusal is not None:
+            return {**base, "status": "skipped", "reason": refusal, "batch_specific": True}
         dims = [d if isinstance(d, int) else None for d in spec.shape[1:]]
         channels = dims[0] or artifact.in_chans
         height = dims[1] or artifact.imgsz
@@ -185,6 +188,12 @@ def measure_cell(request: CellRequest, factory: RunnerFactory = resolve_runner) 
         rss_after = peak_rss_bytes()
         gpu = gpu_memory(gpu_before)
         entry = _ok_entry(request, artifact, runner, samples, device_timings)
+        if request.options.get("cuda_graphs"):
+            entry["cuda_graphs"] = runner.cuda_graphs_state() or {
+                "requested": True,
+                "used": False,
+                "fallback": f"{runner.backend} ignores --cuda-graphs: only TensorRT targets capture CUDA graphs",
+            }
         entry.update(
             first_load_ms=round(first_load_ms, 3),
             first_inference_ms=round(first_inference_ms, 3),

@@ -5,7 +5,7 @@ that `mfdeploy report` trusts.
 must ignore fields they do not know; a change that removes or redefines a field bumps SCHEMA_VERSION,
 and files of another version are refused by name rather than misread. Optional fields added since
 version 1 was first written, which older files simply lack: ``accuracy`` and ``settings.data``
-(``bench --data``).
+(``bench --data``), ``settings.cuda_graphs`` and each result's ``cuda_graphs`` (``bench --cuda-graphs``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,20 @@ _SUMMARY = {
     "properties": {
         "n": {"type": "integer", "minimum": 1},
         **{key: {"type": "number", "minimum": 0} for key in ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")},
+    },
+}
+_CUDA_GRAPHS = {
+    "type": "object",
+    "description": (
+        "bench --cuda-graphs: what it did for this cell; absent without it. used: a CUDA graph was captured (after "
+        "one plain warm-up launch, thread-local capture mode) and the timed runs replayed it; fallback: why not "
+        "(a capture that failed, or a backend that ignores the flag: only TensorRT targets capture)."
+    ),
+    "required": ["requested", "used", "fallback"],
+    "properties": {
+        "requested": {"type": "boolean"},
+        "used": {"type": "boolean"},
+        "fallback": {"type": ["string", "null"]},
     },
 }
 _PROFILE = {
@@ -161,6 +175,7 @@ _RESULT = {
         "samples_ms": {"type": "array", "items": {"type": "number", "minimum": 0}},
         "warnings": {"type": "array", "items": {"type": "string"}},
         "profile": _PROFILE,
+        "cuda_graphs": _CUDA_GRAPHS,
     },
 }
 
@@ -260,6 +275,7 @@ RESULT_SCHEMA: dict[str, Any] = {
                 "min_time_s": {"type": ["number", "null"]},
                 "threads": {"type": ["integer", "null"]},
                 "data": {"type": "string", "description": "bench --data: the labelled data of `accuracy`."},
+                "cuda_graphs": {"type": "boolean", "description": "bench --cuda-graphs (TensorRT targets only)."},
             },
         },
         "environment": {

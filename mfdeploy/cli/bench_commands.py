@@ -54,6 +54,14 @@ def bench(
         Optional[str], typer.Option("--compute-units", help="Core ML: ALL, CPU_ONLY, CPU_AND_GPU or CPU_AND_NE.")
     ] = None,
     profile: Annotated[bool, typer.Option("--profile", help="Per-layer profile, mapped to model stages.")] = False,
+    cuda_graphs: Annotated[
+        bool,
+        typer.Option(
+            "--cuda-graphs",
+            help="TensorRT targets: capture each batch's launch in a CUDA graph and time its replays "
+            "(falls back to plain launches if capture fails; other targets ignore it, with a note).",
+        ),
+    ] = False,
     top: Annotated[int, typer.Option("--top", help="With --profile: how many layers to list.")] = default(
         BenchOptions, "top"
     ),
@@ -94,6 +102,7 @@ def bench(
         device_name=device_name,
         command=command_line(INVOCATION or None),
         data=data,
+        cuda_graphs=cuda_graphs,
     )
     check_options(options)
     if imgsz is not None:

@@ -12,17 +12,22 @@ written against the documented API, and the GPU tests exercise it where the hard
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mfdeploy import console
 from mfdeploy.artifacts import ENGINE_PRECISIONS, TIMING_CACHE, engine_plan, precision_graph, utc_now
 from mfdeploy.errors import UserError
 from mfdeploy.fileio import atomic_path, display_path, sha256_file
 from mfdeploy.option_values import MAX_WORKSPACE_GIB, check_batch, check_positive
 from mfdeploy.runtime.tensorrt_env import ENGINE_SIDECAR, host_info, read_sidecar
+
+if TYPE_CHECKING:
+    import tensorrt as trt  # annotations only: tests/test_tensorrt_api.py checks the names used on them
 
 GRAPH_FOR_PRECISION = {p: precision_graph(p) for p in ENGINE_PRECISIONS}
 PLAN_FOR_PRECISION = {p: engine_plan(p) for p in ENGINE_PRECISIONS}
@@ -185,15 +190,19 @@ def _build_engine(artifact, options: EngineOptions, update) -> dict[str, Any]:
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(graph)):
         errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
-        raise UserError(f"TensorRT could not parse {graph_name}: {errors}")
+        raise UserError(
+            f"TensorRT OnnxParser.parse_from_file could not parse {graph_name}: {errors or 'no error recorded'}"
+        )
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    cache_path = Path(options.timing_cache or artifact.path(TIMING_CACHE))
-    cache_bytes = cache_path.read_bytes() if cache_path.exists() else b""
-    timing_cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(timing_cache, ignore_mismatch=False)
+    tf32 = options.precision != "fp32"
+    if not tf32:
+        # TF32 rounds FP32 matmul/conv inputs to 10 mantissa bits on Ampere and newer: an "FP32" engine would
+        # then differ from PyTorch's FP32 by ~1e-2, so FP32 engines are exact FP32, as their name says.
+        config.clear_flag(trt.BuilderFlag.TF32)
+    cache = TimingCacheUse.open(config, options.timing_cache or artifact.path(TIMING_CACHE))
 
     image = network.get_input(0)
     _, channels, height, width = tuple(image.shape)
@@ -204,27 +213,31 @@ def _build_engine(artifact, options: EngineOptions, update) -> dict[str, Any]:
         (profile.opt, channels, height, width),
         (profile.max, channels, height, width),
     )
-    config.add_optimization_profile(optimization)
+    if config.add_optimization_profile(optimization) < 0:
+        raise UserError(
+            f"TensorRT IBuilderConfig.add_optimization_profile refused batch {profile.min}/{profile.opt}/"
+            f"{profile.max} for input {image.name!r}"
+        )
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UserError(
-            f"TensorRT failed to build the {options.precision} engine from {graph_name} (see its log above)"
+            f"TensorRT Builder.build_serialized_network returned None: the {options.precision} engine from "
+            f"{graph_name} was not built (see TensorRT's log above)"
         )
+    cache.save(config)
     plan_name = PLAN_FOR_PRECISION[options.precision]
-    update.path(plan_name).write_bytes(bytes(serialized))
-    with atomic_path(cache_path) as tmp:
-        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-
     entry = {
         "file": plan_name,
         "precision": options.precision,
         **host_info(),
         "strongly_typed": True,
+        "tf32": tf32,
         "profile": {"input": image.name, "min": profile.min, "opt": profile.opt, "max": profile.max},
         "workspace_gib": options.workspace_gib,
-        "timing_cache": str(cache_path),
-        "timing_cache_reused": bool(cache_bytes),
+        "timing_cache": cache.recorded_path(artifact.root),
+        "timing_cache_reused": cache.reused,
+        **({"timing_cache_rejected": cache.rejected} if cache.rejected else {}),
         "build_seconds": round(time.perf_counter() - started, 2),
         "source_graph": graph_name,
         "source_sha256": sha256_file(graph),
@@ -232,6 +245,91 @@ def _build_engine(artifact, options: EngineOptions, update) -> dict[str, Any]:
     }
     sidecar = read_sidecar(artifact.root)
     sidecar["engines"][options.precision] = entry
-    update.path(ENGINE_SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+    # the plan and its engine.json land together: a plan without the entry that describes it cannot be left
+    write_together(
+        {
+            update.path(plan_name): bytes(serialized),
+            update.path(ENGINE_SIDECAR): (json.dumps(sidecar, indent=2) + "\n").encode(),
+        }
+    )
     artifact.manifest.setdefault("tensorrt", {}).setdefault("engines", {})[options.precision] = entry
     return entry
+
+
+def write_together(files: dict[Path, bytes]) -> None:
+    """Write every file to a temporary name beside it, then rename them all into place: an error while
+    writing leaves none of them changed (the temporaries are removed)."""
+    temporaries: dict[Path, Path] = {}
+    try:
+        for target, data in files.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            temporaries[target] = tmp
+            tmp.write_bytes(data)
+        for target, tmp in temporaries.items():
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+class TimingCacheUse:
+    """The timing cache of one build: loaded from ``path`` and offered to TensorRT, which may refuse it (a
+    cache from another GPU or TensorRT version: ``set_timing_cache(..., ignore_mismatch=False)`` returns
+    False); then the build uses a fresh cache and says so, never failing for it. ``reused`` means TensorRT
+    accepted a non-empty cache. After the build the cache TensorRT filled is combined with whatever the
+    file holds by then (another build may have added to it) and written back atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.loaded = b""
+        self.reused = False
+        self.rejected: str | None = None
+        self.active = False
+
+    @classmethod
+    def open(cls, config: trt.IBuilderConfig, path: Path) -> "TimingCacheUse":
+        use = cls(path)
+        use.loaded = use.path.read_bytes() if use.path.is_file() else b""
+        cache = config.create_timing_cache(use.loaded)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            use.reused, use.active = bool(use.loaded), True
+            return use
+        use.rejected = (
+            f"TensorRT rejected the timing cache {display_path(use.path)} (made on another GPU or TensorRT "
+            "version, or damaged); this build uses a fresh one, which replaces it"
+        )
+        console.warn(use.rejected)
+        use.loaded = b""
+        fresh = config.create_timing_cache(b"")
+        use.active = fresh is not None and bool(config.set_timing_cache(fresh, ignore_mismatch=False))
+        if not use.active:
+            console.warn("TensorRT refused an empty timing cache too; building without one")
+        return use
+
+    def save(self, config: trt.IBuilderConfig) -> None:
+        if not self.active:
+            return
+        built = config.get_timing_cache()
+        if built is None:
+            console.warn(f"TensorRT IBuilderConfig.get_timing_cache returned None; {self.path.name} not updated")
+            return
+        on_disk = self.path.read_bytes() if self.path.is_file() else b""
+        if on_disk and on_disk != self.loaded:  # another build wrote it meanwhile: keep its entries too
+            other = config.create_timing_cache(on_disk)
+            if other is None or not built.combine(other, ignore_mismatch=False):
+                console.warn(f"could not combine {display_path(self.path)} with this build's timing cache")
+        try:
+            with atomic_path(self.path) as tmp:
+                tmp.write_bytes(bytes(built.serialize()))
+        except UserError as exc:  # a cache that cannot be written costs time next build, not this engine
+            console.warn(f"timing cache not saved: {exc.message}")
+
+    def recorded_path(self, artifact_root: Path) -> str:
+        """The cache as engine.json records it: relative to the artifact when inside it (an export builds in
+        a staging folder that is renamed afterwards), else the path given."""
+        try:
+            return self.path.resolve().relative_to(Path(artifact_root).resolve()).as_posix()
+        except ValueError:
+            return str(self.path)

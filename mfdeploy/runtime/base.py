@@ -41,6 +41,11 @@ class TargetUnavailable(Exception):
         self.reason = reason
 
 
+class BatchUnsupported(TargetUnavailable):
+    """This runner cannot run this batch size (a TensorRT engine's optimization profile does not cover it):
+    a skip for that batch alone, not for the target."""
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A model input or output: name, shape (ints, or a name for a dynamic axis) and dtype."""
@@ -149,6 +154,16 @@ class Runner(abc.ABC):
     @classmethod
     def host_unavailable_reason(cls) -> str | None:
         """Why this backend cannot run on this host at all (library or hardware missing), or None."""
+        return None
+
+    def batch_unsupported_reason(self, batch: int) -> str | None:
+        """Why a dynamic-batch model cannot run ``batch`` here (one line, with the fix), or None. A fixed
+        batch is ``inputs()[0].fixed_batch``; this is for a range (TensorRT's optimization profile)."""
+        return None
+
+    def cuda_graphs_state(self) -> dict[str, Any] | None:
+        """What ``cuda_graphs=True`` did for this runner ({requested, used, fallback}); None when not asked
+        for or not a backend that captures CUDA graphs."""
         return None
 
     # -- optional benchmark hooks (see the module docstring) ------------------------------------

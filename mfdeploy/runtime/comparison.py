@@ -70,10 +70,27 @@ def run_targets(
                 yield TargetRun(name, skipped=exc.reason)
                 continue
         with _loaded(candidate):
+            refusal = batch_refusal(candidate, len(images), batch)
+            if refusal is not None:  # e.g. a TensorRT engine whose profile does not cover this batch
+                yield TargetRun(name, skipped=refusal)
+                continue
             started = time.perf_counter()
             logits = candidate.infer_all(images, batch)
             seconds = time.perf_counter() - started
             yield TargetRun(name, candidate, logits, compare_logits(reference, logits), seconds)
+
+
+def batch_refusal(runner: Runner, count: int, batch: int) -> str | None:
+    """Why ``runner`` cannot run ``count`` images in batches of ``batch`` (infer_all's full batches and
+    its remainder), or None. A fixed-batch model pads instead, so only a dynamic range can refuse."""
+    if runner.inputs()[0].fixed_batch is not None or count == 0:
+        return None
+    sizes = {min(batch, count)} | ({count % batch} if count > batch and count % batch else set())
+    for size in sorted(sizes, reverse=True):
+        reason = runner.batch_unsupported_reason(size)
+        if reason is not None:
+            return reason
+    return None
 
 
 @contextmanager
