@@ -115,13 +115,15 @@ def test_package_carries_the_metadata_xcode_shows(default_52m):
     assert logits.type.multiArrayType.dataType == ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
 
 
-def test_registry_runs_the_package_with_the_evaluator(default_52m):
+def test_registry_runs_the_package_with_predict_or_the_evaluator(default_52m):
     out, _, _ = default_52m
     artifact = Artifact.open(out / "mobileformer_52m")
     images = artifact.preprocessing.batch(builtin_images(6))
     with create_runner("coreml", artifact) as coreml, create_runner("torch", artifact) as reference:
-        if predict_unavailable_reason() is not None:
-            assert EVALUATOR_NOTE in coreml.label
+        # engine auto: MLModel.predict where Core ML can predict (macOS), the numpy evaluator elsewhere
+        predicts = predict_unavailable_reason() is None
+        assert coreml.engine == ("predict" if predicts else "evaluator")
+        assert (EVALUATOR_NOTE in coreml.label) == (not predicts) and ("MLModel.predict" in coreml.label) == predicts
         assert coreml.inputs()[0].fixed_batch == 1 and coreml.precision == "fp16"
         figures = compare_logits(reference.infer(images), coreml.infer_all(images, 4))
     assert figures["top1_agreement"] == 1.0 and figures["cosine"] > 0.999
