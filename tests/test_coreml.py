@@ -29,7 +29,7 @@ from mfdeploy.metrics import compare_logits
 from mfdeploy.model import build_model
 from mfdeploy.model.families import build_family_model
 from mfdeploy.model.weights import save_checkpoint
-from mfdeploy.runtime.coreml_env import predict_unavailable_reason
+from mfdeploy.runtime.coreml_env import compute_plan_unavailable_reason, predict_unavailable_reason
 from mfdeploy.runtime.coreml_runner import CoreMLRunner, chunk_sizes
 from mfdeploy.runtime.mil_evaluator import MILEvaluator, load_program
 from mfdeploy.runtime.registry import create_runner
@@ -159,7 +159,7 @@ def test_real_core_ml_prediction_matches_pytorch(default_52m):
 
 @pytest.mark.macos
 def test_compute_plan_profile_names_devices_and_costs(default_52m):
-    reason = predict_unavailable_reason()
+    reason = compute_plan_unavailable_reason()  # macOS 14.4+ (an older macOS is tested below, faked)
     if reason is not None:
         pytest.skip(reason)
     out, _, _ = default_52m
