@@ -21,6 +21,7 @@ from mfdeploy.artifacts import Artifact
 from mfdeploy.benchmark.cell import CellRequest, measure_cell
 from mfdeploy.benchmark.memory import gpu_device_used_bytes
 from mfdeploy.benchmark.noop import NOOP_TARGET, NoopRunner
+from mfdeploy.errors import UserError
 from mfdeploy.export.pipeline import ExportOptions, export
 from mfdeploy.runtime.base import LayerRecord
 from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
@@ -216,6 +217,45 @@ def test_bench_cuda_graphs_flag_reaches_settings_and_warnings(cli, artifact):
     assert document["settings"]["cuda_graphs"] is True
     assert document["results"][0]["cuda_graphs"]["used"] is False
     assert any("--cuda-graphs not used: onnxruntime ignores" in w for w in document["warnings"])
+
+
+class FailingProfileRunner(HookedRunner):
+    """A runner whose profiler raises, as Core ML's compute plan does where it cannot be read."""
+
+    error: Exception = RuntimeError("compute plan could not be loaded")
+
+    def profile_layers(self):
+        if not self.profile:
+            return None
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (RuntimeError("compute plan could not be loaded"), "hooked profile failed: RuntimeError: compute plan"),
+        (UserError("needs macOS 14.4 or later; this is macOS 13.6"), "hooked profile unavailable: needs macOS 14.4"),
+    ],
+)
+def test_a_failing_profile_keeps_the_measured_latency(artifact, error, expected):
+    """Through the real bench cell: the profile step raising is reported in the profile entry, and the
+    cell keeps the latency it measured before (it used to become a "failed" cell)."""
+
+    def factory(target, art, profile=False, **_):
+        runner = FailingProfileRunner(3, art.imgsz, art.num_classes, profile=profile)
+        runner.error = error
+        return runner
+
+    plan = TimingPlan(warmup=1, runs=6)
+    entry = measure_cell(CellRequest(str(artifact.root), "hooked", batch=2, plan=plan, profile=True), factory)
+    assert entry["status"] == "ok", entry
+    assert entry["latency_ms"]["n"] == 6 and len(entry["samples_ms"]) == 6 and entry["throughput_ips"] > 0
+    profile = entry["profile"]
+    assert profile["available"] is False and profile["note"].startswith(expected)
+    assert profile.get("failed", False) == isinstance(error, RuntimeError)
+    if isinstance(error, RuntimeError):
+        assert profile["error"] == "RuntimeError: compute plan could not be loaded"
+    jsonschema.validate(profile, SCHEMA["properties"]["results"]["items"]["properties"]["profile"])
 
 
 @pytest.mark.parametrize("target", ["onnx-fp16", "onnx-int8", "trt-fp16", "coreml"])

@@ -14,12 +14,35 @@ import torch
 from onnx import numpy_helper
 from PIL import Image
 
+from mfdeploy.artifacts import Artifact
 from mfdeploy.calibration import pipeline as calibration_pipeline
+from mfdeploy.calibration.options import CalibrationOptions
 from mfdeploy.calibration.ranges import entropy_threshold
 from mfdeploy.export.pipeline import ExportOptions, export
 from mfdeploy.graph.tensorrt_lint import check_tensorrt_qdq
 from mfdeploy.model import build_model
 from mfdeploy.model.weights import save_checkpoint
+
+
+@pytest.fixture
+def digits_copy(digits, tmp_path):
+    """A private copy of the shared digits artifact that a test may calibrate: the session's artifact
+    stays as conftest exported it, so no test depends on another having run (or on their order)."""
+    root = tmp_path / digits["root"].name
+    shutil.copytree(digits["root"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def calibrated_digits(digits, tmp_path_factory):
+    """A copy of the digits artifact calibrated here (INT8 and FP16, on its training split) for the tests
+    that only read the graphs."""
+    root = tmp_path_factory.mktemp("calibrated-digits") / digits["root"].name
+    shutil.copytree(digits["root"], root)
+    options = CalibrationOptions(data=str(digits["train"]), measure_latency=False)
+    assert options.precisions == ("int8", "fp16")
+    calibration_pipeline.calibrate_artifact(Artifact.open(root), options)
+    return root
 
 
 def accuracy(path, images, labels):
@@ -29,11 +52,11 @@ def accuracy(path, images, labels):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
-def test_int8_and_fp16_accuracy_on_real_labelled_data(cli, digits, method):
+def test_int8_and_fp16_accuracy_on_real_labelled_data(cli, digits, digits_copy, method):
     """INT8 within 1 point of FP32 and FP16 within 0.2 points, on the digits validation split."""
     result = cli(
         "calibrate",
-        digits["root"],
+        digits_copy,
         "--calib-data",
         digits["train"],
         "--method",
@@ -46,18 +69,19 @@ def test_int8_and_fp16_accuracy_on_real_labelled_data(cli, digits, method):
     assert result.code == 0, result.err
     report = result.json()
     assert report["method"] == method and report["data"]["images"] == 512
-    fp32 = accuracy(digits["root"] / "model.onnx", digits["val"], digits["labels"])
-    int8 = accuracy(digits["root"] / "model.int8.onnx", digits["val"], digits["labels"])
-    fp16 = accuracy(digits["root"] / "model.fp16.onnx", digits["val"], digits["labels"])
+    fp32 = accuracy(digits_copy / "model.onnx", digits["val"], digits["labels"])
+    int8 = accuracy(digits_copy / "model.int8.onnx", digits["val"], digits["labels"])
+    fp16 = accuracy(digits_copy / "model.fp16.onnx", digits["val"], digits["labels"])
     assert fp32 >= 0.9
     assert fp32 - int8 <= 0.01, (method, fp32, int8)
     assert abs(fp32 - fp16) <= 0.002, (method, fp32, fp16)
 
 
-def test_int8_graph_follows_tensorrt_rules(cli, digits):
-    result = cli("calibrate", digits["root"], "--calib-data", digits["train"], "--precision", "int8", "--no-latency")
+def test_int8_graph_follows_tensorrt_rules(cli, digits, digits_copy):
+    assert not (digits_copy / "model.int8.onnx").exists()  # written by this run, not left by another test
+    result = cli("calibrate", digits_copy, "--calib-data", digits["train"], "--precision", "int8", "--no-latency")
     assert result.code == 0, result.err
-    model = onnx.load(str(digits["root"] / "model.int8.onnx"))
+    model = onnx.load(str(digits_copy / "model.int8.onnx"))
     graph = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
@@ -99,8 +123,9 @@ def test_int8_graph_follows_tensorrt_rules(cli, digits):
     assert check_tensorrt_qdq(model) == []
 
 
-def test_tensorrt_rule_check_catches_broken_graphs(digits, tmp_path):
-    model = onnx.load(str(digits["root"] / "model.int8.onnx"))
+def test_tensorrt_rule_check_catches_broken_graphs(calibrated_digits):
+    model = onnx.load(str(calibrated_digits / "model.int8.onnx"))
+    assert check_tensorrt_qdq(model) == []  # the graph passes before it is broken
     dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized"))
     zero = next(i for i in model.graph.initializer if i.name == dq.input[2])
     zero.CopyFrom(numpy_helper.from_array(np.ones(numpy_helper.to_array(zero).shape, np.int8), zero.name))
@@ -108,11 +133,9 @@ def test_tensorrt_rule_check_catches_broken_graphs(digits, tmp_path):
     assert any("zero point must be int8 0" in p for p in problems)
 
 
-def test_onnxruntime_runs_both_graphs_at_batch_1_and_8(digits):
-    if not (digits["root"] / "model.fp16.onnx").exists():
-        pytest.skip("needs the graphs written by the accuracy test")
+def test_onnxruntime_runs_both_graphs_at_batch_1_and_8(calibrated_digits, digits):
     for name in ("model.int8.onnx", "model.fp16.onnx"):
-        session = ort.InferenceSession(str(digits["root"] / name), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(calibrated_digits / name), providers=["CPUExecutionProvider"])
         assert session.get_inputs()[0].type == "tensor(float)" and session.get_outputs()[0].type == "tensor(float)"
         for batch in (1, 8):
             logits = session.run(None, {"images": digits["val"][:batch]})[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from PIL import Image
 
@@ -79,18 +81,36 @@ def test_file_instead_of_folder_and_empty_folder(cli, tmp_path):
     assert_one_line_error(result, "no class sub-folders")
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="runs as non-root: root reads any folder, so chmod cannot deny it")
 def test_unreadable_folder(cli, tmp_path):
-    import os
-
     locked = tmp_path / "locked"
     locked.mkdir()
     os.chmod(locked, 0)
     try:
-        if os.access(locked, os.R_OK):
-            pytest.skip("running as a user that can read any folder (root): permissions cannot be tested")
+        assert not os.access(locked, os.R_OK)  # the denial this test is about really happens here
         assert_one_line_error(cli("train", "--data", locked, "--out", tmp_path / "o.pt"), "cannot read data folder")
     finally:
         os.chmod(locked, 0o755)
+
+
+def test_a_folder_that_cannot_be_listed_is_one_line_as_any_user(cli, tmp_path, monkeypatch):
+    """The same error where chmod cannot produce it (root): listing the folder raises the OSError the OS
+    raises for a user without permission. Proves the one-line error; not that the OS denies (above)."""
+    import errno
+    from pathlib import Path
+
+    locked = tmp_path / "locked"
+    (locked / "cats").mkdir(parents=True)
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    result = cli("train", "--data", locked, "--out", tmp_path / "o.pt")
+    assert_one_line_error(result, f"cannot read data folder {locked}: Permission denied")
 
 
 def test_bad_weights_through_the_cli(cli, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import coremltools as ct
 import numpy as np
@@ -28,7 +29,7 @@ from mfdeploy.metrics import compare_logits
 from mfdeploy.model import build_model
 from mfdeploy.model.families import build_family_model
 from mfdeploy.model.weights import save_checkpoint
-from mfdeploy.runtime.coreml_env import predict_unavailable_reason
+from mfdeploy.runtime.coreml_env import compute_plan_unavailable_reason, predict_unavailable_reason
 from mfdeploy.runtime.coreml_runner import CoreMLRunner, chunk_sizes
 from mfdeploy.runtime.mil_evaluator import MILEvaluator, load_program
 from mfdeploy.runtime.registry import create_runner
@@ -114,13 +115,15 @@ def test_package_carries_the_metadata_xcode_shows(default_52m):
     assert logits.type.multiArrayType.dataType == ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
 
 
-def test_registry_runs_the_package_with_the_evaluator(default_52m):
+def test_registry_runs_the_package_with_predict_or_the_evaluator(default_52m):
     out, _, _ = default_52m
     artifact = Artifact.open(out / "mobileformer_52m")
     images = artifact.preprocessing.batch(builtin_images(6))
     with create_runner("coreml", artifact) as coreml, create_runner("torch", artifact) as reference:
-        if predict_unavailable_reason() is not None:
-            assert EVALUATOR_NOTE in coreml.label
+        # engine auto: MLModel.predict where Core ML can predict (macOS), the numpy evaluator elsewhere
+        predicts = predict_unavailable_reason() is None
+        assert coreml.engine == ("predict" if predicts else "evaluator")
+        assert (EVALUATOR_NOTE in coreml.label) == (not predicts) and ("MLModel.predict" in coreml.label) == predicts
         assert coreml.inputs()[0].fixed_batch == 1 and coreml.precision == "fp16"
         figures = compare_logits(reference.infer(images), coreml.infer_all(images, 4))
     assert figures["top1_agreement"] == 1.0 and figures["cosine"] > 0.999
@@ -156,7 +159,7 @@ def test_real_core_ml_prediction_matches_pytorch(default_52m):
 
 @pytest.mark.macos
 def test_compute_plan_profile_names_devices_and_costs(default_52m):
-    reason = predict_unavailable_reason()
+    reason = compute_plan_unavailable_reason()  # macOS 14.4+ (an older macOS is tested below, faked)
     if reason is not None:
         pytest.skip(reason)
     out, _, _ = default_52m
@@ -448,3 +451,117 @@ def test_a_failing_stage_leaves_no_partial_package(tmp_path, monkeypatch):
         export(options)
     assert info.value.exit_code == 4
     assert_nothing_written(tmp_path / "out")  # ...and went away with it
+
+
+# -- the macOS-only code, checked here against the installed coremltools -------------------------------
+# Core ML prediction and compute plans cannot run off macOS, so these tests check the next best thing:
+# every coremltools name and keyword the macOS path uses exists in the installed coremltools (9.x).
+# They prove the names resolve (get_compiled_path, for one, does not); not what Core ML does on a device.
+MACOS_FUNCTIONS = ("_load_mlmodel", "_predict", "_compute_plan_records")
+NOT_COREMLTOOLS = {"get", "values", "startswith", "append", "__name__"}  # dict, str, list and type attributes
+
+
+def missing_coremltools_names(api) -> list[str]:
+    """The entries of ``api`` ((dotted name, keywords) pairs) the installed coremltools lacks."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    missing = []
+    for dotted, keywords in api:
+        parts = dotted.split(".")
+        for end in range(len(parts), 0, -1):
+            try:
+                target = importlib.import_module(".".join(parts[:end]))
+                break
+            except ImportError:
+                continue
+        for name in parts[end:]:
+            if hasattr(target, name):
+                target = getattr(target, name)
+            elif dataclasses.is_dataclass(target) and name in {f.name for f in dataclasses.fields(target)}:
+                target = None  # a dataclass field (no class attribute): it exists, there is nothing below it
+            else:
+                missing.append(dotted)
+                break
+        else:
+            parameters = inspect.signature(target).parameters if keywords else {}
+            missing += [f"{dotted}({keyword}=)" for keyword in keywords if keyword not in parameters]
+    return missing
+
+
+def names_not_in_api(source: str, api) -> list[str]:
+    """Attributes, imports and keywords in the macOS-only functions of ``source`` that ``api`` does not list."""
+    import ast
+
+    listed = {part for dotted, _ in api for part in dotted.split(".")}
+    keywords = {keyword for _, words in api for keyword in words}
+    unlisted = []
+    functions = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef) and n.name in MACOS_FUNCTIONS]
+    assert sorted(f.name for f in functions) == sorted(MACOS_FUNCTIONS)
+    for node in (n for function in functions for n in ast.walk(function)):
+        if isinstance(node, ast.Attribute) and node.attr not in listed | NOT_COREMLTOOLS:
+            unlisted.append(node.attr)
+        elif isinstance(node, ast.ImportFrom):
+            unlisted += [
+                f"{node.module}.{a.name}"
+                for a in node.names
+                if not any(dotted.startswith(f"{node.module}.{a.name}.") for dotted, _ in api)
+            ]
+        elif isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id == "LayerRecord"):
+            unlisted += [f"{k.arg}=" for k in node.keywords if k.arg not in keywords]
+    return unlisted
+
+
+def test_every_coremltools_name_the_macos_path_uses_exists_here():
+    from mfdeploy.runtime import coreml_runner
+
+    source = Path(coreml_runner.__file__).read_text()
+    assert names_not_in_api(source, coreml_runner.COREMLTOOLS_API) == []  # the list covers the code
+    assert missing_coremltools_names(coreml_runner.COREMLTOOLS_API) == []  # and coremltools has each name
+
+
+def test_the_coremltools_name_check_fails_for_a_broken_name():
+    from mfdeploy.runtime import coreml_runner
+
+    broken = [
+        ("coremltools.models.MLModel.get_compiled_path", ()),  # what the runner called before coremltools 9
+        ("coremltools.models.MLModel", ("compute_unit",)),
+        ("coremltools.ComputeUnit.NPU", ()),
+        ("coremltools.models.compute_plan.MLComputePlanCost.weights", ()),
+    ]
+    assert missing_coremltools_names(broken) == [
+        "coremltools.models.MLModel.get_compiled_path",
+        "coremltools.models.MLModel(compute_unit=)",
+        "coremltools.ComputeUnit.NPU",
+        "coremltools.models.compute_plan.MLComputePlanCost.weights",
+    ]
+    source = Path(coreml_runner.__file__).read_text()
+    changed = source.replace("model.get_compiled_model_path()", "model.get_compiled_path()")
+    changed = changed.replace("MLModel(package, compute_units=", "MLModel(package, units=")
+    assert changed.count("get_compiled_path") == 1 and changed.count("MLModel(package, units=") == 1
+    assert sorted(names_not_in_api(changed, coreml_runner.COREMLTOOLS_API)) == ["get_compiled_path", "units="]
+
+
+@pytest.mark.parametrize(
+    ("version", "ok"), [("13.6.1", False), ("14.3", False), ("14.4", True), ("15.1", True), ("", False)]
+)
+def test_compute_plans_need_macos_14_4(monkeypatch, version, ok):
+    """The version gate, here with the platform faked (the profile itself needs a Mac): an older macOS
+    gets a one-line reason from the runner's profile_layers, which bench reports as the cell's profile."""
+    from types import SimpleNamespace
+
+    from mfdeploy.runtime import coreml_env
+
+    monkeypatch.setattr(coreml_env, "predict_unavailable_reason", lambda: None)
+    monkeypatch.setattr(coreml_env.platform, "mac_ver", lambda: (version, ("", "", ""), ""))
+    reason = coreml_env.compute_plan_unavailable_reason()
+    assert (reason is None) == ok
+    if not ok:
+        assert (
+            reason
+            == f"Core ML compute plans (bench --profile) need macOS 14.4 or later; this is macOS {version or '?'}"
+        )
+        runner = SimpleNamespace(profile=True, engine="predict")
+        with pytest.raises(coreml_export.UserError, match="need macOS 14.4 or later"):
+            CoreMLRunner.profile_layers(runner)

@@ -108,16 +108,35 @@ def test_output_under_a_file_is_refused_before_any_work(cli, tmp_path):
     assert blocker.read_text() == "x"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere; the permission check runs as non-root")
+@pytest.mark.skipif(os.geteuid() == 0, reason="runs as non-root: root may write anywhere, so chmod cannot deny it")
 def test_unwritable_output_folder_is_refused_before_any_work(cli, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
+        assert not os.access(locked, os.W_OK)  # the denial this test is about really happens here
         result = cli("train", "--size", "26m", "--epochs", "1", "--out", locked / "model.safetensors")
     finally:
         locked.chmod(0o755)
     assert result.code != 0 and "permission denied" in result.err
+    assert list(locked.iterdir()) == []
+
+
+def test_a_denied_output_folder_is_refused_before_any_work_as_any_user(cli, tmp_path, monkeypatch):
+    """The same refusal where chmod cannot produce it (root): the write check is told the folder is not
+    writable, as the OS tells a user without permission. Proves the refusal and that nothing is written;
+    not that the OS denies (the non-root test above does)."""
+    import mfdeploy.fileio
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        mfdeploy.fileio.os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
+    )
+    result = cli("train", "--size", "26m", "--epochs", "1", "--out", locked / "model.safetensors")
+    assert result.code != 0 and f"permission denied in {locked}" in result.err, result.err
+    assert "Traceback" not in result.err and list(locked.iterdir()) == []
 
 
 def test_report_refuses_a_folder_where_a_chart_goes(cli, tmp_path):

@@ -212,7 +212,7 @@ def measure_cell(request: CellRequest, factory: RunnerFactory = resolve_runner) 
         runner = None
         if request.profile:
             if has_profiler:
-                entry["profile"] = _profile(request, artifact, images, factory)
+                entry["profile"] = _profile_or_failure(request, artifact, images, factory, backend)
             else:
                 entry["profile"] = {"available": False, "note": f"{backend} has no per-layer profiler in mfdeploy"}
         return entry
@@ -249,6 +249,19 @@ def _ok_entry(request, artifact, runner, samples, device_timings) -> dict[str, A
     if not all(math.isfinite(v) for v in (summary.mean, summary.p99)):
         raise ValueError("non-finite latency")
     return entry
+
+
+def _profile_or_failure(request: CellRequest, artifact: Artifact, images, factory, backend: str) -> dict[str, Any]:
+    """The profile, or why there is none: profiling runs after the latency is measured, so a profiler
+    that cannot run here (UserError: e.g. Core ML compute plans before macOS 14.4) or fails is reported
+    in the cell's profile entry and the measured latency stays."""
+    try:
+        return _profile(request, artifact, images, factory)
+    except UserError as exc:
+        return {"available": False, "note": f"{backend} profile unavailable: {exc.message}"}
+    except Exception as exc:  # noqa: BLE001 - a profiler failing on this host is a result, not a failed cell
+        error = failed_entry({}, exc)["error"]
+        return {"available": False, "failed": True, "error": error, "note": f"{backend} profile failed: {error}"}
 
 
 def _profile(request: CellRequest, artifact: Artifact, images, factory: RunnerFactory) -> dict[str, Any]:

@@ -56,6 +56,8 @@ _PROFILE = {
             "properties": {
                 "available": {"type": "boolean"},
                 "note": {"type": "string"},
+                "failed": {"type": "boolean", "description": "true when the profiler raised; error says what"},
+                "error": {"type": "string"},
                 "source": {"type": "string"},
                 "runs": {"type": "integer", "minimum": 1},
                 "metric": {"enum": ["time_ms", "estimated_cost"]},

@@ -33,6 +33,24 @@ def predict_unavailable_reason() -> str | None:
     return None
 
 
+COMPUTE_PLAN_MACOS = (14, 4)  # MLComputePlan (Core ML's per-op device and cost estimates) is macOS 14.4+
+
+
+def compute_plan_unavailable_reason() -> str | None:
+    """Why Core ML's compute plan (``bench --profile``) cannot be read here, or None if it can."""
+    if (reason := predict_unavailable_reason()) is not None:
+        return reason
+    version = platform.mac_ver()[0]
+    try:
+        parts = tuple(int(part) for part in version.split("."))
+    except ValueError:
+        parts = ()
+    if parts < COMPUTE_PLAN_MACOS:
+        need = ".".join(map(str, COMPUTE_PLAN_MACOS))
+        return f"Core ML compute plans (bench --profile) need macOS {need} or later; this is macOS {version or '?'}"
+    return None
+
+
 # The coremltools modules whose tqdm bars run during a conversion: the PyTorch frontend ("Converting
 # PyTorch Frontend ==> MIL Ops"), the pass pipelines ("Running MIL ... pipeline") and weight compression
 # ("Running compression pass ..."). coremltools 9 has no switch for them (apple/coremltools#1815 asks

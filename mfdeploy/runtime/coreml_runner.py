@@ -25,6 +25,7 @@ from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.runtime.base import LayerRecord, Runner, TensorSpec
 from mfdeploy.runtime.coreml_env import (
     INSTALL_HINT,
+    compute_plan_unavailable_reason,
     coremltools_installed,
     import_coremltools,
     predict_unavailable_reason,
@@ -105,6 +106,65 @@ _DEVICE_NAMES = {
     "MLNeuralEngineComputeDevice": "NeuralEngine",
 }
 
+# Every coremltools name the macOS-only code below uses (it cannot run off macOS), with the keyword
+# arguments it passes: (dotted name, keywords). tests/test_coreml.py checks each one against the
+# installed coremltools (attribute, dataclass field or keyword parameter), and that this list covers
+# every attribute and keyword _load_mlmodel, _predict and _compute_plan_records use.
+_PLAN = "coremltools.models.compute_plan"
+COREMLTOOLS_API: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("coremltools.models.MLModel", ("compute_units",)),
+    *((f"coremltools.ComputeUnit.{unit}", ()) for unit in COMPUTE_UNITS),
+    ("coremltools.models.MLModel.predict", ()),
+    ("coremltools.models.MLModel.get_compiled_model_path", ()),
+    (f"{_PLAN}.MLComputePlan.load_from_path", ("compute_units",)),
+    (f"{_PLAN}.MLComputePlan.model_structure", ()),
+    (f"{_PLAN}.MLComputePlan.get_compute_device_usage_for_mlprogram_operation", ()),
+    (f"{_PLAN}.MLComputePlan.get_estimated_cost_for_mlprogram_operation", ()),
+    (f"{_PLAN}.MLModelStructure.program", ()),
+    (f"{_PLAN}.MLModelStructureProgram.functions", ()),
+    (f"{_PLAN}.MLModelStructureProgramFunction.block", ()),
+    (f"{_PLAN}.MLModelStructureProgramBlock.operations", ()),
+    (f"{_PLAN}.MLModelStructureProgramOperation.operator_name", ()),
+    (f"{_PLAN}.MLModelStructureProgramOperation.outputs", ()),
+    (f"{_PLAN}.MLModelStructureProgramNamedValueType.name", ()),
+    (f"{_PLAN}.MLComputePlanDeviceUsage.preferred_compute_device", ()),
+    (f"{_PLAN}.MLComputePlanCost.weight", ()),
+    *((f"coremltools.models.compute_device.{device}", ()) for device in _DEVICE_NAMES),
+)
+
+
+# The macOS-only calls, kept thin: each takes what it needs, so the API check above can read them.
+def _load_mlmodel(ct: Any, package: str, compute_units: str) -> Any:
+    return ct.models.MLModel(package, compute_units=ct.ComputeUnit[compute_units])
+
+
+def _predict(model: Any, feed: dict[str, Any]) -> dict[str, Any]:
+    return model.predict(feed)
+
+
+def _compute_plan_records(ct: Any, model: Any, compute_units: str) -> list[LayerRecord]:
+    """Per op of a loaded MLModel: the device Core ML plans it on and its estimated share of the cost."""
+    from coremltools.models.compute_plan import MLComputePlan
+
+    plan = MLComputePlan.load_from_path(model.get_compiled_model_path(), compute_units=ct.ComputeUnit[compute_units])
+    records = []
+    for function in plan.model_structure.program.functions.values():
+        for op in function.block.operations:
+            if op.operator_name == "const" or op.operator_name.startswith("constexpr_"):
+                continue
+            usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
+            cost = plan.get_estimated_cost_for_mlprogram_operation(op)
+            device = type(usage.preferred_compute_device).__name__ if usage is not None else None
+            records.append(
+                LayerRecord(
+                    name=op.outputs[0].name if op.outputs else op.operator_name,
+                    op=op.operator_name,
+                    device=_DEVICE_NAMES.get(device, device),
+                    estimated_cost=None if cost is None else float(cost.weight),
+                )
+            )
+    return records
+
 
 class CoreMLRunner(Runner):
     """One .mlpackage. ``engine``: ``predict`` (macOS), ``evaluator`` (anywhere), ``auto`` (predict where
@@ -173,8 +233,7 @@ class CoreMLRunner(Runner):
 
     def _load(self) -> None:
         if self.engine == "predict":
-            ct = import_coremltools()
-            self._model = ct.models.MLModel(str(self.package), compute_units=ct.ComputeUnit[self.compute_units])
+            self._model = _load_mlmodel(import_coremltools(), str(self.package), self.compute_units)
         else:
             from mfdeploy.runtime.mil_evaluator import MILEvaluator
 
@@ -184,34 +243,15 @@ class CoreMLRunner(Runner):
         self._model = None
 
     def profile_layers(self) -> list[LayerRecord] | None:
-        """Core ML's compute plan (macOS): per op, the device it is planned on and its estimated share of
-        the cost. Core ML has no per-op timer, so these are estimates, not measured times."""
+        """Core ML's compute plan (macOS 14.4+): per op, the device it is planned on and its estimated
+        share of the cost. Core ML has no per-op timer, so these are estimates, not measured times.
+        On an older macOS this raises UserError saying so (bench reports it as the cell's profile)."""
         if not self.profile or self.engine != "predict":
             return None
-        from coremltools.models.compute_plan import MLComputePlan
-
-        ct = import_coremltools()
+        if (reason := compute_plan_unavailable_reason()) is not None:
+            raise UserError(reason)
         self.load()
-        plan = MLComputePlan.load_from_path(
-            self._model.get_compiled_path(), compute_units=ct.ComputeUnit[self.compute_units]
-        )
-        records = []
-        for function in plan.model_structure.program.functions.values():
-            for op in function.block.operations:
-                if op.operator_name == "const" or op.operator_name.startswith("constexpr_"):
-                    continue
-                usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
-                cost = plan.get_estimated_cost_for_mlprogram_operation(op)
-                device = type(usage.preferred_compute_device).__name__ if usage is not None else None
-                records.append(
-                    LayerRecord(
-                        name=op.outputs[0].name if op.outputs else op.operator_name,
-                        op=op.operator_name,
-                        device=_DEVICE_NAMES.get(device, device),
-                        estimated_cost=None if cost is None else float(cost.weight),
-                    )
-                )
-        return records
+        return _compute_plan_records(import_coremltools(), self._model, self.compute_units)
 
     def inputs(self) -> list[TensorSpec]:
         batch: int | str = self.info.batches[0] if len(self.info.batches) == 1 else "batch"
@@ -255,7 +295,7 @@ class CoreMLRunner(Runner):
                 feed: Any = Image.fromarray(pixels)  # uint8 [H, W, 3] is an RGB image
             else:
                 feed = value
-            outputs = self._model.predict({self.info.input_name: feed})
+            outputs = _predict(self._model, {self.info.input_name: feed})
         else:
             outputs = self._model.run({self.info.input_name: value})
         result = {"logits": np.asarray(outputs["logits"], np.float32).reshape(len(chunk), -1)}
