@@ -15,7 +15,7 @@ from mfdeploy.artifacts import Artifact
 from mfdeploy.calibration.pipeline import CalibrationOptions, calibrate_artifact
 from mfdeploy.errors import UserError
 from mfdeploy.export.pipeline import ExportOptions, export
-from mfdeploy.graph.tensorrt_lint import lint_graph, operator_table
+from mfdeploy.graph.tensorrt_lint import POLICY, RULES, TENSORRT, lint_graph, operator_table
 from mfdeploy.runtime.base import TargetUnavailable
 from mfdeploy.runtime.tensorrt_env import check_engine_compatible, tensorrt_unavailable_reason
 
@@ -35,8 +35,9 @@ def test_lint_passes_on_every_size_fp32_fp16_int8(exported_size):
     artifact = Artifact.open(exported_size.artifact)
     calibrate_artifact(artifact, CalibrationOptions(num_images=8, batch=8, holdout=4, measure_latency=False))
     for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
-        report = lint_graph(onnx.load(str(artifact.path(name))), name)
-        assert report.ok, (artifact.size, name, report.problems)
+        # strict: the project's own graphs break no TensorRT rule and depart from no mfdeploy policy
+        report = lint_graph(onnx.load(str(artifact.path(name))), name, strict=True)
+        assert report.ok and not report.findings, (artifact.size, name, report.findings)
 
 
 def tiny_graph(nodes, inputs, outputs, initializers=(), opset=17):
@@ -66,7 +67,11 @@ def test_lint_rejects_graphs_broken_on_purpose():
         [y],
         [shape5, shape2],
     )
-    assert any("rank 5" in p for p in lint_graph(rank5).problems)
+    # rank 5 is mfdeploy's policy (TensorRT allows 8): a warning, an error only when strict
+    report = lint_graph(rank5)
+    assert report.ok and any("rank 5" in w for w in report.warnings)
+    assert [f.kind for f in report.findings if "rank 5" in f.message] == ["policy"]
+    assert any("rank 5" in p for p in lint_graph(rank5, strict=True).problems)
     # Asymmetric quantization (zero point 3).
     scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
     zero = numpy_helper.from_array(np.array(3, np.int8), "z")
@@ -88,8 +93,9 @@ def test_lint_rejects_graphs_broken_on_purpose():
     ln16 = tiny_graph(
         [helper.make_node("LayerNormalization", ["x16", "g", "b"], ["y16"], name="ln")], [x16], [y16], [gamma, beta]
     )
-    assert any("runs in FP16" in p for p in lint_graph(ln16).problems)
-    assert lint_graph(ln16, allow_fp16_norms=True).ok
+    assert any("runs in FP16" in w for w in lint_graph(ln16).warnings) and lint_graph(ln16).ok
+    assert any("runs in FP16" in p for p in lint_graph(ln16, strict=True).problems)
+    assert lint_graph(ln16, allow_fp16_norms=True, strict=True).ok
     # Reduce axes that are not an initializer, and an opset TensorRT does not read.
     axes = helper.make_tensor_value_info("axes", TensorProto.INT64, [1])
     y1 = helper.make_tensor_value_info("y1", TensorProto.FLOAT, None)
@@ -394,3 +400,178 @@ def test_cuda_graphs_replay_matches_plain_launches(tmp_path):
         np.testing.assert_allclose(first, expected, atol=1e-5)
         np.testing.assert_allclose(replayed, expected, atol=1e-5)
         assert len(graphs.pop_device_timings()["gpu_compute"]) == 2
+
+
+# --- TensorRT rules vs mfdeploy policies -------------------------------------------------------------
+
+
+def test_every_rule_is_a_tensorrt_rule_or_a_policy_with_its_source():
+    assert {kind for kind, _ in RULES.values()} == {TENSORRT, POLICY}
+    assert all(source for _, source in RULES.values())
+    # the rules TensorRT itself imposes, and the choices that are ours
+    assert {"operator", "element-type", "max-rank", "qdq-zero-point", "qdq-activation-per-tensor"} <= {
+        rule for rule, (kind, _) in RULES.items() if kind == TENSORRT
+    }
+    assert {"rank", "fp16-norm", "qdq-weight-per-channel"} <= {
+        rule for rule, (kind, _) in RULES.items() if kind == POLICY
+    }
+
+
+def _activation_qdq(model: onnx.ModelProto) -> tuple[onnx.NodeProto, onnx.NodeProto]:
+    """The Q/DQ pair on the network input (a 4-D activation: N, 3, H, W)."""
+    graph = model.graph
+    quantize = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == graph.input[0].name)
+    dequantize = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == quantize.output[0])
+    return quantize, dequantize
+
+
+def test_int8_graph_keeps_activations_per_tensor_and_check_separates_errors_from_warnings(cli, small_artifact):
+    artifact = Artifact.open(small_artifact)
+    calibrate_artifact(artifact, CalibrationOptions(num_images=8, batch=8, holdout=4, measure_latency=False))
+    int8 = onnx.load(str(artifact.path("model.int8.onnx")))
+    report = lint_graph(int8, "model.int8.onnx", strict=True)
+    assert report.ok and report.findings == [], report.findings
+    # every op the project's graphs use is one the vendored operators.md calls supported
+    vendored = parse_operators_md(VENDORED_OPERATORS_MD.read_text())
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
+        ops = {node.op_type for node in onnx.load(str(artifact.path(name))).graph.node}
+        assert all(vendored.get(op) is True for op in ops), (name, sorted(op for op in ops if not vendored.get(op)))
+
+    # Broken on purpose: the input activation quantized per channel (3 scales and zero points, axis 1).
+    quantize, dequantize = _activation_qdq(int8)
+    int8.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.full(3, 0.02, np.float32), "per_channel_scale"),
+            numpy_helper.from_array(np.zeros(3, np.int8), "per_channel_zero"),
+        ]
+    )
+    for node in (quantize, dequantize):
+        node.input[1], node.input[2] = "per_channel_scale", "per_channel_zero"
+        node.attribute.append(helper.make_attribute("axis", 1))
+    broken = lint_graph(int8, "model.int8.onnx")
+    per_tensor = [f for f in broken.findings if f.rule == "qdq-activation-per-tensor"]
+    assert len(per_tensor) == 2 and {f.kind for f in per_tensor} == {TENSORRT}
+    assert not broken.ok and any("activations per tensor" in p for p in broken.problems)
+
+    # A weight quantized per channel along its input-channel axis breaks TensorRT's rule too; one quantized
+    # per tensor only mfdeploy's policy.
+    fresh = onnx.load(str(artifact.path("model.int8.onnx")))
+    initializers = {init.name: init for init in fresh.graph.initializer}
+    conv_weight_dq = next(
+        n
+        for n in fresh.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in initializers
+        and len(initializers[n.input[0]].dims) == 4
+        and initializers[n.input[0]].dims[1] > 1
+    )
+    wrong_axis = onnx.ModelProto()
+    wrong_axis.CopyFrom(fresh)
+    node = next(n for n in wrong_axis.graph.node if n.name == conv_weight_dq.name)
+    weight = initializers[node.input[0]]
+    wrong_axis.graph.initializer.append(
+        numpy_helper.from_array(np.full(weight.dims[1], 0.01, np.float32), "axis1_scale")
+    )
+    wrong_axis.graph.initializer.append(numpy_helper.from_array(np.zeros(weight.dims[1], np.int8), "axis1_zero"))
+    node.input[1], node.input[2] = "axis1_scale", "axis1_zero"
+    del node.attribute[:]
+    node.attribute.append(helper.make_attribute("axis", 1))
+    assert [f.rule for f in lint_graph(wrong_axis).findings if f.kind == TENSORRT] == ["qdq-weight-axis"]
+
+    node = next(n for n in fresh.graph.node if n.name == conv_weight_dq.name)
+    fresh.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(0.01, np.float32), "tensor_scale"),
+            numpy_helper.from_array(np.array(0, np.int8), "tensor_zero"),
+        ]
+    )
+    node.input[1], node.input[2] = "tensor_scale", "tensor_zero"
+    per_tensor_weight = lint_graph(fresh)
+    assert per_tensor_weight.ok and [f.rule for f in per_tensor_weight.findings] == ["qdq-weight-per-channel"]
+
+    # check: a policy is a warning (exit 0) unless --strict; the kind is in the JSON and the human output.
+    onnx.save(fresh, str(artifact.path("model.int8.onnx")))
+    artifact.record_file("model.int8.onnx")
+    artifact.save()
+    result = cli("check", "--target", "trt", small_artifact, "--json")
+    assert result.code == 0, result.out
+    int8_report = next(r for r in result.json() if r["graph"] == "model.int8.onnx")
+    assert int8_report["ok"] and int8_report["problems"] == [] and len(int8_report["warnings"]) == 1
+    assert int8_report["findings"][0]["kind"] == "policy" and int8_report["findings"][0]["severity"] == "warning"
+    result = cli("check", "--target", "trt", small_artifact)
+    assert result.code == 0 and "warning (mfdeploy policy)" in result.out and "1 policy warning" in result.out
+    result = cli("check", "--target", "trt", small_artifact, "--strict")
+    assert result.code == 1 and "error (mfdeploy policy, --strict)" in result.out
+
+    onnx.save(int8, str(artifact.path("model.int8.onnx")))
+    artifact.record_file("model.int8.onnx")
+    artifact.save()
+    result = cli("check", "--target", "trt", small_artifact)
+    assert result.code == 1 and "error (TensorRT rule)" in result.out and "activations per tensor" in result.out
+
+
+# --- the operator table against onnx-tensorrt's docs/operators.md -------------------------------------
+
+VENDORED_OPERATORS_MD = Path(__file__).parent / "data" / "onnx_tensorrt" / "operators.md"
+VENDORED_COMMIT = "96e781103cfc4adf4a6bb557e94bac8e693f6f4c"
+# Ops our table (TensorRT 10.15) supports that the vendored operators.md (the 10.1 GA tag, the newest copy
+# at hand) marks unsupported or does not list: support onnx-tensorrt added after 10.1. Pinned exactly, so
+# any other disagreement fails.
+NEWER_THAN_VENDORED = {
+    "Attention",
+    "BlackmanWindow",
+    "HammingWindow",
+    "HannWindow",
+    "RMSNormalization",
+    "RotaryEmbedding",
+    "STFT",
+    "TensorScatter",
+}
+
+
+def parse_operators_md(text: str) -> dict[str, bool]:
+    """operators.md's support matrix: operator -> supported (Y) or not (N)."""
+    verdicts: dict[str, bool] = {}
+    in_table = False
+    for line in text.splitlines():
+        if line.startswith("| Operator"):
+            in_table = True
+            continue
+        if not in_table or not line.startswith("|") or line.startswith("|--"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        assert cells[1] in ("Y", "N"), line
+        verdicts[cells[0]] = cells[1] == "Y"
+    return verdicts
+
+
+def table_disagreements(table: dict, verdicts: dict[str, bool]) -> set[str]:
+    """The ops our JSON table lists whose supported/unsupported verdict differs from operators.md."""
+    ours = {op: True for op in table["supported"]} | {op: False for op in table["unsupported"]}
+    return {op for op, supported in ours.items() if verdicts.get(op, False) != supported}
+
+
+def test_operator_table_agrees_with_vendored_operators_md():
+    text = VENDORED_OPERATORS_MD.read_text()
+    assert VENDORED_COMMIT in text and "Apache-2.0" in text
+    assert (VENDORED_OPERATORS_MD.parent / "LICENSE").read_text().lstrip().startswith("Apache License")
+    verdicts = parse_operators_md(text)
+    assert len(verdicts) > 150 and verdicts["Conv"] and not verdicts["QLinearConv"]
+    table = operator_table()
+    assert table_disagreements(table, verdicts) == NEWER_THAN_VENDORED
+    # every op we list is in operators.md, except ops added after the vendored version
+    assert (set(table["supported"]) | set(table["unsupported"])) - set(verdicts) <= NEWER_THAN_VENDORED
+
+
+def test_operator_table_comparison_catches_a_changed_table():
+    verdicts = parse_operators_md(VENDORED_OPERATORS_MD.read_text())
+    table = json.loads(json.dumps(operator_table()))
+    # an op TensorRT supports, marked unsupported
+    del table["supported"]["Conv"]
+    table["unsupported"].append("Conv")
+    assert table_disagreements(table, verdicts) == NEWER_THAN_VENDORED | {"Conv"}
+    # an op TensorRT does not support, marked supported
+    table = json.loads(json.dumps(operator_table()))
+    table["unsupported"].remove("QLinearConv")
+    table["supported"]["QLinearConv"] = ["INT8"]
+    assert table_disagreements(table, verdicts) == NEWER_THAN_VENDORED | {"QLinearConv"}

@@ -381,23 +381,33 @@ def check(
     artifact_dir: ArtifactArgument,
     target: Annotated[str, typer.Option("--target", help="What to check readiness for: trt.")] = "trt",
     fp16_norm: Fp16NormOption = False,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Treat mfdeploy's policies (warnings) as errors too, not only TensorRT's rules."),
+    ] = False,
     json_target: JsonOption = None,
 ) -> None:
-    """Readiness lint, on the CPU: will TensorRT parse and build every graph of this artifact?"""
+    """Readiness lint, on the CPU: will TensorRT parse and build every graph of this artifact?
+
+    Errors are TensorRT's rules (its ONNX parser or builder would reject or mis-handle the graph); warnings
+    are mfdeploy's policies (our choices). Exits 1 on any error; with --strict, on any warning too."""
     from mfdeploy.artifacts import Artifact
     from mfdeploy.graph.tensorrt_lint import lint_artifact
 
     if target != "trt":
         raise UserError(f"unknown check target {target!r}; only trt is available")
-    reports = lint_artifact(Artifact.open(artifact_dir), allow_fp16_norms=fp16_norm or None)
+    reports = lint_artifact(Artifact.open(artifact_dir), allow_fp16_norms=fp16_norm or None, strict=strict)
     if not reports:
         raise UserError(f"{artifact_dir} has no ONNX graph to check; export it first")
     write_json([r.to_dict() for r in reports], json_target)
     say = human(json_target)
     for report in reports:
-        verdict = "ready" if report.ok else f"{len(report.problems)} problem(s)"
+        errors, warnings = len(report.problems), len(report.warnings)
+        verdict = "ready" if report.ok else f"{errors} error(s)"
+        if warnings:
+            verdict += f", {warnings} policy warning(s)"
         say.print(f"{report.graph}: {report.nodes} nodes, TensorRT {report.tensorrt_version}: {verdict}", markup=False)
-        for problem in report.problems:
-            say.print(f"  - {problem}", soft_wrap=True, markup=False)
+        for finding in sorted(report.findings, key=lambda f: not report.is_error(f)):
+            say.print(f"  - {finding.label(strict)}: {finding.message}", soft_wrap=True, markup=False)
     if not all(r.ok for r in reports):
         raise typer.Exit(1)
