@@ -157,7 +157,9 @@ def convert(model: nn.Module, spec: ConversionSpec, compress: bool = True, log: 
     # Traced at batch 2: the model reads no batch size, so the trace runs at every enumerated batch.
     example = torch.zeros(2, spec.in_chans, spec.imgsz, spec.imgsz)
     with torch.inference_mode(False), torch.no_grad(), quiet_coremltools(log):
-        traced = torch.jit.trace(model, example)
+        # check_trace would run the model twice more to compare the trace with eager mode: the converted
+        # program is compared with PyTorch anyway (the Core ML stage's verification), so it only costs time
+        traced = torch.jit.trace(model, example, check_trace=False)
         mlmodel = ct.convert(
             traced,
             inputs=[_input_type(ct, spec)],
