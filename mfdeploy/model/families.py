@@ -80,6 +80,31 @@ def meta_model(arch: str, size: str, num_classes: int, in_chans: int) -> nn.Modu
         return MobileFormer(cfg, num_classes, in_chans)
 
 
+def match_size(arch: str, state: Mapping[str, torch.Tensor]) -> tuple[str, int, int] | None:
+    """Which (size, num_classes, in_chans) of family ``arch`` a state dict with the model's keys is, or None:
+    every key and shape must be that size's, the class count and input channels read from the head and stem."""
+    try:
+        num_classes = int(state["head.fc2.weight"].shape[0])
+        in_chans = int(state["stem.conv_bn.conv.weight"].shape[1])
+    except (KeyError, IndexError, AttributeError):
+        return None
+    for size in _family_sizes(arch):
+        expected = meta_model(arch, size, num_classes, in_chans).state_dict()
+        if expected.keys() == state.keys() and all(state[k].shape == v.shape for k, v in expected.items()):
+            return size, num_classes, in_chans
+    return None
+
+
+def _family_sizes(arch: str) -> tuple[str, ...]:
+    if check_arch(arch) == OFFICIAL:
+        from mfdeploy.model.official_config import OFFICIAL_SIZES
+
+        return OFFICIAL_SIZES
+    from mfdeploy.model.config import SIZES
+
+    return SIZES
+
+
 def to_model_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A state dict with the official code's keys renamed to the official family's module names; any other
     state dict as it is. Official checkpoints are stored with the official keys."""
@@ -94,12 +119,11 @@ def identify_family(state: Mapping[str, torch.Tensor]) -> tuple[str, str, int, i
     """Which (family, size, num_classes, in_chans) a state dict is (official keys or ours), or None when it
     fits no Mobile-Former of either family."""
     from mfdeploy.model.official import identify_official
-    from mfdeploy.model.weights import identify
 
     found = identify_official(state)
     if found is not None:
         return (OFFICIAL, *found)
-    found = identify(dict(state))
+    found = match_size(SEED, state)
     return (SEED, *found) if found is not None else None
 
 

@@ -574,12 +574,6 @@ def to_official_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return _convert(state, _ours_to_official, "mfdeploy official-family")
 
 
-def _expected_shapes(size: str, num_classes: int, in_chans: int) -> dict[str, torch.Size]:
-    with torch.device("meta"):
-        model = OfficialMobileFormer(get_official_config(size), num_classes, in_chans)
-    return {k: v.shape for k, v in model.state_dict().items()}
-
-
 def identify_official(state: Mapping[str, Tensor]) -> tuple[str, int, int] | None:
     """Which (size, num_classes, in_chans) an official-keyed or mapped state dict is, or None when it is
     neither (every key and shape must match one size)."""
@@ -588,13 +582,6 @@ def identify_official(state: Mapping[str, Tensor]) -> tuple[str, int, int] | Non
             state = from_official_state_dict(state)
         except UserError:
             return None
-    try:
-        num_classes = int(state["head.fc2.weight"].shape[0])
-        in_chans = int(state["stem.conv_bn.conv.weight"].shape[1])
-    except (KeyError, IndexError, AttributeError):
-        return None
-    for size in OFFICIAL_SIZES:
-        expected = _expected_shapes(size, num_classes, in_chans)
-        if expected.keys() == state.keys() and all(tuple(state[k].shape) == s for k, s in expected.items()):
-            return size, num_classes, in_chans
-    return None
+    from mfdeploy.model.families import OFFICIAL, match_size
+
+    return match_size(OFFICIAL, state)

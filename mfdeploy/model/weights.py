@@ -29,8 +29,7 @@ from mfdeploy.console import warn_once
 from mfdeploy.errors import UserError
 from mfdeploy.fileio import atomic_path, sha256_file
 from mfdeploy.manifest_schema import CHECKPOINT_ACTION, validate_checkpoint_metadata
-from mfdeploy.model.config import DEFAULT_SIZE, SIZES, get_config
-from mfdeploy.model.mobileformer import MobileFormer
+from mfdeploy.model.config import DEFAULT_SIZE
 from mfdeploy.option_values import check_num_classes, check_seed, shown
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -263,24 +262,12 @@ def check_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
             )
 
 
-def _expected_shapes(size: str, num_classes: int, in_chans: int) -> dict[str, torch.Size]:
-    with torch.device("meta"):
-        model = MobileFormer(get_config(size), num_classes, in_chans)
-    return {k: v.shape for k, v in model.state_dict().items()}
-
-
 def identify(state: dict[str, torch.Tensor]) -> tuple[str, int, int] | None:
-    """Which (size, num_classes, in_chans) a state dict belongs to, or None if it is no Mobile-Former."""
-    try:
-        num_classes = int(state["head.fc2.weight"].shape[0])
-        in_chans = int(state["stem.conv_bn.conv.weight"].shape[1])
-    except (KeyError, IndexError):
-        return None
-    for size in SIZES:
-        expected = _expected_shapes(size, num_classes, in_chans)
-        if expected.keys() == state.keys() and all(state[k].shape == s for k, s in expected.items()):
-            return size, num_classes, in_chans
-    return None
+    """Which (size, num_classes, in_chans) of the seed family a state dict belongs to, or None if it is none
+    (:func:`mfdeploy.model.families.identify_family` asks both families)."""
+    from mfdeploy.model.families import SEED, match_size
+
+    return match_size(SEED, state)
 
 
 def check_fits(state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
