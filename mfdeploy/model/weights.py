@@ -386,6 +386,27 @@ class LoadedModel:
         return {"weights": self.weights, "sha256": self.weights_sha256, **({"ema": True} if self.ema else {})}
 
 
+def read_model_checkpoint(
+    path: Path, ema: bool = False, arch: str | None = None
+) -> tuple[Checkpoint, tuple[str, str, int, int] | None]:
+    """A checkpoint with the model's keys (official keys renamed), and which (family, size, num_classes,
+    in_chans) it is, or None when it fits no known model; an ``arch`` the checkpoint is not is refused."""
+    from mfdeploy.model.families import check_arch, describe, identify_family, to_model_keys
+
+    checkpoint = read_checkpoint(path, ema=ema)
+    try:
+        checkpoint.state_dict = to_model_keys(checkpoint.state_dict)
+    except UserError as exc:
+        raise UserError(f"weights {path.name}: {exc}") from None
+    found = identify_family(checkpoint.state_dict)
+    if found is not None and arch is not None and check_arch(arch) != found[0]:
+        raise UserError(
+            f"weights {path.name} hold {describe(*found, article=True)}, not --arch {check_arch(arch)}; "
+            "drop --arch (the checkpoint says its family)"
+        )
+    return checkpoint, found
+
+
 def load_model(
     size: str | None = None,
     weights: str | os.PathLike[str] | None = None,
@@ -398,14 +419,7 @@ def load_model(
     """The model a command asks for: from a checkpoint when given (family, size and classes read from it when
     not passed; ``ema``: its EMA weights), otherwise deterministic random weights of family ``arch`` from
     ``seed``, with a one-time warning. Official checkpoints (official keys) are renamed to the model's keys."""
-    from mfdeploy.model.families import (
-        TITLES,
-        build_family_model,
-        check_arch,
-        describe,
-        identify_family,
-        to_model_keys,
-    )
+    from mfdeploy.model.families import TITLES, build_family_model, check_arch
 
     if num_classes is not None:
         check_num_classes(num_classes)
@@ -424,18 +438,9 @@ def load_model(
         )
 
     path = Path(weights)
-    checkpoint = read_checkpoint(path, ema=ema)
-    try:
-        state = to_model_keys(checkpoint.state_dict)
-    except UserError as exc:
-        raise UserError(f"weights {path.name}: {exc}") from None
-    found = identify_family(state)
+    checkpoint, found = read_model_checkpoint(path, ema, arch)
+    state = checkpoint.state_dict
     if found is not None:
-        if arch is not None and check_arch(arch) != found[0]:
-            raise UserError(
-                f"weights {path.name} hold {describe(*found, article=True)}, not --arch {check_arch(arch)}; "
-                "drop --arch (the checkpoint says its family)"
-            )
         arch = found[0]
         size = size or found[1]
         num_classes = num_classes or found[2]

@@ -27,8 +27,8 @@ from mfdeploy.fileio import sha256_file
 from mfdeploy.images.datasets import LabelledData, LabelledSplit, load_labelled, training_record
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.manifest_schema import validate_checkpoint_metadata
-from mfdeploy.model.families import SEED, TITLES, build_family_model, describe, identify_family, to_model_keys
-from mfdeploy.model.weights import Checkpoint, check_ema_has_weights, check_fits, read_checkpoint, save_checkpoint
+from mfdeploy.model.families import SEED, TITLES, build_family_model
+from mfdeploy.model.weights import Checkpoint, check_ema_has_weights, check_fits, read_model_checkpoint, save_checkpoint
 from mfdeploy.training.options import DEFAULT_TRAIN_SIZE, TrainConfig, check_config
 
 
@@ -100,21 +100,6 @@ def evaluate_accuracy(model: nn.Module, loader: DataLoader) -> float:
     return correct / max(total, 1)
 
 
-def _init_family_and_size(cfg: TrainConfig, init: Checkpoint | None, path: Path | None) -> tuple[str, str]:
-    """The family and size to train: as asked, else what the starting checkpoint is, else seed 26m. A family
-    asked for that the checkpoint is not is refused here (the size is checked with the weights)."""
-    found = identify_family(init.state_dict) if init is not None else None
-    arch = cfg.arch
-    if found is not None and arch is not None and arch != found[0]:
-        raise UserError(
-            f"--weights {path.name} hold {describe(*found, article=True)}, not --arch {arch}; drop --arch "
-            "(the checkpoint says its family)"
-        )
-    arch = arch or (found[0] if found else SEED)
-    size = cfg.size or (found[1] if found else DEFAULT_TRAIN_SIZE)
-    return arch, size
-
-
 def _load_backbone(model: nn.Module, init: Checkpoint, path: Path) -> None:
     """Start from a checkpoint of the same family and size; its classifier is kept only if the class count
     matches (fine-tuning an ImageNet checkpoint on 10 classes starts a new classifier layer)."""
@@ -157,14 +142,11 @@ def train(
     preprocessing = Preprocessing.for_size(cfg.imgsz)
     data = load_labelled(cfg.data)
     trained_on = _trained_on(data, out)  # before training: the folder as it is now
-    init = None
-    if init_weights is not None:
-        init = read_checkpoint(init_weights, ema=init_ema)
-        try:
-            init.state_dict = to_model_keys(init.state_dict)
-        except UserError as exc:
-            raise UserError(f"--weights {Path(init_weights).name}: {exc}") from None
-    arch, size = _init_family_and_size(cfg, init, Path(init_weights) if init_weights else None)
+    init, found = None, None
+    if init_weights is not None:  # the family and size, when not asked for, are the starting checkpoint's
+        init, found = read_model_checkpoint(Path(init_weights), init_ema, cfg.arch)
+    arch = cfg.arch or (found[0] if found else SEED)
+    size = cfg.size or (found[1] if found else DEFAULT_TRAIN_SIZE)
     model = build_family_model(arch, size, num_classes=len(data.classes), seed=cfg.seed)
     if init is not None:
         _load_backbone(model, init, Path(init_weights))
