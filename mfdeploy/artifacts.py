@@ -409,6 +409,8 @@ def _method_args(method: Any, entry: dict[str, Any]) -> list[str]:
         return []
     percentile = entry.get("percentile")
     extra = ["--percentile", str(percentile)] if method == "percentile" and isinstance(percentile, (int, float)) else []
+    if entry.get("base") == "fp32":  # the INT8 graph on its FP32 base; fp16 is the default
+        extra += ["--int8-base", "fp32"]
     return ["--method", method, *extra]
 
 

@@ -14,7 +14,7 @@ import torch
 from onnx import numpy_helper
 from PIL import Image
 
-from mfdeploy.artifacts import Artifact
+from mfdeploy.artifacts import Artifact, calibrate_command
 from mfdeploy.calibration import pipeline as calibration_pipeline
 from mfdeploy.calibration.options import CalibrationOptions
 from mfdeploy.calibration.ranges import entropy_threshold
@@ -142,6 +142,83 @@ def test_onnxruntime_runs_both_graphs_at_batch_1_and_8(calibrated_digits, digits
             assert logits.shape == (batch, 10) and np.isfinite(logits).all()
 
 
+NOT_COMPUTE = {"QuantizeLinear", "DequantizeLinear", "Cast", "Constant", "Reshape", "Transpose", "Flatten"}
+NOT_COMPUTE |= {"Squeeze", "Unsqueeze", "Identity", "Shape", "Gather", "Concat", "Slice", "Split"}
+
+
+def test_int8_graph_runs_on_an_fp16_base_and_the_census_says_so(calibrated_digits):
+    """The default INT8 graph: Q/DQ with FP16 scales (opset 19), every other compute node FP16 except the FP32
+    islands, every quantized Conv/MatMul/Gemm reading its DequantizeLinear directly (no Cast between, so
+    TensorRT fuses the pair), and a census in the report that counts exactly that."""
+    report = json.loads((calibrated_digits / "calibration.json").read_text())
+    int8 = report["int8"]
+    census = int8["census"]
+    model = onnx.load(str(calibrated_digits / "model.int8.onnx"))
+    assert int8["base"] == "fp16"
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 19
+    inferred = onnx.shape_inference.infer_shapes(model)
+    elem = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.output)}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    islands = {i["node"] for i in report["fp16"]["fp32_islands"]}
+    small_scale = {n["node"] for n in census["fp32_nodes"] if n["group"].startswith("an INT8 scale")}
+    fp32, fp16, int8_nodes = set(), set(), set()
+    for node in model.graph.node:
+        if node.op_type in NOT_COMPUTE:
+            continue
+        if node.op_type in ("Conv", "MatMul", "Gemm") and all(
+            producer.get(name) is not None and producer[name].op_type == "DequantizeLinear" for name in node.input[:2]
+        ):
+            int8_nodes.add(node.name)
+        elif elem.get(node.output[0]) == onnx.TensorProto.FLOAT16:
+            fp16.add(node.name)
+        elif elem.get(node.output[0]) == onnx.TensorProto.FLOAT:
+            fp32.add(node.name)
+    assert fp32 <= islands | small_scale, sorted(fp32 - islands - small_scale)[:5]
+    assert len(fp16) > len(fp32) > 0
+    assert census["nodes"] == {"int8": len(int8_nodes), "fp16": len(fp16), "fp32": len(fp32)}
+    assert census["nodes"]["int8"] == int8["quantized_nodes"]  # none lost to a Cast between DQ and its op
+    assert {n["node"] for n in census["fp32_nodes"]} == fp32
+    assert all(n["reason"] != calibration_pipeline.LEFT_FP32 for n in census["fp32_nodes"])
+    assert abs(sum(census["madds_share"].values()) - 1) < 1e-9 and census["madds_share"]["int8"] > 0.25
+    # activation scales are FP16 outside the islands
+    scales = {i.name: i.data_type for i in model.graph.initializer}
+    dq_types = {scales[n.input[1]] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    assert onnx.TensorProto.FLOAT16 in dq_types
+    markdown = (calibrated_digits / "calibration.md").read_text()
+    assert "## Precision census" in markdown and f"| {census['compute_nodes']} |" in markdown
+
+
+def test_residual_adds_get_their_skip_input_quantized(calibrated_digits):
+    """TensorRT's residual placement: an Add of a quantized Conv's output and a skip branch has a Q/DQ pair
+    on the skip branch and none on the Conv's output, so the Add fuses into the INT8 convolution."""
+    residuals = json.loads((calibrated_digits / "calibration.json").read_text())["int8"]["residual_adds"]
+    assert residuals  # the official family's blocks add a shortcut to their last conv
+    model = onnx.load(str(calibrated_digits / "model.int8.onnx"))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    adds = {n.name: n for n in model.graph.node}
+    for name in residuals:
+        kinds = sorted(producer[i].op_type for i in adds[name].input)
+        assert kinds == ["Conv", "DequantizeLinear"], (name, kinds)
+
+
+def test_int8_base_fp32_keeps_the_float_graph_around_the_pairs(cli, small_artifact):
+    result = cli(
+        "calibrate", small_artifact, "--precision", "int8", "--int8-base", "fp32", "--calib-size", "16", "--no-latency"
+    )
+    assert result.code == 0, result.err
+    assert "precision census on an FP32 base: compute nodes INT8" in result.out
+    report = json.loads((small_artifact / "calibration.json").read_text())
+    census = report["int8"]["census"]
+    assert report["int8"]["base"] == "fp32" and census["nodes"]["fp16"] == 0 and census["nodes"]["fp32"] > 0
+    assert [r["reason"] for r in census["fp32_reasons"]] == [calibration_pipeline.FP32_BASE]
+    model = onnx.load(str(small_artifact / "model.int8.onnx"))
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 17
+    assert check_tensorrt_qdq(model) == []
+    artifact = Artifact.open(small_artifact)
+    assert artifact.manifest["calibration"]["int8"]["base"] == "fp32"
+    assert "--int8-base fp32" in calibrate_command(artifact, "model.int8.onnx")
+
+
 def test_statistics_cache_reuse_and_invalidation(cli, tmp_path, monkeypatch):
     out = tmp_path / "art"
     root = export(ExportOptions(size="26m", imgsz=64, num_classes=10, out=out)).artifact
@@ -265,6 +342,7 @@ def test_folder_calibration_data_with_every_format_and_a_corrupt_file(cli, tmp_p
         ("wrong-dtype", "must be float32"),
         ("percentile", "--percentile must be in (0, 100]"),
         ("method", "unknown calibration method 'kl'"),
+        ("int8-base", "unknown --int8-base 'bf16'"),
         ("missing", "does not exist"),
     ],
 )
@@ -290,6 +368,8 @@ def test_bad_calibration_input(cli, tmp_path, case, fragment):
         data, extra = "builtin", ["--method", "percentile", "--percentile", "100.5"]
     elif case == "method":
         data, extra = "builtin", ["--method", "kl"]
+    elif case == "int8-base":
+        data, extra = "builtin", ["--int8-base", "bf16"]
     else:
         data = tmp_path / "nowhere"
     result = cli("calibrate", root, "--calib-data", data, *extra)

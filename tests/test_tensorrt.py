@@ -33,11 +33,18 @@ def test_operator_table_names_its_version_and_source():
 @pytest.mark.slow
 def test_lint_passes_on_every_size_fp32_fp16_int8(exported_size):
     artifact = Artifact.open(exported_size.artifact)
-    calibrate_artifact(artifact, CalibrationOptions(num_images=8, batch=8, holdout=4, measure_latency=False))
+    report = calibrate_artifact(artifact, CalibrationOptions(num_images=8, batch=8, holdout=4, measure_latency=False))
     for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
         # strict: the project's own graphs break no TensorRT rule and depart from no mfdeploy policy
-        report = lint_graph(onnx.load(str(artifact.path(name))), name, strict=True)
-        assert report.ok and not report.findings, (artifact.size, name, report.findings)
+        lint = lint_graph(onnx.load(str(artifact.path(name))), name, strict=True)
+        assert lint.ok and not lint.findings, (artifact.size, name, lint.findings)
+    # the INT8 graph on its FP16 base: every quantized op INT8, FP16 elsewhere, FP32 only where an island is
+    census, islands = report["int8"]["census"], {i["node"] for i in report["fp16"]["fp32_islands"]}
+    assert census["nodes"]["int8"] == report["int8"]["quantized_nodes"] and census["nodes"]["fp16"] > 0
+    strays = [n for n in census["fp32_nodes"] if n["node"] not in islands and not n["group"].startswith("an INT8")]
+    assert not strays, (artifact.size, strays[:3])
+    # and it still computes what FP32 computes, on real photographs
+    assert report["evaluation"]["graphs"]["int8"]["vs_fp32"]["cosine"] >= 0.99, artifact.size
 
 
 def tiny_graph(nodes, inputs, outputs, initializers=(), opset=17):

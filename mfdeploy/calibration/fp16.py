@@ -147,8 +147,9 @@ def group_islands(islands: list[Fp32Island], examples: int = 3) -> list[dict[str
     return [{"reason": reason, "nodes": len(nodes), "examples": nodes[:examples]} for reason, nodes in ordered]
 
 
-def to_fp16(model: onnx.ModelProto, islands: list[Fp32Island]) -> onnx.ModelProto:
-    """Convert everything outside ``islands`` to FP16, keeping FP32 graph inputs and outputs."""
+def to_fp16(model: onnx.ModelProto, islands: list[Fp32Island], also_blocked: list[str] = ()) -> onnx.ModelProto:
+    """Convert everything outside ``islands`` (and the nodes named in ``also_blocked``) to FP16, keeping
+    FP32 graph inputs and outputs."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     copy = onnx.ModelProto()
@@ -156,7 +157,39 @@ def to_fp16(model: onnx.ModelProto, islands: list[Fp32Island]) -> onnx.ModelProt
     converted = convert_float_to_float16(
         copy,
         keep_io_types=True,
-        node_block_list=[island.node for island in islands],
+        node_block_list=[island.node for island in islands] + list(also_blocked),
         op_block_list=[],
     )
-    return toposort(converted)
+    return toposort(drop_cast_round_trips(converted))
+
+
+def drop_cast_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove the FP32 -> FP16 -> FP32 Cast pairs the converter puts between two FP32 nodes (it casts every
+    blocked node's output to FP16 and every blocked node's input back): the FP32 consumer reads the FP32
+    tensor itself, which is exact, and TensorRT sees a DequantizeLinear feed its INT8 layer directly."""
+    graph = model.graph
+    producer_of = {out: node for node in graph.node for out in node.output}
+    float_types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)}
+    to_type = {
+        id(n): next((a.i for a in n.attribute if a.name == "to"), None) for n in graph.node if n.op_type == "Cast"
+    }
+    replaced = {}
+    for node in graph.node:
+        if node.op_type != "Cast" or to_type[id(node)] != onnx.TensorProto.FLOAT:
+            continue
+        first = producer_of.get(node.input[0])
+        if first is None or first.op_type != "Cast" or to_type[id(first)] != onnx.TensorProto.FLOAT16:
+            continue
+        if float_types.get(first.input[0], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT:
+            replaced[node.output[0]] = first.input[0]
+    if not replaced:
+        return model
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        node.input[:] = [replaced.get(name, name) for name in node.input]
+    kept = [n for n in graph.node if not (n.output and n.output[0] in replaced and n.output[0] not in outputs)]
+    used = {name for n in kept for name in n.input} | outputs
+    kept = [n for n in kept if n.op_type != "Cast" or n.output[0] in used]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model

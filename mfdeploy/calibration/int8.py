@@ -12,6 +12,18 @@ weights per output channel. Kept in float, by design:
 - MatMuls whose constant weight is not a matrix (the official family's per-head [heads, in, out] projections):
   ONNX Runtime's integer MatMul, which judges the INT8 graph here, takes per-channel scales for 2-D only;
 - biases (TensorRT adds float biases after the INT8 kernel) and the final logits.
+
+Residual adds follow TensorRT's placement guidance: where an Add sums a quantized Conv's output and another
+activation (the skip branch), that other input gets a Q/DQ pair too, so TensorRT can fuse the Add into the
+INT8 convolution; the Conv's own output stays unquantized.
+
+The base (`--int8-base`): by default everything outside the Q/DQ pairs runs in FP16, as NVIDIA's own ONNX
+quantizer builds it, with the same statistics-driven FP32 islands as the FP16 graph (see fp16.py). With
+strong typing TensorRT runs every layer in the type the graph gives it, so on an FP32 base the
+LayerNorms, Softmaxes, attention products and elementwise ops would all run in FP32 and the INT8 engine
+could be slower than the FP16 one. FP16 Q/DQ scales need opset 19, so the FP16-based graph is converted
+to it (ONNX's version converter). A quantized node whose scale falls below FP16's normal range (2^-14)
+keeps its Q/DQ pairs and itself in FP32: an FP16 scale that small keeps only a few significant bits.
 """
 
 from __future__ import annotations
@@ -21,9 +33,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from mfdeploy.calibration.fp16 import Fp32Island, to_fp16
 from mfdeploy.calibration.ranges import TensorRange
+from mfdeploy.calibration.stats import FP16_MIN_NORMAL
 from mfdeploy.graph.tensorrt_lint import FLOAT_PRODUCERS, QUANTIZED_OPS
-from mfdeploy.graph.topology import constant_names, producers, toposort, traces_to
+from mfdeploy.graph.topology import constant_names, consumers, producers, toposort, traces_to
+
+FP16_BASE_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take FP16 scales
+SMALL_SCALE = "an INT8 scale below FP16's normal range (2^-14)"
 
 
 @dataclass
@@ -31,6 +48,8 @@ class QuantizationPlan:
     nodes: list[str]  # node names to quantize
     activations: list[str]  # activation tensors that get a Q/DQ pair
     excluded: dict[str, str] = field(default_factory=dict)  # node name -> why it stays float
+    # residual Add node name -> its skip-branch input, quantized so TensorRT fuses the Add into the Conv
+    residuals: dict[str, str] = field(default_factory=dict)
 
 
 def plan_quantization(model: onnx.ModelProto) -> QuantizationPlan:
@@ -59,8 +78,31 @@ def plan_quantization(model: onnx.ModelProto) -> QuantizationPlan:
             continue
         plan.nodes.append(node.name)
         plan.activations.append(activation)
-    plan.activations = list(dict.fromkeys(plan.activations))
+    plan.residuals = _residual_inputs(graph, set(plan.nodes), producer_of, constants)
+    plan.activations = list(dict.fromkeys([*plan.activations, *plan.residuals.values()]))
     return plan
+
+
+def _residual_inputs(
+    graph: onnx.GraphProto, quantized: set[str], producer_of: dict[str, onnx.NodeProto], constants: set[str]
+) -> dict[str, str]:
+    """Add node -> the input to quantize, for every Add of a quantized Conv's output and another activation
+    (TensorRT fuses such an Add into the Conv when the other input is quantized). The Conv's output must
+    feed the Add alone, and the other input must not be a LayerNormalization/Softmax output."""
+    users_of = consumers(graph)
+    residuals = {}
+    for node in graph.node:
+        if node.op_type != "Add" or len(node.input) != 2 or any(name in constants for name in node.input):
+            continue
+        for fused, other in (node.input, reversed(node.input)):
+            conv = producer_of.get(fused)
+            if conv is None or conv.op_type != "Conv" or conv.name not in quantized:
+                continue
+            if len(users_of.get(fused, [])) != 1 or traces_to(other, producer_of, FLOAT_PRODUCERS) is not None:
+                continue
+            residuals[node.name] = other
+            break
+    return residuals
 
 
 def _constant_rank(graph: onnx.GraphProto, name: str) -> int:
@@ -104,6 +146,8 @@ def quantize(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str, T
             "ActivationSymmetric": True,
             "WeightSymmetric": True,
             "QuantizeBias": False,
+            # one Q/DQ pair per consumer: an FP32 island keeps its own pairs FP32 without touching its neighbours'
+            "DedicatedQDQPair": True,
             # Q/DQ on inputs only: outputs stay float until the next quantized op asks for a pair.
             "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
             # Per output channel: the last axis of a MatMul weight ([.., in, out]); Conv/Gemm use their defaults.
@@ -111,4 +155,84 @@ def quantize(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str, T
         },
     )
     quantizer.quantize_model()
-    return toposort(quantizer.model.model)
+    quantized = quantizer.model.model
+    _quantize_residuals(quantized, plan, ranges)
+    return toposort(quantized)
+
+
+def _quantize_residuals(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str, TensorRange]) -> None:
+    """Give each residual Add's skip input a Q/DQ pair of its own (like every other consumer's), with the
+    tensor's range."""
+    graph = model.graph
+    nodes = {node.name: node for node in graph.node}
+    for add_name, tensor in plan.residuals.items():
+        add = nodes.get(add_name)
+        if add is None or tensor not in ranges:
+            continue
+        prefix = f"{add_name}_{tensor}_residual"
+        scale, zero, quantized, dequantized = (f"{prefix}_{part}" for part in ("scale", "zero_point", "Q", "DQ"))
+        graph.initializer.extend(
+            [
+                onnx.numpy_helper.from_array(np.array(ranges[tensor].scale, np.float32), scale),
+                onnx.numpy_helper.from_array(np.array(0, np.int8), zero),
+            ]
+        )
+        graph.node.extend(
+            [
+                onnx.helper.make_node("QuantizeLinear", [tensor, scale, zero], [quantized], f"{prefix}_QuantizeLinear"),
+                onnx.helper.make_node(
+                    "DequantizeLinear", [quantized, scale, zero], [dequantized], f"{prefix}_DequantizeLinear"
+                ),
+            ]
+        )
+        add.input[:] = [dequantized if name == tensor else name for name in add.input]
+
+
+def _feeding_pairs(node: onnx.NodeProto, producer_of: dict[str, onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The DequantizeLinear nodes that feed ``node`` and the QuantizeLinear before each."""
+    feeding = []
+    for name in node.input:
+        dq = producer_of.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        feeding.append(dq)
+        q = producer_of.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            feeding.append(q)
+    return feeding
+
+
+def small_scale_islands(quantized: onnx.ModelProto) -> list[Fp32Island]:
+    """The quantized nodes that must stay FP32 on an FP16 base because a scale of theirs is below FP16's
+    normal range."""
+    graph = quantized.graph
+    producer_of = producers(graph)
+    scales = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
+    islands = []
+    for node in graph.node:
+        feeding = [n for n in _feeding_pairs(node, producer_of) if n.input[1] in scales]
+        smallest = min((float(np.min(np.abs(scales[n.input[1]]))) for n in feeding), default=1.0)
+        if smallest < FP16_MIN_NORMAL:
+            islands.append(Fp32Island(node.name, node.op_type, f"{SMALL_SCALE}: {smallest:.3g}", SMALL_SCALE))
+    return islands
+
+
+def on_fp16_base(quantized: onnx.ModelProto, islands: list[Fp32Island]) -> tuple[onnx.ModelProto, list[Fp32Island]]:
+    """The INT8 graph with everything outside Q/DQ and the FP32 islands in FP16 (opset 19, FP16 scales).
+    Returns the graph and every FP32 island it keeps: ``islands`` and the small-scale ones.
+
+    The Q/DQ pairs that feed an island stay FP32 with it (each consumer has its own pair), so an INT8
+    Conv or MatMul that is an island reads its DequantizeLinear directly and only its output is FP32."""
+    from onnx import version_converter
+
+    converted = version_converter.convert_version(quantized, max(FP16_BASE_OPSET, _opset(quantized)))
+    known = {island.node for island in islands}
+    kept = [*islands, *(island for island in small_scale_islands(converted) if island.node not in known)]
+    producer_of = producers(converted.graph)
+    names = {island.node for island in kept}
+    pairs = [q.name for node in converted.graph.node if node.name in names for q in _feeding_pairs(node, producer_of)]
+    return to_fp16(converted, kept, also_blocked=list(dict.fromkeys(pairs))), kept
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

@@ -19,6 +19,10 @@ METHOD_CHOICES = (*CALIBRATION_METHODS, ALL_METHODS)
 SELECT_METRICS = ("cosine", "top1", "top5")
 DEFAULT_SELECT = "cosine"  # the only one of the three that is meaningful on an untrained model too
 CALIBRATION_DATA = BUILTIN  # without a training record: built-in photographs
+# What the INT8 graph runs outside its Q/DQ pairs: FP16 (with the FP32 islands) by default, as NVIDIA's
+# ONNX quantizer builds it; fp32 keeps the FP32 graph around the pairs.
+INT8_BASES = ("fp16", "fp32")
+DEFAULT_INT8_BASE = "fp16"
 
 
 @dataclass
@@ -31,6 +35,7 @@ class CalibrationOptions:
     percentile: float = 99.99
     precisions: tuple[str, ...] = CALIBRATED_PRECISIONS
     keep_norms_fp32: bool = True
+    int8_base: str = DEFAULT_INT8_BASE
     threads: int | None = None
     holdout: int = 64
     measure_latency: bool = True
@@ -59,6 +64,8 @@ def check_options(options: CalibrationOptions) -> None:
                 f"--select picks among the methods of --method all; drop it, or pass --method all "
                 f"(--method {options.method} installs {options.method})"
             )
+    if options.int8_base not in INT8_BASES:
+        raise UserError(f"unknown --int8-base {options.int8_base!r}; choose one of {', '.join(INT8_BASES)}")
     check_int(options.batch, "--calib-batch", 1, MAX_BATCH)
     check_int(options.num_images, "--calib-size", 1, MAX_IMAGES)
     check_int(options.holdout, "holdout", 0, MAX_IMAGES)

@@ -38,9 +38,10 @@ from mfdeploy.artifacts import (
     precision_graph,
     utc_now,
 )
+from mfdeploy.calibration.census import precision_census
 from mfdeploy.calibration.evaluation import evaluate_graphs, evaluation_steps, judge_graphs
 from mfdeploy.calibration.fp16 import Fp32Island, choose_fp32_islands, group_islands, to_fp16
-from mfdeploy.calibration.int8 import QuantizationPlan, plan_quantization, quantize
+from mfdeploy.calibration.int8 import QuantizationPlan, on_fp16_base, plan_quantization, quantize
 from mfdeploy.calibration.options import ALL_METHODS, CALIBRATION_DATA, CalibrationOptions, check_options
 from mfdeploy.calibration.ranges import TensorRange, compute_ranges
 from mfdeploy.calibration.report import render_markdown
@@ -58,6 +59,10 @@ from mfdeploy.images.sets import BUILTIN, fingerprint, load_image_set
 from mfdeploy.thresholds import untrained_note
 
 GRAPH_FILES = {p: precision_graph(p) for p in CALIBRATED_PRECISIONS}
+# Why a census counts an FP32 node that is no island: the INT8 graph's FP32 base, or (never expected) a node
+# the FP16 converter left in FP32.
+FP32_BASE = "the INT8 graph's FP32 base (--int8-base fp32)"
+LEFT_FP32 = "left FP32 by the FP16 converter"
 DATA_INDEX = f"{CALIBRATION_DIR}/data-index.json"
 REPORT_SCHEMA_VERSION = 1
 # Where a report section came from: the run that wrote its graph, which may be an earlier one.
@@ -104,9 +109,14 @@ def _vouched_for(artifact: Artifact, name: str) -> bool:
     return artifact.file_status(name) == OK
 
 
-def _cached_stats(artifact: Artifact, cache: Path, key: str) -> CalibrationStats | None:
+def _cached_stats(artifact: Artifact, cache: Path, key: str, needed: list[str]) -> CalibrationStats | None:
+    """The cached statistics when the manifest vouches for them and they hold a histogram of every tensor
+    this run quantizes (an older mfdeploy quantized fewer: its cache is then remade, not half used)."""
     name = cache.relative_to(artifact.root).as_posix()
-    return CalibrationStats.load(cache, key) if cache.exists() and _vouched_for(artifact, name) else None
+    stats = CalibrationStats.load(cache, key) if cache.exists() and _vouched_for(artifact, name) else None
+    if stats is not None and not all(stats.has_histogram(tensor) for tensor in needed):
+        return None
+    return stats
 
 
 def _read_data_index(path: Path) -> dict[str, Any]:
@@ -223,6 +233,7 @@ def _int8_section(plan: QuantizationPlan, ranges: dict[str, TensorRange], method
         "percentile": percentile if method == "percentile" else None,
         "quantized_nodes": len(plan.nodes),
         "float_nodes": plan.excluded,
+        "residual_adds": plan.residuals,
         "clipped_share": {
             "mean": float(np.mean(clipped)) if clipped else 0.0,
             "max": float(np.max(clipped)) if clipped else 0.0,
@@ -281,7 +292,7 @@ def _statistics(
     if data_info is not None:
         key = stats_key(model_sha, data_info["sha256"], artifact.manifest["preprocessing"])
         cache = artifact.path(CALIBRATION_DIR) / f"stats-{key}.npz"
-        stats = _cached_stats(artifact, cache, key)
+        stats = _cached_stats(artifact, cache, key, plan.activations)
     if stats is None:
         data = load_image_set(choice.spec, artifact.preprocessing, options.num_images, in_chans)
         data_info = data.describe()
@@ -290,7 +301,7 @@ def _statistics(
             _write_data_index(update.path(DATA_INDEX), known)
         key = stats_key(model_sha, data.sha256, artifact.manifest["preprocessing"])
         cache = artifact.path(CALIBRATION_DIR) / f"stats-{key}.npz"
-        stats = _cached_stats(artifact, cache, key)
+        stats = _cached_stats(artifact, cache, key, plan.activations)
     reused = stats is not None
     if stats is None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -328,6 +339,12 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
 
     # -- the graphs: one INT8 graph per method asked for, the FP16 graph once ---------------------------
     methods = options.methods if "int8" in options.precisions else ()
+    fp16_base = bool(methods) and options.int8_base == "fp16"
+    islands = (
+        choose_fp32_islands(prepared, stats, options.keep_norms_fp32)
+        if fp16_base or "fp16" in options.precisions
+        else []
+    )
     graphs: dict[str, Path] = {}  # evaluation label -> graph
     labels: dict[str, str] = {}  # evaluation label -> precision
     int8_sections: dict[str, dict[str, Any]] = {}
@@ -335,6 +352,11 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
         step(f"INT8 graph: {method} ranges, Q/DQ pairs, TensorRT's Q/DQ rules")
         ranges = compute_ranges(stats, plan.activations, method, options.percentile)
         quantized = quantize(prepared, plan, ranges)
+        if fp16_base:
+            quantized, int8_islands = on_fp16_base(quantized, islands)
+            census = precision_census(quantized, int8_islands, LEFT_FP32)
+        else:
+            census = precision_census(quantized, [], FP32_BASE)
         problems = check_tensorrt_qdq(quantized)
         if problems:
             raise UserError(f"the {method} INT8 graph breaks TensorRT's Q/DQ rules: " + "; ".join(problems[:5]))
@@ -344,14 +366,16 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
             "file": name,
             "report": method_file(method, CALIBRATION_JSON),
             **_int8_section(plan, ranges, method, options.percentile),
+            "base": options.int8_base,
+            "census": census,
             **provenance,
         }
         graphs[f"int8 {method}"], labels[f"int8 {method}"] = update.path(name), "int8"
     fp16_section = None
     if "fp16" in options.precisions:
         step("FP16 graph: FP32 islands, casts")
-        islands = choose_fp32_islands(prepared, stats, options.keep_norms_fp32)
-        _save_graph(to_fp16(prepared, islands), update.path(GRAPH_FILES["fp16"]))
+        fp16_graph = to_fp16(prepared, islands)
+        _save_graph(fp16_graph, update.path(GRAPH_FILES["fp16"]))
         fp16_section = {
             "file": GRAPH_FILES["fp16"],
             "norms_kept_fp32": options.keep_norms_fp32,
@@ -359,6 +383,7 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
             "fp32_islands": [
                 {"node": i.node, "op_type": i.op_type, "reason": i.reason, "group": i.group} for i in islands
             ],
+            "census": precision_census(fp16_graph, islands, LEFT_FP32),
             **provenance,
         }
         graphs["fp16"], labels["fp16"] = update.path(GRAPH_FILES["fp16"]), "fp16"
@@ -436,6 +461,7 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
             "vs_fp32": evaluation["graphs"]["int8"]["vs_fp32"],
             "clipped_share": int8_sections[method]["clipped_share"],
             "guarded_ranges": int8_sections[method]["guarded_ranges"],
+            "base": options.int8_base,
             "verdict": own["verdict"]["precisions"]["int8"]["status"],
             **provenance,
         }
@@ -466,6 +492,7 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
         "select": options.select_metric if options.method == ALL_METHODS else None,
         "precisions": list(options.precisions),
         "percentile": options.percentile if "percentile" in methods else None,
+        "base": options.int8_base if methods else None,
         "created": created,
     }
     report = {
@@ -504,6 +531,8 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
                     **{k: int8.get(k) for k in summary_keys},
                     "method": int8.get("method"),
                     "percentile": int8.get("percentile"),
+                    "base": int8.get("base"),
+                    "census": _census_summary(int8),
                     "source": int8.get("source"),
                     "selected_by": int8.get("selected_by"),
                 }
@@ -517,6 +546,7 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
                     **{k: fp16.get(k) for k in summary_keys},
                     "norms_kept_fp32": fp16.get("norms_kept_fp32"),
                     "fp32_islands": _island_count(fp16),
+                    "census": _census_summary(fp16),
                 }
             }
             if fp16
@@ -534,3 +564,11 @@ def _calibrate(artifact: Artifact, options: CalibrationOptions, update: Artifact
 def _island_count(section: dict[str, Any]) -> int | None:
     islands = section.get("fp32_islands")
     return len(islands) if isinstance(islands, list) else section.get("fp32_island_count")
+
+
+def _census_summary(section: dict[str, Any]) -> dict[str, Any] | None:
+    """The census counts without the per-node list, for the manifest."""
+    census = section.get("census")
+    if not isinstance(census, dict):
+        return None
+    return {k: census.get(k) for k in ("compute_nodes", "nodes", "madds_share")}

@@ -1,7 +1,8 @@
 """The human-readable calibration summary (calibration.md) rendered from calibration.json.
 
 Layout, most important first: the verdict (and the untrained-model note), the agreement of the INT8 and
-FP16 graphs with FP32, the comparison of the INT8 methods when ``--method all`` ran them, the files and
+FP16 graphs with FP32, the comparison of the INT8 methods when ``--method all`` ran them, the precision
+census of each graph (INT8/FP16/FP32 compute nodes and MAdds, why each FP32 node is FP32), the files and
 where each came from; then how the run was made, CPU latency, the FP32 islands of the FP16 graph grouped
 by reason (every node with its own measured reason stays in calibration.json) and the INT8 graph, with
 the activation ranges that clip most (all of them in calibration.json). The same renderer writes each
@@ -48,6 +49,50 @@ def graph_label(report: dict[str, Any], precision: str) -> str:
     if precision == "int8" and section.get("method"):
         label += f" ({section['method']}" + (f" {section['percentile']}" if section.get("percentile") else "") + ")"
     return label
+
+
+def census_line(census: dict[str, Any]) -> str:
+    """``compute nodes INT8 57 / FP16 239 / FP32 94, MAdds 91.9% / 8.1% / 0.0%``: one graph's census."""
+    nodes, share = census["nodes"], census["madds_share"]
+    order = ("int8", "fp16", "fp32")
+    return (
+        "compute nodes "
+        + " / ".join(f"{p.upper()} {nodes[p]}" for p in order)
+        + ", MAdds "
+        + " / ".join(f"{share[p]:.1%}" for p in order)
+    )
+
+
+def _census(report: dict[str, Any]) -> list[str]:
+    """Which compute nodes run in INT8, FP16 and FP32 in each graph, and why each FP32 one does."""
+    graphs = [(p, report[p]) for p in ("int8", "fp16") if isinstance(report.get(p, {}).get("census"), dict)]
+    if not graphs:
+        return []
+    lines = [
+        "## Precision census",
+        "",
+        "What a strongly typed TensorRT engine runs each compute node in, read off the graph (Q/DQ, Cast and "
+        "shape-only nodes are not compute; multiply-adds are those of Conv/MatMul/Gemm at batch 1).",
+        "",
+        "| graph | base | compute nodes | INT8 | FP16 | FP32 | MAdds INT8 / FP16 / FP32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for precision, section in graphs:
+        census = section["census"]
+        nodes, share = census["nodes"], census["madds_share"]
+        base = section.get("base", "fp16") if precision == "int8" else "fp16"
+        lines.append(
+            f"| {md.text(graph_label(report, precision))} | {md.text(base)} | {census['compute_nodes']} | "
+            f"{nodes['int8']} | {nodes['fp16']} | {nodes['fp32']} | "
+            f"{share['int8']:.1%} / {share['fp16']:.1%} / {share['fp32']:.1%} |"
+        )
+    for precision, section in graphs:
+        reasons = section["census"].get("fp32_reasons") or []
+        if not reasons:
+            continue
+        lines += ["", f"Why the FP32 nodes of {md.text(graph_label(report, precision))} are FP32:", ""]
+        lines += [f"- {r['nodes']} x {md.text(r['reason'])}" for r in reasons]
+    return lines + [""]
 
 
 def _agreement_rows(report: dict[str, Any]) -> list[str]:
@@ -286,6 +331,7 @@ def render_markdown(report: dict[str, Any], artifact: Any) -> str:
         *_agreement_rows(report),
         "",
         *_comparison(report),
+        *_census(report),
     ]
     if not own:
         lines += _files(report)
