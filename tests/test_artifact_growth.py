@@ -72,6 +72,7 @@ def test_trt_target_adds_its_graph_and_keeps_everything_already_there(cli, small
     assert "added trt" in result.out and "kept model.onnx" in result.out
     # the summary has the new graph's figures and every timed step, the calibration inside the stage included
     assert "TensorRT graph: model.int8.onnx vs FP32" in result.out and "cosine" in result.out
+    assert "precision census on an FP16 base: compute nodes INT8" in result.out
     took = next(line for line in result.out.splitlines() if line.strip().startswith("took "))
     assert "trt " in took and "calibrate " in took and "lint " in took, took
 

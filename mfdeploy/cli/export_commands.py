@@ -21,6 +21,7 @@ from mfdeploy.cli.options import (
     EmaOption,
     Fp16NormOption,
     ImgszOption,
+    Int8BaseOption,
     JsonOption,
     MaxBatchOption,
     MethodOption,
@@ -60,6 +61,7 @@ TRT_FLAGS = {
     "select": "--select",
     "percentile": "--percentile",
     "fp16_norm": "--fp16-norm",
+    "int8_base": "--int8-base",
     "min_batch": PROFILE_FLAGS,
     "opt_batch": PROFILE_FLAGS,
     "max_batch": PROFILE_FLAGS,
@@ -76,7 +78,7 @@ COREML_FLAGS = {
 
 
 def _calibration_options(
-    calib_data, calib_size, calib_batch, method, select, percentile, fp16_norm, **more
+    calib_data, calib_size, calib_batch, method, select, percentile, fp16_norm, int8_base, **more
 ) -> CalibrationOptions:
     return CalibrationOptions(
         data=calib_data,
@@ -86,6 +88,7 @@ def _calibration_options(
         select=select,
         percentile=percentile,
         keep_norms_fp32=not fp16_norm,
+        int8_base=int8_base,
         **more,
     )
 
@@ -135,6 +138,7 @@ def export(
     select: SelectOption = None,
     percentile: PercentileOption = default(CalibrationOptions, "percentile"),
     fp16_norm: Fp16NormOption = False,
+    int8_base: Int8BaseOption = default(CalibrationOptions, "int8_base"),
     min_batch: MinBatchOption = None,
     opt_batch: OptBatchOption = None,
     max_batch: MaxBatchOption = None,
@@ -176,7 +180,9 @@ def export(
         _refuse_flags_without_stage(target, stages, "trt", "TensorRT or Core ML", given(ctx, precision="--precision"))
     stage_options: dict[str, object] = {}
     if stages and "trt" in stages:
-        calibration = _calibration_options(calib_data, calib_size, calib_batch, method, select, percentile, fp16_norm)
+        calibration = _calibration_options(
+            calib_data, calib_size, calib_batch, method, select, percentile, fp16_norm, int8_base
+        )
         engine = engine_options(precision, batch, min_batch, opt_batch, max_batch, workspace, timing_cache)
         stage_options["trt"] = TensorRTOptions(calibration=calibration, engine=engine)
     if stages and "coreml" in stages:
@@ -294,6 +300,7 @@ def calibrate(
         default(CalibrationOptions, "precisions")
     ),
     fp16_norm: Fp16NormOption = False,
+    int8_base: Int8BaseOption = default(CalibrationOptions, "int8_base"),
     threads: ThreadsOption = None,
     no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip the CPU latency measurement.")] = False,
     json_target: JsonOption = None,
@@ -312,6 +319,7 @@ def calibrate(
         select,
         percentile,
         fp16_norm,
+        int8_base,
         precisions=tuple(p.strip() for p in precision.split(",") if p.strip()),
         threads=threads,
         measure_latency=not no_latency,

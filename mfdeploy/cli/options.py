@@ -175,6 +175,14 @@ SelectOption = Annotated[
 PercentileOption = Annotated[
     float, typer.Option("--percentile", help="For --method percentile, in (0, 100].", rich_help_panel=CALIBRATION)
 ]
+Int8BaseOption = Annotated[
+    str,
+    typer.Option(
+        "--int8-base",
+        help="What the INT8 graph runs outside its Q/DQ pairs: fp16 (with FP32 islands, the default) or fp32.",
+        rich_help_panel=CALIBRATION,
+    ),
+]
 Fp16NormOption = Annotated[
     bool,
     typer.Option(

@@ -61,12 +61,21 @@ def precision_graph_lines(manifest: dict[str, Any], timings: dict[str, float]) -
     calibration = manifest.get("calibration") or {}
     agreement = (calibration.get("agreement") or {}).get(trt.get("precision"))
     if not agreement:
-        return [f"TensorRT graph: {trt.get('graph')} ({trt.get('precision')}), lint passed"]
-    return [
-        f"TensorRT graph: {trt.get('graph')} vs FP32 on {agreement['samples']} held-out images: cosine "
-        f"{agreement['cosine']:.5f}, top-1 {agreement['top1_agreement']:.1%}, top-5 {agreement['top5_agreement']:.1%}"
-        f" (calibration verdict: {calibration.get('verdict', '?')}), lint passed"
-    ]
+        lines = [f"TensorRT graph: {trt.get('graph')} ({trt.get('precision')}), lint passed"]
+    else:
+        lines = [
+            f"TensorRT graph: {trt.get('graph')} vs FP32 on {agreement['samples']} held-out images: cosine "
+            f"{agreement['cosine']:.5f}, top-1 {agreement['top1_agreement']:.1%}, "
+            f"top-5 {agreement['top5_agreement']:.1%} (calibration verdict: {calibration.get('verdict', '?')}), "
+            "lint passed"
+        ]
+    census = (calibration.get(trt.get("precision")) or {}).get("census")
+    if isinstance(census, dict) and isinstance(census.get("nodes"), dict):
+        from mfdeploy.calibration.report import census_line
+
+        base = (calibration.get("int8") or {}).get("base") if trt.get("precision") == "int8" else None
+        lines.append(f"  precision census{f' on an {base.upper()} base' if base else ''}: {census_line(census)}")
+    return lines
 
 
 def time_splits(timings: dict[str, float], manifest: dict[str, Any]) -> str:
@@ -87,7 +96,7 @@ def time_splits(timings: dict[str, float], manifest: dict[str, Any]) -> str:
 
 def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Console) -> None:
     from mfdeploy.artifacts import CALIBRATION_DIR, CALIBRATION_JSON, CALIBRATION_MD
-    from mfdeploy.calibration.report import graph_label, verdict_lines
+    from mfdeploy.calibration.report import census_line, graph_label, verdict_lines
     from mfdeploy.images.choice import data_name
 
     def say(text: str) -> None:
@@ -140,6 +149,9 @@ def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Con
             f"cosine {m['cosine']:.5f}, max abs error {m['max_abs_error']:.3g}, top-1 {m['top1_agreement']:.1%}, "
             f"top-5 {m['top5_agreement']:.1%}{extra}"
         )
+        if isinstance(section.get("census"), dict):
+            base = f" on an {section.get('base', 'fp16').upper()} base" if precision == "int8" else ""
+            say(f"    precision census{base}: {census_line(section['census'])}")
         if "cpu_slower_than_fp32" in entry:
             say(f"  note: {precision} is slower than FP32 on this CPU: {entry['cpu_slower_than_fp32']['why']}")
     latency = report["evaluation"].get("ort_cpu_latency_ms")

@@ -238,7 +238,15 @@ COREML_RECORDED = {
     "--labels": ("labels.file", lambda o: o.labels_file),
 }
 # export's flags that ask for a calibration (the trt stage then calibrates even when the graph is there)
-CALIBRATION_FLAGS = ("--calib-data", "--calib-size", "--calib-batch", "--method", "--percentile", "--fp16-norm")
+CALIBRATION_FLAGS = (
+    "--calib-data",
+    "--calib-size",
+    "--calib-batch",
+    "--method",
+    "--percentile",
+    "--fp16-norm",
+    "--int8-base",
+)
 
 
 def stage_needed(artifact: Artifact, stage: str, options: Any) -> bool:
