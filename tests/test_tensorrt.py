@@ -425,11 +425,21 @@ def test_every_rule_is_a_tensorrt_rule_or_a_policy_with_its_source():
 
 
 def _activation_qdq(model: onnx.ModelProto) -> tuple[onnx.NodeProto, onnx.NodeProto]:
-    """The Q/DQ pair on the network input (a 4-D activation: N, 3, H, W)."""
+    """The Q/DQ pair on the network input (a 4-D activation: N, 3, H, W), directly or after the Cast to FP16
+    that an FP16-based graph puts on its FP32 input."""
     graph = model.graph
-    quantize = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == graph.input[0].name)
+    network_input = {graph.input[0].name}
+    network_input |= {n.output[0] for n in graph.node if n.op_type == "Cast" and n.input[0] in network_input}
+    quantize = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in network_input)
     dequantize = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == quantize.output[0])
     return quantize, dequantize
+
+
+def _scale_dtype(model: onnx.ModelProto, node: onnx.NodeProto) -> np.dtype:
+    """The element type of ``node``'s scale, which a replacement scale must keep (DequantizeLinear's output
+    type is its scale's)."""
+    scale = next(i for i in model.graph.initializer if i.name == node.input[1])
+    return numpy_helper.to_array(scale).dtype
 
 
 def test_int8_graph_keeps_activations_per_tensor_and_check_separates_errors_from_warnings(cli, small_artifact):
@@ -446,9 +456,10 @@ def test_int8_graph_keeps_activations_per_tensor_and_check_separates_errors_from
 
     # Broken on purpose: the input activation quantized per channel (3 scales and zero points, axis 1).
     quantize, dequantize = _activation_qdq(int8)
+    scale_type = _scale_dtype(int8, quantize)  # FP16 on the default FP16 base: the replacements keep it
     int8.graph.initializer.extend(
         [
-            numpy_helper.from_array(np.full(3, 0.02, np.float32), "per_channel_scale"),
+            numpy_helper.from_array(np.full(3, 0.02, scale_type), "per_channel_scale"),
             numpy_helper.from_array(np.zeros(3, np.int8), "per_channel_zero"),
         ]
     )
@@ -475,9 +486,9 @@ def test_int8_graph_keeps_activations_per_tensor_and_check_separates_errors_from
     wrong_axis = onnx.ModelProto()
     wrong_axis.CopyFrom(fresh)
     node = next(n for n in wrong_axis.graph.node if n.name == conv_weight_dq.name)
-    weight = initializers[node.input[0]]
+    weight, scale_type = initializers[node.input[0]], _scale_dtype(fresh, conv_weight_dq)
     wrong_axis.graph.initializer.append(
-        numpy_helper.from_array(np.full(weight.dims[1], 0.01, np.float32), "axis1_scale")
+        numpy_helper.from_array(np.full(weight.dims[1], 0.01, scale_type), "axis1_scale")
     )
     wrong_axis.graph.initializer.append(numpy_helper.from_array(np.zeros(weight.dims[1], np.int8), "axis1_zero"))
     node.input[1], node.input[2] = "axis1_scale", "axis1_zero"
@@ -488,7 +499,7 @@ def test_int8_graph_keeps_activations_per_tensor_and_check_separates_errors_from
     node = next(n for n in fresh.graph.node if n.name == conv_weight_dq.name)
     fresh.graph.initializer.extend(
         [
-            numpy_helper.from_array(np.array(0.01, np.float32), "tensor_scale"),
+            numpy_helper.from_array(np.array(0.01, scale_type), "tensor_scale"),
             numpy_helper.from_array(np.array(0, np.int8), "tensor_zero"),
         ]
     )
