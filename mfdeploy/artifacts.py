@@ -379,7 +379,9 @@ def remake_command(artifact: Artifact, name: str) -> str:
     if name in calibrated or name.startswith(f"{CALIBRATION_DIR}/"):
         return calibrate_command(artifact, name)
     if name == COREML_PACKAGE:
-        return export_command(artifact, "coreml")
+        # a package the manifest does not list is added by a plain export (the folder grows); one it lists
+        # but that changed or went missing is made again only with --force
+        return export_command(artifact, "coreml", force=artifact.has(COREML_PACKAGE))
     for precision in ENGINE_PRECISIONS:
         if name == engine_plan(precision):
             return f"mfdeploy build-engine {root} --precision {precision}"

@@ -137,6 +137,7 @@ def test_the_command_a_missing_target_names_works_as_written(cli, small_artifact
     assert coreml[:2] == ["mfdeploy", "export"]
     assert coreml[coreml.index("--target") + 1] == "coreml"
     assert coreml[coreml.index("--out") + 1] == str(small_artifact.parent)
+    assert "--force" not in coreml  # adding a package the artifact lacks replaces nothing
 
 
 def test_parity_adds_the_core_ml_package_its_targets_need(cli, small_artifact):
