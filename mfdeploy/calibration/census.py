@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from mfdeploy.calibration.fp16 import Fp32Island
+from mfdeploy.calibration.fp16 import Fp32Island, group_islands
 from mfdeploy.graph.tensorrt_lint import QUANTIZED_OPS
 from mfdeploy.graph.topology import SHAPE_OPS, producers
 
@@ -95,7 +95,7 @@ def precision_census(model: onnx.ModelProto, islands: list[Fp32Island], other_fp
     producer_of = producers(inferred.graph)
     nodes = {p: 0 for p in PRECISIONS}
     madds = {p: 0 for p in PRECISIONS}
-    fp32_nodes = []
+    fp32: list[Fp32Island] = []  # the FP32 compute nodes, each with why it is FP32
 
     def dequantized(name: str) -> bool:
         node = producer_of.get(name)
@@ -113,29 +113,16 @@ def precision_census(model: onnx.ModelProto, islands: list[Fp32Island], other_fp
         nodes[precision] += 1
         madds[precision] += _madds(node, shapes)
         if precision == "fp32":
-            island = why.get(node.name)
-            fp32_nodes.append(
-                {
-                    "node": node.name,
-                    "op_type": node.op_type,
-                    "reason": island.reason if island else other_fp32,
-                    "group": (island.group or island.reason) if island else other_fp32,
-                }
-            )
+            fp32.append(why.get(node.name) or Fp32Island(node.name, node.op_type, other_fp32, other_fp32))
     total = sum(madds.values())
     return {
         "compute_nodes": sum(nodes.values()),
         "nodes": nodes,
         "madds": madds,
         "madds_share": {p: (madds[p] / total if total else 0.0) for p in PRECISIONS},
-        "fp32_nodes": fp32_nodes,
-        "fp32_reasons": _grouped(fp32_nodes),
+        "fp32_nodes": [
+            {"node": i.node, "op_type": i.op_type, "reason": i.reason, "group": i.group or i.reason} for i in fp32
+        ],
+        # the FP16 graph's island grouping, counts only (the nodes are listed just above)
+        "fp32_reasons": [{"reason": g["reason"], "nodes": g["nodes"]} for g in group_islands(fp32)],
     }
-
-
-def _grouped(fp32_nodes: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """How many FP32 nodes each reason accounts for, largest first."""
-    counts: dict[str, int] = {}
-    for entry in fp32_nodes:
-        counts[entry["group"]] = counts.get(entry["group"], 0) + 1
-    return [{"reason": r, "nodes": n} for r, n in sorted(counts.items(), key=lambda kv: -kv[1])]

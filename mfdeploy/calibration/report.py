@@ -51,12 +51,15 @@ def graph_label(report: dict[str, Any], precision: str) -> str:
     return label
 
 
-def census_line(census: dict[str, Any]) -> str:
-    """``compute nodes INT8 57 / FP16 239 / FP32 94, MAdds 91.9% / 8.1% / 0.0%``: one graph's census."""
+def census_line(census: dict[str, Any], base: str | None = None) -> str:
+    """``precision census on an FP16 base: compute nodes INT8 57 / FP16 239 / FP32 94, MAdds 91.9% / 8.1% /
+    0.0%``: one graph's census, with the INT8 graph's base when given (plain text)."""
     nodes, share = census["nodes"], census["madds_share"]
     order = ("int8", "fp16", "fp32")
     return (
-        "compute nodes "
+        "precision census"
+        + (f" on an {base.upper()} base" if base else "")
+        + ": compute nodes "
         + " / ".join(f"{p.upper()} {nodes[p]}" for p in order)
         + ", MAdds "
         + " / ".join(f"{share[p]:.1%}" for p in order)

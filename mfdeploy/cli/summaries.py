@@ -74,7 +74,7 @@ def precision_graph_lines(manifest: dict[str, Any], timings: dict[str, float]) -
         from mfdeploy.calibration.report import census_line
 
         base = (calibration.get("int8") or {}).get("base") if trt.get("precision") == "int8" else None
-        lines.append(f"  precision census{f' on an {base.upper()} base' if base else ''}: {census_line(census)}")
+        lines.append(f"  {census_line(census, base)}")
     return lines
 
 
@@ -150,8 +150,7 @@ def print_calibration_summary(artifact: Any, report: dict[str, Any], say_to: Con
             f"top-5 {m['top5_agreement']:.1%}{extra}"
         )
         if isinstance(section.get("census"), dict):
-            base = f" on an {section.get('base', 'fp16').upper()} base" if precision == "int8" else ""
-            say(f"    precision census{base}: {census_line(section['census'])}")
+            say(f"    {census_line(section['census'], section.get('base', 'fp16') if precision == 'int8' else None)}")
         if "cpu_slower_than_fp32" in entry:
             say(f"  note: {precision} is slower than FP32 on this CPU: {entry['cpu_slower_than_fp32']['why']}")
     latency = report["evaluation"].get("ort_cpu_latency_ms")
