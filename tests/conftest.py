@@ -97,16 +97,37 @@ def coreml_52m(tmp_path_factory):
 FAMILY_SIZES = [(arch, size) for arch in ARCHS for size in SIZES]  # every size of both families
 
 
-@pytest.fixture(scope="session", params=FAMILY_SIZES, ids=[f"{arch}-{size}" for arch, size in FAMILY_SIZES])
-def exported_size(request, tmp_path_factory):
-    """Each size of each family exported once (64 px, dynamic batch, random weights) for the tests that cover
-    all sizes: the graph has every node of the 224 px one (the image size changes only shapes), at a twelfth
-    of the pixels."""
-    from mfdeploy.export.pipeline import ExportOptions, export
+@pytest.fixture(scope="session", autouse=True)
+def _coreml_validates_once():
+    """In-process Core ML conversions validate their program once, not after every pass (coreml_validation)."""
+    from coreml_validation import validate_once
 
-    arch, size = request.param
-    out = tmp_path_factory.mktemp(f"size-{arch}-{size}")
-    return export(ExportOptions(size=size, arch=arch, imgsz=64, out=out))
+    with validate_once():
+        yield
+
+
+@pytest.fixture(scope="session")
+def size_sweep(request, tmp_path_factory):
+    """Every size the collected tests ask for, run two at a time in worker processes (size_sweep.py)."""
+    from size_sweep import SizeSweep
+
+    wanted = {item.callspec.params["swept_size"] for item in request.session.items if "swept_size" in item.fixturenames}
+    sweep = SizeSweep([s for s in FAMILY_SIZES if s in wanted], tmp_path_factory.mktemp("sizes"))
+    yield sweep
+    sweep.close()
+
+
+@pytest.fixture(scope="session", params=FAMILY_SIZES, ids=[f"{arch}-{size}" for arch, size in FAMILY_SIZES])
+def swept_size(request, size_sweep):
+    """One size of one family (64 px, dynamic batch, random weights): exported, calibrated on 8 images and
+    converted to Core ML, for the tests that cover all sizes (size_sweep.SweptSize)."""
+    return size_sweep.result(*request.param)
+
+
+@pytest.fixture(scope="session")
+def exported_size(swept_size):
+    """The swept size's export result (its artifact has been calibrated since)."""
+    return swept_size.export
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAMILY_SIZES
 from mfdeploy.artifacts import Artifact
 from mfdeploy.export import coreml_export
-from mfdeploy.export.coreml_convert import ConversionSpec, convert
 from mfdeploy.export.coreml_export import CoreMLOptions, CoreMLVerification
 from mfdeploy.export.coreml_program import inspect_program
 from mfdeploy.export.pipeline import ExportOptions, export
@@ -27,7 +25,6 @@ from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.images.samples import builtin_images, builtin_photos
 from mfdeploy.metrics import compare_logits
 from mfdeploy.model import build_model
-from mfdeploy.model.families import build_family_model
 from mfdeploy.model.weights import save_checkpoint
 from mfdeploy.runtime.coreml_env import compute_plan_unavailable_reason, predict_unavailable_reason
 from mfdeploy.runtime.coreml_runner import CoreMLRunner, chunk_sizes
@@ -320,22 +317,13 @@ def test_op_check_names_ops_the_target_lacks(int8_ios18):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("arch", "size"), FAMILY_SIZES, ids=[f"{arch}-{size}" for arch, size in FAMILY_SIZES])
-def test_every_size_converts_and_evaluates(arch, size):
-    model = build_family_model(arch, size)
-    preprocessing = Preprocessing.for_size(64)  # every stage and op of the 224 px graph, at a twelfth of the pixels
-    mlmodel, _ = convert(model, ConversionSpec(CoreMLOptions(), imgsz=64, in_chans=3, preprocessing=preprocessing))
-    program = mlmodel._mil_program
-    report = inspect_program(program, "iOS16")
-    assert report.unsupported == [] and report.compute_ops > 0
-    images = preprocessing.batch(builtin_images(2))
-    with torch.no_grad():
-        expected = model(torch.from_numpy(images)).numpy()
-    for precision in ("fp16", "fp32"):
-        evaluator = MILEvaluator(program, precision)
-        assert evaluator.unsupported_ops() == []
-        got = np.concatenate([evaluator.run({"images": image[None]})["logits"] for image in images])
-        figures = compare_logits(expected, got)
+def test_every_size_converts_and_evaluates(swept_size):
+    """Converted at 64 px (every stage and op of the 224 px graph), FP16 for iOS16, then evaluated by the MIL
+    evaluator in both precisions against PyTorch on two real images (tests/size_sweep.py)."""
+    coreml = swept_size.coreml
+    assert coreml["unsupported"] == [] and coreml["compute_ops"] > 0
+    for precision, figures in coreml["evaluations"].items():
+        assert figures["unsupported_ops"] == []
         assert figures["top1_agreement"] == 1.0 and figures["cosine"] > 0.999, (precision, figures)
 
 

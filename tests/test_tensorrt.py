@@ -31,9 +31,9 @@ def test_operator_table_names_its_version_and_source():
 
 
 @pytest.mark.slow
-def test_lint_passes_on_every_size_fp32_fp16_int8(exported_size):
-    artifact = Artifact.open(exported_size.artifact)
-    report = calibrate_artifact(artifact, CalibrationOptions(num_images=8, batch=8, holdout=4, measure_latency=False))
+def test_lint_passes_on_every_size_fp32_fp16_int8(swept_size):
+    artifact = Artifact.open(swept_size.export.artifact)
+    report = swept_size.calibration  # calibrated on 8 images (tests/size_sweep.py)
     for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
         # strict: the project's own graphs break no TensorRT rule and depart from no mfdeploy policy
         lint = lint_graph(onnx.load(str(artifact.path(name))), name, strict=True)
