@@ -57,44 +57,15 @@ def run_subprocess(*args: str, cwd: Path | None = None) -> CliResult:
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
-@pytest.fixture(scope="session")
-def digits_checkpoint(tmp_path_factory) -> Path:
-    """An official-family 26m trained with `mfdeploy train` on builtin-digits (32x32, 6 epochs: ~98% validation
-    accuracy in well under a minute), trained once per run. The official family is what users hold
-    checkpoints of; the seed family is trained in test_training."""
-    out = tmp_path_factory.mktemp("trained") / "digits26m.safetensors"
-    result = run_subprocess(
-        "train",
-        "--arch",
-        "official",
-        "--size",
-        "26m",
-        "--data",
-        "builtin-digits",
-        "--epochs",
-        str(DIGITS_EPOCHS),
-        "--imgsz",
-        str(DIGITS_IMGSZ),
-        "--out",
-        out,
-        "--json",
-    )
-    assert result.code == 0, result.err
-    (out.parent / "train_result.json").write_text(result.out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def coreml_52m(tmp_path_factory):
-    """`mfdeploy export --size 52m --target coreml --json` (the README's default model with its Core ML
-    package), run once in its own process: (out folder, JSON result, stderr). Never change it: copy it."""
-    out = tmp_path_factory.mktemp("coreml52m")
-    result = run_subprocess("export", "--size", "52m", "--target", "coreml", "--out", out, "--json")
-    assert result.code == 0, result.err
-    return out, json.loads(result.out), result.err
+def _digits_training_args(out: Path) -> list[str]:
+    return [
+        "train", "--arch", "official", "--size", "26m", "--data", "builtin-digits",
+        "--epochs", str(DIGITS_EPOCHS), "--imgsz", str(DIGITS_IMGSZ), "--out", str(out), "--json",
+    ]  # fmt: skip
 
 
 FAMILY_SIZES = [(arch, size) for arch in ARCHS for size in SIZES]  # every size of both families
+_BACKGROUND_FIXTURES = {"digits_checkpoint", "coreml_52m", "swept_size"}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -106,22 +77,60 @@ def _coreml_validates_once():
         yield
 
 
-@pytest.fixture(scope="session")
-def size_sweep(request, tmp_path_factory):
-    """Every size the collected tests ask for, run two at a time in worker processes (size_sweep.py)."""
-    from size_sweep import SizeSweep
+@pytest.fixture(scope="session", autouse=True)
+def background(request, tmp_path_factory):
+    """The jobs the collected tests need, queued with the session to a worker process (background.py), in
+    the order the tests first need them: the digits training, the default Core ML export, then every size."""
+    from background import Background, run_cli
+    from size_sweep import sweep_size
 
-    wanted = {item.callspec.params["swept_size"] for item in request.session.items if "swept_size" in item.fixturenames}
-    sweep = SizeSweep([s for s in FAMILY_SIZES if s in wanted], tmp_path_factory.mktemp("sizes"))
-    yield sweep
-    sweep.close()
+    items = request.session.items
+    needed = {name for item in items for name in item.fixturenames}
+    root = tmp_path_factory.mktemp("background")
+    folders = {"digits": root / "trained", "coreml_52m": root / "coreml52m"}
+    jobs = []
+    if "digits_checkpoint" in needed:
+        jobs.append(("digits", run_cli, (_digits_training_args(folders["digits"] / "digits26m.safetensors"),)))
+    if "coreml_52m" in needed:
+        export_52m = ["export", "--size", "52m", "--target", "coreml", "--out", str(folders["coreml_52m"]), "--json"]
+        jobs.append(("coreml_52m", run_cli, (export_52m,)))
+    swept = {item.callspec.params["swept_size"] for item in items if "swept_size" in item.fixturenames}
+    for arch, size in (s for s in FAMILY_SIZES if s in swept):
+        jobs.append(((arch, size), sweep_size, (arch, size, str(root / f"{arch}-{size}"))))
+    queue = Background(jobs, alone=all(_BACKGROUND_FIXTURES & set(item.fixturenames) for item in items))
+    queue.folders = folders
+    yield queue
+    queue.close()
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(background) -> Path:
+    """An official-family 26m trained with `mfdeploy train` on builtin-digits (32x32, 6 epochs: ~98% validation
+    accuracy in well under a minute), trained once per run, in the background. The official family is what
+    users hold checkpoints of; the seed family is trained in test_training. Beside it, train_result.json
+    holds the command's JSON output."""
+    code, out, err = background.result("digits")
+    assert code == 0, err
+    checkpoint = background.folders["digits"] / "digits26m.safetensors"
+    (checkpoint.parent / "train_result.json").write_text(out)
+    return checkpoint
+
+
+@pytest.fixture(scope="session")
+def coreml_52m(background):
+    """`mfdeploy export --size 52m --target coreml --json` (the README's default model with its Core ML
+    package), run once in its own process, in the background: (out folder, JSON result, stderr). Never
+    change it: copy it."""
+    code, out, err = background.result("coreml_52m")
+    assert code == 0, err
+    return background.folders["coreml_52m"], json.loads(out), err
 
 
 @pytest.fixture(scope="session", params=FAMILY_SIZES, ids=[f"{arch}-{size}" for arch, size in FAMILY_SIZES])
-def swept_size(request, size_sweep):
+def swept_size(request, background):
     """One size of one family (64 px, dynamic batch, random weights): exported, calibrated on 8 images and
     converted to Core ML, for the tests that cover all sizes (size_sweep.SweptSize)."""
-    return size_sweep.result(*request.param)
+    return background.result(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -1,18 +1,12 @@
-"""Every size of both families through the toolchain, two sizes at a time.
+"""Every size of both families through the toolchain: one job per size for background.py's workers.
 
 The per-size tests (export and verify, TensorRT lint of the FP32/FP16/INT8 graphs, Core ML conversion
-checked by the MIL evaluator) repeat the same real pipeline for fourteen models. Most of that work is
-single-threaded Python (tracing, ONNX simplification, coremltools' passes), so on CI's two cores it runs
-in a pool of worker processes, one size per job; each test then asserts on its size's results in the
-test process, reading the files the job wrote. A job that raises fails only the tests of its size, with
-the worker's traceback.
+checked by the MIL evaluator) repeat the same real pipeline for fourteen models. A job runs all of it for
+one size; each test then asserts on its size's results in the test process, reading the files the job wrote.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +22,6 @@ class SweptSize:
     export: Any  # mfdeploy.export.pipeline.ExportResult, as export() returned it
     calibration: dict[str, Any]
     coreml: dict[str, Any]
-
-
-def _worker_setup() -> None:
-    import coreml_validation
-    import torch
-
-    torch.set_num_threads(1)  # the pool's processes share the cores between them
-    coreml_validation.install()
 
 
 def _coreml_figures(arch: str, size: str) -> dict[str, Any]:
@@ -80,22 +66,3 @@ def sweep_size(arch: str, size: str, out: str) -> SweptSize:
     options = CalibrationOptions(num_images=8, batch=8, holdout=4, measure_latency=False)
     calibration = calibrate_artifact(Artifact.open(result.artifact), options)
     return SweptSize(result, calibration, _coreml_figures(arch, size))
-
-
-class SizeSweep:
-    """The pool and one future per size; sizes no collected test asks for are never run."""
-
-    def __init__(self, sizes: list[tuple[str, str]], root: Path, workers: int | None = None) -> None:
-        workers = workers or max(1, min(2, os.cpu_count() or 1, len(sizes)))
-        context = multiprocessing.get_context("spawn")  # a clean interpreter: no threads forked mid-flight
-        self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup)
-        self._futures: dict[tuple[str, str], Future] = {
-            (arch, size): self._pool.submit(sweep_size, arch, size, str(root / f"{arch}-{size}"))
-            for arch, size in sizes
-        }
-
-    def result(self, arch: str, size: str) -> SweptSize:
-        return self._futures[(arch, size)].result()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
