@@ -19,18 +19,24 @@ import subprocess
 import sys
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 
-def run_cli(args: list[str]) -> tuple[int, str, str]:
-    """`python -m mfdeploy ARGS` in a fresh interpreter (exit code, stdout, stderr), single-threaded: in
-    the background it shares the cores with the tests, and two threads contending with them for one
-    core run slower than one thread alone."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run_cli(args: list[str], cwd: Path | None = None, single_threaded: bool = False) -> tuple[int, str, str]:
+    """`python -m mfdeploy ARGS` in a fresh interpreter, what a user's shell does: (exit code, stdout, stderr).
+    ``single_threaded`` is for a job in the background, which shares the cores with the tests: two threads
+    contending with them for one core run slower than one thread alone."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if single_threaded else None
     proc = subprocess.run(
-        [sys.executable, "-m", "mfdeploy", *args], capture_output=True, text=True, env=env, timeout=1800
+        [sys.executable, "-m", "mfdeploy", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=1800
     )
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def run_cli_beside_tests(args: list[str]) -> tuple[int, str, str]:
+    """A CLI job for the background worker: :func:`run_cli`, single-threaded."""
+    return run_cli(args, single_threaded=True)
 
 
 def _worker_setup() -> None:
@@ -42,9 +48,16 @@ def _worker_setup() -> None:
 
 
 class Background:
-    """Queued jobs by key, run by a pool of worker processes in the order given."""
+    """Queued jobs by key, run by a pool of worker processes in the order given; ``outputs`` names what
+    jobs write, by key, for the fixtures that read it."""
 
-    def __init__(self, jobs: list[tuple[Hashable, Callable[..., Any], tuple]], alone: bool = False) -> None:
+    def __init__(
+        self,
+        jobs: list[tuple[Hashable, Callable[..., Any], tuple]],
+        alone: bool = False,
+        outputs: dict[Hashable, Path] | None = None,
+    ) -> None:
+        self.outputs = dict(outputs or {})
         self._jobs = {key: (function, args) for key, function, args in jobs}
         self._done: dict[Hashable, Any] = {}
         self._futures: dict[Hashable, Future] = {}

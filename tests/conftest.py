@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from background import run_cli
 
 from mfdeploy.cli import main
 from mfdeploy.model import SIZES
@@ -51,10 +50,7 @@ def cli(capsys):
 
 def run_subprocess(*args: str, cwd: Path | None = None) -> CliResult:
     """Run the real console entry point in a fresh interpreter (what a user's shell does)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "mfdeploy", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=1800
-    )
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    return CliResult(*run_cli([str(a) for a in args], cwd=cwd))
 
 
 def _digits_training_args(out: Path) -> list[str]:
@@ -81,24 +77,24 @@ def _coreml_validates_once():
 def background(request, tmp_path_factory):
     """The jobs the collected tests need, queued with the session to a worker process (background.py), in
     the order the tests first need them: the digits training, the default Core ML export, then every size."""
-    from background import Background, run_cli
+    from background import Background, run_cli_beside_tests
     from size_sweep import sweep_size
 
     items = request.session.items
     needed = {name for item in items for name in item.fixturenames}
     root = tmp_path_factory.mktemp("background")
-    folders = {"digits": root / "trained", "coreml_52m": root / "coreml52m"}
+    outputs = {"digits": root / "trained" / "digits26m.safetensors", "coreml_52m": root / "coreml52m"}
     jobs = []
     if "digits_checkpoint" in needed:
-        jobs.append(("digits", run_cli, (_digits_training_args(folders["digits"] / "digits26m.safetensors"),)))
+        jobs.append(("digits", run_cli_beside_tests, (_digits_training_args(outputs["digits"]),)))
     if "coreml_52m" in needed:
-        export_52m = ["export", "--size", "52m", "--target", "coreml", "--out", str(folders["coreml_52m"]), "--json"]
-        jobs.append(("coreml_52m", run_cli, (export_52m,)))
+        export_52m = ["export", "--size", "52m", "--target", "coreml", "--out", str(outputs["coreml_52m"]), "--json"]
+        jobs.append(("coreml_52m", run_cli_beside_tests, (export_52m,)))
     swept = {item.callspec.params["swept_size"] for item in items if "swept_size" in item.fixturenames}
     for arch, size in (s for s in FAMILY_SIZES if s in swept):
         jobs.append(((arch, size), sweep_size, (arch, size, str(root / f"{arch}-{size}"))))
-    queue = Background(jobs, alone=all(_BACKGROUND_FIXTURES & set(item.fixturenames) for item in items))
-    queue.folders = folders
+    alone = all(_BACKGROUND_FIXTURES & set(item.fixturenames) for item in items)
+    queue = Background(jobs, alone=alone, outputs=outputs)
     yield queue
     queue.close()
 
@@ -111,7 +107,7 @@ def digits_checkpoint(background) -> Path:
     holds the command's JSON output."""
     code, out, err = background.result("digits")
     assert code == 0, err
-    checkpoint = background.folders["digits"] / "digits26m.safetensors"
+    checkpoint = background.outputs["digits"]
     (checkpoint.parent / "train_result.json").write_text(out)
     return checkpoint
 
@@ -123,7 +119,7 @@ def coreml_52m(background):
     change it: copy it."""
     code, out, err = background.result("coreml_52m")
     assert code == 0, err
-    return background.folders["coreml_52m"], json.loads(out), err
+    return background.outputs["coreml_52m"], json.loads(out), err
 
 
 @pytest.fixture(scope="session", params=FAMILY_SIZES, ids=[f"{arch}-{size}" for arch, size in FAMILY_SIZES])
