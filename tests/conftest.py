@@ -64,6 +64,25 @@ FAMILY_SIZES = [(arch, size) for arch in ARCHS for size in SIZES]  # every size 
 _BACKGROUND_FIXTURES = {"digits_checkpoint", "coreml_52m", "swept_size"}
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The per-size tests run last, largest sizes first. The background worker makes the sizes in
+    FAMILY_SIZES order while the other tests run; at the end the test process takes the sizes no worker
+    has started yet from the other end of the queue, so that both cores stay busy until the sweep is done
+    and neither waits for a size the other is making. Order only: no test depends on another's."""
+    position = {size: index for index, size in enumerate(FAMILY_SIZES)}
+
+    def swept(item: pytest.Item) -> int | None:
+        callspec = getattr(item, "callspec", None)
+        size = callspec.params.get("swept_size") if callspec is not None else None
+        return None if size is None else position[size]
+
+    later = [item for item in items if swept(item) is not None]
+    if later:
+        rest = [item for item in items if swept(item) is None]
+        items[:] = rest + sorted(later, key=lambda item: -swept(item))  # stable: files keep their order per size
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _coreml_validates_once():
     """In-process Core ML conversions validate their program once, not after every pass (coreml_validation)."""
@@ -76,7 +95,8 @@ def _coreml_validates_once():
 @pytest.fixture(scope="session", autouse=True)
 def background(request, tmp_path_factory):
     """The jobs the collected tests need, queued with the session to a worker process (background.py), in
-    the order the tests first need them: the digits training, the default Core ML export, then every size."""
+    the order the tests first need them: the digits training, the default Core ML export, the test modules'
+    own artifacts (their BACKGROUND_JOBS), then every size."""
     from background import Background, run_cli_beside_tests
     from size_sweep import sweep_size
 
@@ -90,10 +110,18 @@ def background(request, tmp_path_factory):
     if "coreml_52m" in needed:
         export_52m = ["export", "--size", "52m", "--target", "coreml", "--out", str(outputs["coreml_52m"]), "--json"]
         jobs.append(("coreml_52m", run_cli_beside_tests, (export_52m,)))
+    # A test module's own shared artifacts: BACKGROUND_JOBS maps a fixture name to a function of one folder
+    # (the job's own, made for it here) that runs in a worker and returns what the fixture hands out.
+    for module in dict.fromkeys(getattr(item, "module", None) for item in items):
+        for name, function in getattr(module, "BACKGROUND_JOBS", {}).items():
+            if name in needed:
+                outputs[name] = root / name
+                jobs.append((name, function, (str(outputs[name]),)))
     swept = {item.callspec.params["swept_size"] for item in items if "swept_size" in item.fixturenames}
     for arch, size in (s for s in FAMILY_SIZES if s in swept):
         jobs.append(((arch, size), sweep_size, (arch, size, str(root / f"{arch}-{size}"))))
-    alone = all(_BACKGROUND_FIXTURES & set(item.fixturenames) for item in items)
+    queued = _BACKGROUND_FIXTURES | {key for key, _, _ in jobs if isinstance(key, str)}
+    alone = all(queued & set(item.fixturenames) for item in items)
     queue = Background(jobs, alone=alone, outputs=outputs)
     yield queue
     queue.close()
