@@ -137,10 +137,8 @@ def test_trace_has_no_shape_reads_and_nothing_above_rank_4():
         torch.testing.assert_close(traced(x), model(x))
 
 
-def test_26m_onnx_has_rank_4_at_most_and_folds_its_constants():
-    """The 26m graph (with its channel shuffles) as the project exports it: every value rank <= 4, no Div
-    (scales, hard-sigmoid and GELU constants are folded into weights), one Gather per shuffle."""
-    model = build_official_model("26m")
+def _onnx_graph(model: torch.nn.Module) -> onnx.GraphProto:
+    """The model exported as the project exports it (dynamic batch, constants folded), shapes inferred."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -155,13 +153,47 @@ def test_26m_onnx_has_rank_4_at_most_and_folds_its_constants():
             output_names=["logits"],
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
         )
-    graph = onnx.shape_inference.infer_shapes(onnx.load_from_string(buffer.getvalue()), strict_mode=True).graph
+    return onnx.shape_inference.infer_shapes(onnx.load_from_string(buffer.getvalue()), strict_mode=True).graph
+
+
+def test_26m_onnx_has_rank_4_at_most_and_folds_its_constants():
+    """The 26m graph (with its channel shuffles) as the project exports it: every value rank <= 4, no Div
+    (scales, hard-sigmoid and GELU constants are folded into weights), one Gather per shuffle."""
+    model = build_official_model("26m")
+    graph = _onnx_graph(model)
     ranks = [len(v.type.tensor_type.shape.dim) for v in graph.value_info]
     assert ranks and max(ranks) <= 4
     ops = [node.op_type for node in graph.node]
     assert "Div" not in ops and "Tile" not in ops and "Expand" not in ops
     shuffles = sum(1 for node in graph.node if node.op_type == "Gather" and "shuffle" in node.name)
     assert shuffles == 2 + 2 * len(model.cfg.blocks)
+
+
+def test_projections_are_matrices_and_softmax_runs_on_the_last_axis_only():
+    """What ONNX Runtime runs fastest and quantizes per channel: every constant weight of a MatMul/Gemm is 2-D
+    (no batched [heads, in, out] product), and every Softmax normalises the last axis. The bridges back to the
+    feature map normalise over the tokens, written out; Core ML's converter gets one softmax op there."""
+    from mfdeploy.model.layers import native_softmax
+
+    model = build_official_model("52m")
+    graph = _onnx_graph(model)
+    weights = {init.name: len(init.dims) for init in graph.initializer}
+    products = [node for node in graph.node if node.op_type in ("MatMul", "Gemm")]
+    shapes = {name: weights[name] for node in products for name in node.input[:2] if name in weights}  # not C
+    assert products and shapes and set(shapes.values()) == {2}, shapes
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in graph.value_info}
+    softmaxes = [node for node in graph.node if node.op_type == "Softmax"]
+    blocks = len(model.cfg.blocks)
+    assert len(softmaxes) == 2 * blocks + 1  # each block's ToFormer and Former, and the final ToFormer
+    for node in softmaxes:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        assert axis in (-1, ranks[node.output[0]] - 1), node.name
+    with torch.no_grad():
+        plain = torch.jit.trace(model, torch.randn(2, 3, 32, 32)).inlined_graph
+        with native_softmax():
+            native = torch.jit.trace(model, torch.randn(2, 3, 32, 32)).inlined_graph
+    counts = [sum(1 for node in traced.nodes() if node.kind() == "aten::softmax") for traced in (plain, native)]
+    assert counts == [2 * blocks + 1, 3 * blocks + 1]
 
 
 def test_training_mode_runs_batchnorm1d_and_drop_path():

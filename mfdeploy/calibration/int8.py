@@ -9,7 +9,7 @@ weights per output channel. Kept in float, by design:
   outputs int8;
 - activation x activation MatMuls (attention products), whose operands are softmax outputs or the
   feature map itself;
-- MatMuls whose constant weight is not a matrix (the official family's per-head [heads, in, out] projections):
+- MatMuls whose constant weight is not a matrix (the seed family's grouped [groups, in, out] projections):
   ONNX Runtime's integer MatMul, which judges the INT8 graph here, takes per-channel scales for 2-D only;
 - biases (TensorRT adds float biases after the INT8 kernel) and the final logits.
 

@@ -25,6 +25,7 @@ from mfdeploy.export import coreml_passes
 from mfdeploy.export.coreml_options import CoreMLOptions
 from mfdeploy.export.coreml_program import target_enum
 from mfdeploy.images.preprocess import Preprocessing
+from mfdeploy.model.layers import native_softmax
 from mfdeploy.runtime.coreml_env import import_coremltools, quiet_coremltools
 
 TENSOR_INPUT = "images"  # the ONNX graph's input name
@@ -156,7 +157,9 @@ def convert(model: nn.Module, spec: ConversionSpec, compress: bool = True, log: 
     started = time.perf_counter()
     # Traced at batch 2: the model reads no batch size, so the trace runs at every enumerated batch.
     example = torch.zeros(2, spec.in_chans, spec.imgsz, spec.imgsz)
-    with torch.inference_mode(False), torch.no_grad(), quiet_coremltools(log):
+    # native_softmax: Core ML runs a softmax on any axis as one op; the bridges' written-out form (for ONNX
+    # Runtime, see softmax_over_short_axis) would only add ops to the program.
+    with torch.inference_mode(False), torch.no_grad(), native_softmax(), quiet_coremltools(log):
         # check_trace would run the model twice more to compare the trace with eager mode: the converted
         # program is compared with PyTorch anyway (the Core ML stage's verification), so it only costs time
         traced = torch.jit.trace(model, example, check_trace=False)

@@ -8,7 +8,8 @@ constant folding turns them into single initializers.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import reduce
 
 import torch
@@ -95,6 +96,34 @@ def split_heads(tokens: Tensor, heads: int) -> Tensor:
 def feature_heads(feature_map: Tensor, heads: int) -> Tensor:
     """[B, C, H, W] -> [B, heads, C // heads, H*W]: channels split into heads, pixels as the last axis."""
     return feature_map.flatten(2).unflatten(1, (heads, -1))
+
+
+_NATIVE_SOFTMAX = [False]
+
+
+@contextmanager
+def native_softmax() -> Iterator[None]:
+    """Within this block :func:`softmax_over_short_axis` traces as one softmax op: for converters whose
+    softmax runs on any axis as one kernel (Core ML), where the written-out form would only add ops."""
+    _NATIVE_SOFTMAX[0] = True
+    try:
+        yield
+    finally:
+        _NATIVE_SOFTMAX[0] = False
+
+
+def softmax_over_short_axis(logits: Tensor, dim: int) -> Tensor:
+    """Softmax along ``dim``, a short axis that is not the last one (the tokens of a bridge), written out:
+    ``e = exp(x - max x)``, ``e * (1 / sum e)``.
+
+    ONNX Runtime's CPU Softmax normalises the last axis only; on another axis it transposes the tensor
+    there and back, which for [B, heads, tokens, pixels] costs more than the exp itself. Written out, it
+    is a max and a sum over the short axis and three elementwise ops, with the max keeping the exp within
+    range in FP16 as a Softmax kernel does. The same function to float rounding, in training as in eval."""
+    if _NATIVE_SOFTMAX[0]:
+        return logits.softmax(dim=dim)
+    e = (logits - logits.amax(dim=dim, keepdim=True).detach()).exp()
+    return e * e.sum(dim=dim, keepdim=True).reciprocal()
 
 
 class DyReLU(nn.Module):

@@ -11,7 +11,10 @@ inside ``forward`` so that an export's constant folding leaves one initializer p
 - BatchNorm1d of the classifier into its Linear (eval only: in training it normalises with batch statistics);
 - GELU's ``1/sqrt2`` into the first FFN Linear and its ``sqrt2 / 2`` into the second (Erf without a Div);
 - projections of the same input share one matmul: the bridge's query and gate, Former -> Mobile's key and value,
-  the two hyper-MLPs' first layers that read token 0 of the same tokens.
+  the two hyper-MLPs' first layers that read token 0 of the same tokens;
+- every projection a matrix product with a 2-D weight, heads split and merged by reshapes of the small token
+  tensors: ONNX Runtime prepacks 2-D weights (a batched product with [heads, in, out] weights runs about twice
+  as long), and the INT8 quantizer gives 2-D weights per-channel scales.
 
 26m's channel shuffles (the official code uses a 5-D view) are a Gather of the channels by a constant index.
 
@@ -35,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mfdeploy.errors import UserError
-from mfdeploy.model.layers import DropPath, conv_bn
+from mfdeploy.model.layers import DropPath, conv_bn, softmax_over_short_axis
 from mfdeploy.model.official_config import (
     OFFICIAL_CONFIGS,
     OFFICIAL_SIZES,
@@ -134,26 +137,13 @@ def dyrelu(x: Tensor, coefficients: tuple[Tensor, Tensor]) -> Tensor:
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:
-    """[B, T, C] -> [B, heads, T, C // heads]."""
-    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+    """[..., T, C] -> [..., heads, T, C // heads] (for [T, C], the first block's tokens: [heads, T, C // heads])."""
+    return x.unflatten(-1, (heads, -1)).transpose(-3, -2)
 
 
 def _feature_heads(x: Tensor, heads: int) -> Tensor:
     """[B, C, H, W] -> [B, heads, C // heads, H*W]."""
     return x.flatten(2).unflatten(1, (heads, -1))
-
-
-def _per_head_out(weight: Tensor, bias: Tensor, heads: int) -> tuple[Tensor, Tensor]:
-    """A Linear's [C, D] weight and [C] bias as [heads, D, C // heads] and [heads, 1, C // heads]: applied to tokens
-    [B, 1, T, D] by one broadcast matmul, it gives the heads [B, heads, T, C // heads] with no reshape or transpose
-    of activations (the rearrangement is of the weights, and an export folds it)."""
-    return weight.unflatten(0, (heads, -1)).transpose(1, 2), bias.unflatten(0, (heads, -1)).unsqueeze(1)
-
-
-def _per_head_in(weight: Tensor, heads: int) -> Tensor:
-    """A Linear's [D, C] weight as [heads, C // heads, D]: ``(z_heads @ w).sum(1)`` is the Linear (without bias)
-    of the concatenated heads, again without moving activations."""
-    return weight.unflatten(1, (heads, -1)).permute(1, 2, 0)
 
 
 class ToFormer(nn.Module):
@@ -176,13 +166,13 @@ class ToFormer(nn.Module):
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
         h = self.heads
-        wq, bq = _per_head_out(self.q.weight * self.scale, self.q.bias * self.scale, h)
-        wg, bg = _per_head_out(*_hsig2(self.gate.weight, self.gate.bias), h)
-        q, gate = (tokens.unsqueeze(-3) @ torch.cat([wq, wg]) + torch.cat([bq, bg])).split(h, dim=-3)  # [B, h, T, d]
+        wg, bg = _hsig2(self.gate.weight, self.gate.bias)
+        weight = torch.cat([self.q.weight * self.scale, wg])
+        q, gate = F.linear(tokens, weight, torch.cat([self.q.bias * self.scale, bg])).split(self.channels, dim=-1)
         kv = _feature_heads(x, h)  # [B, h, d, L]
-        attn = (q @ kv).softmax(dim=-1)  # [B, h, T, L]
-        z = (kv @ attn.transpose(-1, -2)).transpose(-1, -2) * gate.clamp(0.0, 2.0)  # [B, h, T, d]
-        z = (z @ _per_head_in(self.proj.weight, h)).sum(dim=1) + self.proj.bias
+        attn = (_heads(q, h) @ kv).softmax(dim=-1)  # [B, h, T, L]
+        z = (kv @ attn.transpose(-1, -2)).flatten(1, 2).transpose(-1, -2)  # [B, T, C], the heads concatenated
+        z = F.linear(z * gate.clamp(0.0, 2.0), self.proj.weight, self.proj.bias)
         return self.norm(tokens + self.drop_path(z))
 
 
@@ -205,11 +195,10 @@ class Former(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         h = self.heads
-        wq, bq = _per_head_out(self.q.weight * self.scale, self.q.bias * self.scale, h)
-        q = tokens.unsqueeze(-3) @ wq + bq  # [B, h, T, d]
+        q = _heads(F.linear(tokens, self.q.weight * self.scale, self.q.bias * self.scale), h)  # [B, h, T, d]
         kv = _heads(tokens, h)  # [B, h, T, d]
         attn = (q @ kv.transpose(-1, -2)).softmax(dim=-1)
-        z = ((attn @ kv) @ _per_head_in(self.proj.weight, h)).sum(dim=1) + self.proj.bias
+        z = F.linear((attn @ kv).transpose(-3, -2).flatten(-2), self.proj.weight, self.proj.bias)
         tokens = self.norm(tokens + self.drop_path(z))
         # exact GELU: x/2 (1 + erf(x/sqrt2)) = u (1 + erf(u)) / sqrt2 with u = x/sqrt2
         fc1, fc2 = self.ffn.fc1, self.ffn.fc2
@@ -223,7 +212,7 @@ class ToMobile(nn.Module):
 
     q = the feature map's channels per head (2 heads), ``k = Wk t``, ``v = Wv t``, one matmul for both with the
     scale in k. The logits are built as ``k q`` ([T, L] per head) and normalised over the tokens, which is the
-    same attention without transposing the pixels.
+    same attention without transposing the pixels (the softmax written out: see softmax_over_short_axis).
     """
 
     def __init__(self, channels: int, token_dim: int, heads: int = 2, drop_path: float = 0.0) -> None:
@@ -236,11 +225,11 @@ class ToMobile(nn.Module):
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
         h = self.heads
-        wk, bk = _per_head_out(self.k.weight * self.scale, self.k.bias * self.scale, h)
-        wv, bv = _per_head_out(self.v.weight, self.v.bias, h)
-        k, v = (tokens.unsqueeze(-3) @ torch.cat([wk, wv]) + torch.cat([bk, bv])).split(h, dim=-3)  # [B, h, T, d]
+        weight = torch.cat([self.k.weight * self.scale, self.v.weight])
+        kv = F.linear(tokens, weight, torch.cat([self.k.bias * self.scale, self.v.bias]))
+        k, v = _heads(kv, 2 * h).split(h, dim=-3)  # [B, h, T, d] each
         q = _feature_heads(x, self.heads)  # [B, h, d, L]
-        attn = (k @ q).softmax(dim=-2)  # [B, h, T, L], normalised over the tokens
+        attn = softmax_over_short_axis(k @ q, dim=-2)  # [B, h, T, L], normalised over the tokens
         z = (v.transpose(-1, -2) @ attn).flatten(1, 2).reshape_as(x)
         return x + self.drop_path(z)
 
