@@ -95,8 +95,7 @@ def _coreml_validates_once():
 @pytest.fixture(scope="session", autouse=True)
 def background(request, tmp_path_factory):
     """The jobs the collected tests need, queued with the session to a worker process (background.py), in
-    the order the tests first need them: the digits training, the default Core ML export, the test modules'
-    own artifacts (their BACKGROUND_JOBS), then every size."""
+    the order the tests first need them: the digits training, the default Core ML export, then every size."""
     from background import Background, run_cli_beside_tests
     from size_sweep import sweep_size
 
@@ -110,18 +109,10 @@ def background(request, tmp_path_factory):
     if "coreml_52m" in needed:
         export_52m = ["export", "--size", "52m", "--target", "coreml", "--out", str(outputs["coreml_52m"]), "--json"]
         jobs.append(("coreml_52m", run_cli_beside_tests, (export_52m,)))
-    # A test module's own shared artifacts: BACKGROUND_JOBS maps a fixture name to a function of one folder
-    # (the job's own, made for it here) that runs in a worker and returns what the fixture hands out.
-    for module in dict.fromkeys(getattr(item, "module", None) for item in items):
-        for name, function in getattr(module, "BACKGROUND_JOBS", {}).items():
-            if name in needed:
-                outputs[name] = root / name
-                jobs.append((name, function, (str(outputs[name]),)))
     swept = {item.callspec.params["swept_size"] for item in items if "swept_size" in item.fixturenames}
     for arch, size in (s for s in FAMILY_SIZES if s in swept):
         jobs.append(((arch, size), sweep_size, (arch, size, str(root / f"{arch}-{size}"))))
-    queued = _BACKGROUND_FIXTURES | {key for key, _, _ in jobs if isinstance(key, str)}
-    alone = all(queued & set(item.fixturenames) for item in items)
+    alone = all(_BACKGROUND_FIXTURES & set(item.fixturenames) for item in items)
     queue = Background(jobs, alone=alone, outputs=outputs)
     yield queue
     queue.close()

@@ -35,45 +35,32 @@ GPU_METHODS = ("nvml-process", "nvidia-smi-process", "nvml-device-delta")
 STAGES = {"stem", "lite_bneck", *(f"blocks.{i}" for i in range(8)), "final_to_former", "channel_conv", "head"}
 
 
-def make_bench_runs(folder: str) -> tuple[Path, Path, Path]:
-    """A 26m export and two real `mfdeploy bench` runs of it as two 'devices': all the common targets, and
-    ONNX Runtime profiled (a background job, see conftest.py): (artifact folder, first JSON, second JSON)."""
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Artifact:
+    out = tmp_path_factory.mktemp("bench")
+    return Artifact.open(export(ExportOptions(size="26m", imgsz=64, num_classes=10, out=out)).artifact)
+
+
+@pytest.fixture(scope="module")
+def runs(artifact, tmp_path_factory):
+    """Two real `mfdeploy bench` runs as two 'devices': all the common targets, and ONNX Runtime profiled."""
     from mfdeploy.cli import main
 
-    out = Path(folder)
-    root = export(ExportOptions(size="26m", imgsz=64, num_classes=10, out=out / "export")).artifact
-    first, second = out / "device-a.json", out / "device-b.json"
+    folder = tmp_path_factory.mktemp("runs")
+    first, second = folder / "device-a.json", folder / "device-b.json"
     common = ["--warmup", "1", "--runs", "5", "--threads", "1"]
     targets = "torch,onnx,onnx-fp16,onnx-int8,trt-fp16,trt-int8,coreml"
     for argv in (
-        ["bench", root, "--targets", targets, "--batches", "1,2", "--device-name", "device A", "--json", first],
-        ["bench", root, "--targets", "onnx", "--batches", "1,4", "--device-name", "device B", "--profile",
+        ["bench", artifact.root, "--targets", targets, "--batches", "1,2", "--device-name", "device A",
+         "--json", first],
+        ["bench", artifact.root, "--targets", "onnx", "--batches", "1,4", "--device-name", "device B", "--profile",
          "--top", "5", "--json", second],
     ):  # fmt: skip
         try:
             main([str(a) for a in argv + common])
         except SystemExit as exc:
             assert exc.code in (0, None), f"bench exited {exc.code}"
-    return Path(root), first, second
-
-
-BACKGROUND_JOBS = {"bench_runs": make_bench_runs}
-
-
-@pytest.fixture(scope="module")
-def bench_runs(background) -> tuple[Path, Path, Path]:
-    return background.result("bench_runs")
-
-
-@pytest.fixture(scope="module")
-def artifact(bench_runs) -> Artifact:
-    """The benchmarked export; never changed."""
-    return Artifact.open(bench_runs[0])
-
-
-@pytest.fixture(scope="module")
-def runs(bench_runs) -> tuple[Path, Path]:
-    return bench_runs[1], bench_runs[2]
+    return first, second
 
 
 def assert_one_line_error(result, *fragments: str) -> None:

@@ -10,10 +10,9 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from background import run_cli_beside_tests
 from onnx import numpy_helper
 
-from conftest import DIGITS_IMGSZ, CliResult
+from conftest import DIGITS_IMGSZ, run_subprocess
 from mfdeploy.artifacts import Artifact
 from mfdeploy.export import onnx_export
 from mfdeploy.export.pipeline import ExportOptions, export
@@ -27,21 +26,13 @@ from mfdeploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from mfdeploy.runtime.torch_runner import TorchRunner
 
 
-def export_52m(folder: str) -> CliResult:
-    """`mfdeploy export --size 52m --target onnx` into ``folder``, by the real CLI in its own process (a
-    background job: see conftest.py)."""
-    return CliResult(*run_cli_beside_tests(["export", "--size", "52m", "--target", "onnx", "--out", folder]))
-
-
-BACKGROUND_JOBS = {"artifact_52m": export_52m}
-
-
 @pytest.fixture(scope="session")
-def artifact_52m(background):
-    """52m, random weights, dynamic batch, exported by the real CLI in its own process. Never change it."""
-    result = background.result("artifact_52m")
+def artifact_52m(tmp_path_factory):
+    """52m, random weights, dynamic batch, exported by the real CLI in its own process."""
+    out = tmp_path_factory.mktemp("export52m")
+    result = run_subprocess("export", "--size", "52m", "--target", "onnx", "--out", out)
     assert result.code == 0, result.err
-    return background.outputs["artifact_52m"] / "mobileformer_52m"
+    return out / "mobileformer_52m"
 
 
 def assert_deployable(path):

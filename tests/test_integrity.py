@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from background import run_cli_beside_tests
 
-from conftest import CliResult
+from conftest import CliResult, run_subprocess
 from mfdeploy import markdown as md
 from mfdeploy.artifacts import MANIFEST_DIGEST, Artifact, remake_command
 from mfdeploy.errors import UserError
@@ -39,28 +38,19 @@ class Hostile:
     calibrate: CliResult
 
 
-def make_hostile(folder: str) -> Hostile:
-    """The shared artifact, made by a background job (conftest.py) with the real CLI in its own processes."""
-    base = Path(folder)
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> Hostile:
+    base = tmp_path_factory.mktemp("integrity")
     # a file name cannot hold "/": the hostile strings run across two folders
     data = base / "<script>alert(1)<" / "script>[x](javascript:alert(1))"
     data.mkdir(parents=True)
     for i, image in enumerate(builtin_images(16)):
         image.save(data / f"{i}.png")
     out = base / "out [" / "] [bold]"
-    export = ["export", "--size", "26m", "--imgsz", "64", "--num-classes", "10", "--out", str(out)]
-    exported = CliResult(*run_cli_beside_tests(export))
+    exported = run_subprocess("export", "--size", "26m", "--imgsz", "64", "--num-classes", "10", "--out", out)
     root = out / "mobileformer_26m"
-    calibrate = ["calibrate", str(root), "--calib-data", str(data), "--calib-size", "16", "--no-latency"]
-    return Hostile(root, data, exported, CliResult(*run_cli_beside_tests(calibrate)))
-
-
-BACKGROUND_JOBS = {"hostile": make_hostile}
-
-
-@pytest.fixture(scope="module")
-def hostile(background) -> Hostile:
-    return background.result("hostile")
+    calibrated = run_subprocess("calibrate", root, "--calib-data", data, "--calib-size", "16", "--no-latency")
+    return Hostile(root, data, exported, calibrated)
 
 
 @pytest.fixture

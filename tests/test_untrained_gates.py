@@ -40,25 +40,16 @@ def tied_top_classes_checkpoint(path: Path) -> Path:
     return save_checkpoint(model, path)
 
 
-def make_tied_trained(folder: str) -> Path:
-    """The tied model exported from its checkpoint at 64 px and calibrated (INT8 only): a background job."""
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
+@pytest.fixture(scope="module")
+def tied_trained(tmp_path_factory) -> Path:
+    """The tied model exported from its checkpoint at 64 px and calibrated (INT8 only); never changed."""
+    out = tmp_path_factory.mktemp("tied")
     checkpoint = tied_top_classes_checkpoint(out / "tied.safetensors")
     root = export(ExportOptions(weights=str(checkpoint), imgsz=64, out=out / "art")).artifact
     calibrate_artifact(
         Artifact.open(root), CalibrationOptions(num_images=32, precisions=("int8",), measure_latency=False)
     )
     return root
-
-
-BACKGROUND_JOBS = {"tied_trained": make_tied_trained}
-
-
-@pytest.fixture(scope="module")
-def tied_trained(background) -> Path:
-    """make_tied_trained's artifact, made once in the background (conftest.py); never changed."""
-    return background.result("tied_trained")
 
 
 def private_copy(root: Path, tmp_path: Path, untrained: bool) -> Path:
