@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,22 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ort_timing import THREADS, interleaved_medians, session  # noqa: E402
+
 from mfdeploy.export import onnx_export  # noqa: E402
 from mfdeploy.model import build_model  # noqa: E402
 from seed_style import SeedStyleMobileFormer  # noqa: E402
-
-THREADS = 2
-
-
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def seed_style_graph(model: torch.nn.Module, batch: int, imgsz: int, simplifier: str) -> onnx.ModelProto:
@@ -58,26 +49,6 @@ def seed_style_graph(model: torch.nn.Module, batch: int, imgsz: int, simplifier:
             output_names=["logits"],
         )
     return onnx_export.simplify(onnx.load_from_string(buffer.getvalue()), simplifier)
-
-
-def interleaved_medians(candidates: dict, runs: int, warmup: int, rounds: int = 5) -> dict[str, float]:
-    """Median latency per candidate, measured in alternating blocks (``rounds`` blocks each).
-
-    Blocks rather than single calls: torch's and ONNX Runtime's thread pools keep spinning for a
-    moment after a call, so alternating call by call would measure one runtime's threads stealing
-    the cores from the other. Each block starts with its own warm-up.
-    """
-    times = {name: [] for name in candidates}
-    per_block = max(1, runs // rounds)
-    for _ in range(rounds):
-        for name, fn in candidates.items():
-            for _ in range(max(1, warmup // rounds)):
-                fn()
-            for _ in range(per_block):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
 def export_wall_time(size: str) -> float:

@@ -13,7 +13,8 @@ tools/make_official_reference.py does it (a throwaway package with stand-ins for
   the same onnxslim. The official code's traced Python ints fix the batch, so it is exported once per measured
   batch; ours once, with a dynamic batch.
 - Node counts, the largest logit difference on the same input, and ONNX Runtime CPU latency (2 threads) of both
-  side by side in alternating blocks (benchmarks/export_onnx.py's timing), median per batch.
+  side by side in alternating blocks, median per batch, measured by benchmarks/ort_timing.py in a process of its
+  own that loads only ONNX Runtime (this one has run PyTorch, which slowed both graphs, ours more).
 - The compute-op count of the Core ML ML program of our model (mfdeploy's converter and passes, FP16, iOS16),
   counted with the seed-0 weights and with every parameter perturbed (what a trained checkpoint gets: random
   init leaves all norms 1/0 and biases 0, which lets coremltools merge some ops).
@@ -47,9 +48,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(ROOT / "tools"))
-from export_onnx import THREADS, interleaved_medians, session  # noqa: E402
 from make_official_reference import build as build_official_code  # noqa: E402
 from make_official_reference import import_official  # noqa: E402
+from ort_timing import THREADS, session, time_in_fresh_process  # noqa: E402
 
 from mfdeploy.export import onnx_export  # noqa: E402
 from mfdeploy.model.official import build_official_model, to_official_state_dict  # noqa: E402
@@ -231,14 +232,12 @@ def main() -> None:
                     reference = official(torch.from_numpy(x)).numpy()
                 got_ours = ours_session.run(None, {"images": x})[0]
                 got_plain = plain_session.run(None, {"images": x})[0]
-                medians = interleaved_medians(
-                    {
-                        "ours": lambda x=x: ours_session.run(None, {"images": x}),
-                        "plain": lambda s=plain_session, x=x: s.run(None, {"images": x}),
-                    },
-                    args.runs,
-                    args.warmup,
-                )
+                # timed in a process that loads only ONNX Runtime (see ort_timing.py), not in this one
+                paths = {"ours": Path(tmp) / "ours.onnx", "plain": Path(tmp) / f"plain_b{batch}.onnx"}
+                onnx.save(ours, str(paths["ours"]))
+                onnx.save(graph, str(paths["plain"]))
+                timed = time_in_fresh_process(list(paths.values()), batch, args.imgsz, args.runs, args.warmup)
+                medians = {name: timed[str(path)] for name, path in paths.items()}
                 per_batch[batch] = {
                     "plain_nodes": len(graph.graph.node),
                     "node_ratio": len(ours.graph.node) / len(graph.graph.node),
@@ -290,7 +289,12 @@ def main() -> None:
 def print_table(results: dict, args: argparse.Namespace) -> None:
     plain = results["plain"]
     timed = bool(plain and "batches" in plain)
-    timing = f", ONNX Runtime CPU, {THREADS} threads, median of {args.runs} runs in alternating blocks" if timed else ""
+    timing = (
+        f", ONNX Runtime CPU, {THREADS} threads, median of {args.runs} runs in alternating blocks, in a process of "
+        "their own"
+        if timed
+        else ""
+    )
     print(
         f"Official Mobile-Former {args.size} at {args.imgsz}px on {results['cpu']}{timing} (load average "
         f"{results['load_average_start'][0]:.1f} at the start, {results['load_average_end'][0]:.1f} at the end)"
