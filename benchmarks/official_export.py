@@ -222,6 +222,8 @@ def main() -> None:
             official = build_official_code(import_official(checkout, Path(tmp)), args.size, NUM_CLASSES)
             official.load_state_dict(to_official_state_dict(model.state_dict()), strict=True)
             ours_session = session(ours)
+            ours_path = Path(tmp) / "ours.onnx"
+            onnx.save(ours, str(ours_path))
             plain: dict[str, object] = {"batch": "fixed: the official code's traced ints fix it, exported per batch"}
             per_batch = {}
             for batch in batches:
@@ -233,8 +235,7 @@ def main() -> None:
                 got_ours = ours_session.run(None, {"images": x})[0]
                 got_plain = plain_session.run(None, {"images": x})[0]
                 # timed in a process that loads only ONNX Runtime (see ort_timing.py), not in this one
-                paths = {"ours": Path(tmp) / "ours.onnx", "plain": Path(tmp) / f"plain_b{batch}.onnx"}
-                onnx.save(ours, str(paths["ours"]))
+                paths = {"ours": ours_path, "plain": Path(tmp) / f"plain_b{batch}.onnx"}
                 onnx.save(graph, str(paths["plain"]))
                 timed = time_in_fresh_process(list(paths.values()), batch, args.imgsz, args.runs, args.warmup)
                 medians = {name: timed[str(path)] for name, path in paths.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import reduce
 
 import torch
@@ -89,8 +90,9 @@ class GroupedLinear(nn.Module):
 
 
 def split_heads(tokens: Tensor, heads: int) -> Tensor:
-    """[B, M, D] -> [B, heads, M, D // heads] without reading B or M from the shape."""
-    return tokens.unflatten(-1, (heads, -1)).transpose(1, 2)
+    """[B, M, D] -> [B, heads, M, D // heads] without reading B or M from the shape (and [M, D], tokens not yet
+    broadcast over the batch, -> [heads, M, D // heads])."""
+    return tokens.unflatten(-1, (heads, -1)).transpose(-3, -2)
 
 
 def feature_heads(feature_map: Tensor, heads: int) -> Tensor:
@@ -98,18 +100,18 @@ def feature_heads(feature_map: Tensor, heads: int) -> Tensor:
     return feature_map.flatten(2).unflatten(1, (heads, -1))
 
 
-_NATIVE_SOFTMAX = [False]
+_NATIVE_SOFTMAX: ContextVar[bool] = ContextVar("native_softmax", default=False)
 
 
 @contextmanager
 def native_softmax() -> Iterator[None]:
     """Within this block :func:`softmax_over_short_axis` traces as one softmax op: for converters whose
     softmax runs on any axis as one kernel (Core ML), where the written-out form would only add ops."""
-    _NATIVE_SOFTMAX[0] = True
+    token = _NATIVE_SOFTMAX.set(True)
     try:
         yield
     finally:
-        _NATIVE_SOFTMAX[0] = False
+        _NATIVE_SOFTMAX.reset(token)
 
 
 def softmax_over_short_axis(logits: Tensor, dim: int) -> Tensor:
@@ -120,7 +122,7 @@ def softmax_over_short_axis(logits: Tensor, dim: int) -> Tensor:
     there and back, which for [B, heads, tokens, pixels] costs more than the exp itself. Written out, it
     is a max and a sum over the short axis and three elementwise ops, with the max keeping the exp within
     range in FP16 as a Softmax kernel does. The same function to float rounding, in training as in eval."""
-    if _NATIVE_SOFTMAX[0]:
+    if _NATIVE_SOFTMAX.get():
         return logits.softmax(dim=dim)
     e = (logits - logits.amax(dim=dim, keepdim=True).detach()).exp()
     return e * e.sum(dim=dim, keepdim=True).reciprocal()

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mfdeploy.errors import UserError
-from mfdeploy.model.layers import DropPath, conv_bn, softmax_over_short_axis
+from mfdeploy.model.layers import DropPath, conv_bn, feature_heads, softmax_over_short_axis, split_heads
 from mfdeploy.model.official_config import (
     OFFICIAL_CONFIGS,
     OFFICIAL_SIZES,
@@ -136,16 +136,6 @@ def dyrelu(x: Tensor, coefficients: tuple[Tensor, Tensor]) -> Tensor:
     return torch.maximum(x * a1, x * a2)
 
 
-def _heads(x: Tensor, heads: int) -> Tensor:
-    """[..., T, C] -> [..., heads, T, C // heads] (for [T, C], the first block's tokens: [heads, T, C // heads])."""
-    return x.unflatten(-1, (heads, -1)).transpose(-3, -2)
-
-
-def _feature_heads(x: Tensor, heads: int) -> Tensor:
-    """[B, C, H, W] -> [B, heads, C // heads, H*W]."""
-    return x.flatten(2).unflatten(1, (heads, -1))
-
-
 class ToFormer(nn.Module):
     """Mobile -> Former (official ``Local2Global``): the tokens attend to the pixels, gated, post-norm.
 
@@ -169,8 +159,8 @@ class ToFormer(nn.Module):
         wg, bg = _hsig2(self.gate.weight, self.gate.bias)
         weight = torch.cat([self.q.weight * self.scale, wg])
         q, gate = F.linear(tokens, weight, torch.cat([self.q.bias * self.scale, bg])).split(self.channels, dim=-1)
-        kv = _feature_heads(x, h)  # [B, h, d, L]
-        attn = (_heads(q, h) @ kv).softmax(dim=-1)  # [B, h, T, L]
+        kv = feature_heads(x, h)  # [B, h, d, L]
+        attn = (split_heads(q, h) @ kv).softmax(dim=-1)  # [B, h, T, L]
         z = (kv @ attn.transpose(-1, -2)).flatten(1, 2).transpose(-1, -2)  # [B, T, C], the heads concatenated
         z = F.linear(z * gate.clamp(0.0, 2.0), self.proj.weight, self.proj.bias)
         return self.norm(tokens + self.drop_path(z))
@@ -195,8 +185,8 @@ class Former(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         h = self.heads
-        q = _heads(F.linear(tokens, self.q.weight * self.scale, self.q.bias * self.scale), h)  # [B, h, T, d]
-        kv = _heads(tokens, h)  # [B, h, T, d]
+        q = split_heads(F.linear(tokens, self.q.weight * self.scale, self.q.bias * self.scale), h)  # [B, h, T, d]
+        kv = split_heads(tokens, h)  # [B, h, T, d]
         attn = (q @ kv.transpose(-1, -2)).softmax(dim=-1)
         z = F.linear((attn @ kv).transpose(-3, -2).flatten(-2), self.proj.weight, self.proj.bias)
         tokens = self.norm(tokens + self.drop_path(z))
@@ -227,8 +217,8 @@ class ToMobile(nn.Module):
         h = self.heads
         weight = torch.cat([self.k.weight * self.scale, self.v.weight])
         kv = F.linear(tokens, weight, torch.cat([self.k.bias * self.scale, self.v.bias]))
-        k, v = _heads(kv, 2 * h).split(h, dim=-3)  # [B, h, T, d] each
-        q = _feature_heads(x, self.heads)  # [B, h, d, L]
+        k, v = split_heads(kv, 2 * h).split(h, dim=-3)  # [B, h, T, d] each
+        q = feature_heads(x, self.heads)  # [B, h, d, L]
         attn = softmax_over_short_axis(k @ q, dim=-2)  # [B, h, T, L], normalised over the tokens
         z = (v.transpose(-1, -2) @ attn).flatten(1, 2).reshape_as(x)
         return x + self.drop_path(z)
