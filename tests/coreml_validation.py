@@ -46,6 +46,12 @@ def validate_once() -> Iterator[None]:
         ct.convert = convert
 
 
+_INSTALLED: list = []  # the entered context, kept alive: a dropped generator would run its finally at once
+
+
 def install() -> None:
     """For a worker process: validate once for the rest of the process's life."""
-    validate_once().__enter__()
+    if not _INSTALLED:
+        context = validate_once()
+        context.__enter__()
+        _INSTALLED.append(context)
