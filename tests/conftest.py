@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,14 @@ from mfdeploy.cli import main
 from mfdeploy.model import SIZES
 from mfdeploy.model.families import ARCHS
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# One thread per pytest-xdist worker (the workers fill the cores); two without xdist.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, torch.get_num_threads())))
+MAX_WORKERS = 4  # beyond this, the workers' own session fixtures cost more than they save
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (the README's test command): one worker per core, at most MAX_WORKERS."""
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
 @dataclass
@@ -61,26 +69,45 @@ def _digits_training_args(out: Path) -> list[str]:
 
 
 FAMILY_SIZES = [(arch, size) for arch in ARCHS for size in SIZES]  # every size of both families
-_BACKGROUND_FIXTURES = {"digits_checkpoint", "coreml_52m", "swept_size"}
+
+
+def _swept(item: pytest.Item) -> tuple[str, str] | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("swept_size") if callspec is not None else None
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The per-size tests run last, largest sizes first. The background worker makes the sizes in
-    FAMILY_SIZES order while the other tests run; at the end the test process takes the sizes no worker
-    has started yet from the other end of the queue, so that both cores stay busy until the sweep is done
-    and neither waits for a size the other is making. Order only: no test depends on another's."""
+    """The per-size tests run last, each size's tests together (see pytest_xdist_make_scheduler).
+    Order only: no test depends on another's."""
     position = {size: index for index, size in enumerate(FAMILY_SIZES)}
-
-    def swept(item: pytest.Item) -> int | None:
-        callspec = getattr(item, "callspec", None)
-        size = callspec.params.get("swept_size") if callspec is not None else None
-        return None if size is None else position[size]
-
-    later = [item for item in items if swept(item) is not None]
+    later = [item for item in items if _swept(item) is not None]
     if later:
-        rest = [item for item in items if swept(item) is None]
-        items[:] = rest + sorted(later, key=lambda item: -swept(item))  # stable: files keep their order per size
+        rest = [item for item in items if _swept(item) is None]
+        items[:] = rest + sorted(later, key=lambda item: position[_swept(item)])  # stable: files keep their order
+
+
+_SWEPT_IDS = {f"{arch}-{size}" for arch, size in FAMILY_SIZES}
+
+
+def _work_unit(nodeid: str) -> str:
+    """What one xdist worker runs as a whole: a per-size test goes with its size's other tests (so that
+    one worker makes the size's shared job), any other test with its file (so that module fixtures are
+    made once). Only the placement of tests depends on it, never a result."""
+    path, _, rest = nodeid.partition("::")
+    param = rest.rpartition("[")[2].rstrip("]") if rest.endswith("]") else ""
+    return param if param in _SWEPT_IDS else path
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Tests are handed to the workers in work units (:func:`_work_unit`), in collection order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFileOrSize(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    return ByFileOrSize(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -92,28 +119,47 @@ def _coreml_validates_once():
         yield
 
 
-@pytest.fixture(scope="session", autouse=True)
-def background(request, tmp_path_factory):
-    """The jobs the collected tests need, queued with the session to a worker process (background.py), in
-    the order the tests first need them: the digits training, the default Core ML export, then every size."""
-    from background import Background, run_cli_beside_tests
+def _sweep_job(arch: str, size: str, out: str) -> dict:
     from size_sweep import sweep_size
 
-    items = request.session.items
-    needed = {name for item in items for name in item.fixturenames}
-    root = tmp_path_factory.mktemp("background")
-    outputs = {"digits": root / "trained" / "digits26m.safetensors", "coreml_52m": root / "coreml52m"}
-    jobs = []
-    if "digits_checkpoint" in needed:
-        jobs.append(("digits", run_cli_beside_tests, (_digits_training_args(outputs["digits"]),)))
-    if "coreml_52m" in needed:
-        export_52m = ["export", "--size", "52m", "--target", "coreml", "--out", str(outputs["coreml_52m"]), "--json"]
-        jobs.append(("coreml_52m", run_cli_beside_tests, (export_52m,)))
-    swept = {item.callspec.params["swept_size"] for item in items if "swept_size" in item.fixturenames}
-    for arch, size in (s for s in FAMILY_SIZES if s in swept):
-        jobs.append(((arch, size), sweep_size, (arch, size, str(root / f"{arch}-{size}"))))
-    alone = all(_BACKGROUND_FIXTURES & set(item.fixturenames) for item in items)
-    queue = Background(jobs, alone=alone, outputs=outputs)
+    return sweep_size(arch, size, out)
+
+
+def _train_digits(out: str) -> list:
+    """The digits training, with the command's JSON output written beside the checkpoint."""
+    from background import run_cli_beside_tests
+
+    code, stdout, err = run_cli_beside_tests(_digits_training_args(Path(out)))
+    if code == 0:
+        (Path(out).parent / "train_result.json").write_text(stdout)
+    return [code, stdout, err]
+
+
+@pytest.fixture(scope="session")
+def background(request, tmp_path_factory):
+    """The session's shared jobs (background.py): the digits training, its export, the default Core ML
+    export and every size. The two command-line jobs start now, in the background, if a collected test
+    needs them and no other process of the session has started them."""
+    from background import SharedJobs, run_cli_beside_tests, session_folder
+
+    root = session_folder(tmp_path_factory.getbasetemp())
+    outputs = {
+        "digits": root / "trained" / "digits26m.safetensors",
+        "coreml_52m": root / "coreml52m",
+        "digits_export": root / "digits-artifact",
+    }
+    export_52m = ["export", "--size", "52m", "--target", "coreml", "--out", str(outputs["coreml_52m"]), "--json"]
+    jobs = {
+        "digits": (_train_digits, (str(outputs["digits"]),)),
+        "coreml_52m": (run_cli_beside_tests, (export_52m,)),
+        "digits_export": (_export_digits, (str(outputs["digits"]), str(outputs["digits_export"]))),
+    }
+    for arch, size in FAMILY_SIZES:
+        jobs[f"{arch}-{size}"] = (_sweep_job, (arch, size, str(root / f"{arch}-{size}")))
+    queue = SharedJobs(root, jobs, outputs)
+    needed = {name for item in request.session.items for name in item.fixturenames}
+    in_background = {"digits": "digits_checkpoint", "coreml_52m": "coreml_52m"}  # job: the fixture that reads it
+    queue.start(name for name, fixture in in_background.items() if fixture in needed)
     yield queue
     queue.close()
 
@@ -124,11 +170,9 @@ def digits_checkpoint(background) -> Path:
     accuracy in well under a minute), trained once per run, in the background. The official family is what
     users hold checkpoints of; the seed family is trained in test_training. Beside it, train_result.json
     holds the command's JSON output."""
-    code, out, err = background.result("digits")
+    code, _, err = background.result("digits")
     assert code == 0, err
-    checkpoint = background.outputs["digits"]
-    (checkpoint.parent / "train_result.json").write_text(out)
-    return checkpoint
+    return background.outputs["digits"]
 
 
 @pytest.fixture(scope="session")
@@ -145,7 +189,10 @@ def coreml_52m(background):
 def swept_size(request, background):
     """One size of one family (64 px, dynamic batch, random weights): exported, calibrated on 8 images and
     converted to Core ML, for the tests that cover all sizes (size_sweep.SweptSize)."""
-    return background.result(request.param)
+    from size_sweep import SweptSize
+
+    arch, size = request.param
+    return SweptSize.from_json(background.result(f"{arch}-{size}"))
 
 
 @pytest.fixture(scope="session")
@@ -154,30 +201,39 @@ def exported_size(swept_size):
     return swept_size.export
 
 
-@pytest.fixture(scope="session")
-def digits(tmp_path_factory, digits_checkpoint):
-    """The digits-trained 26m exported (ONNX and Core ML); its training split as a preprocessed .npy; its
-    validation split."""
+def _export_digits(checkpoint: str, out: str) -> dict:
+    """The digits checkpoint exported (ONNX and Core ML), with its training and validation splits
+    preprocessed as .npy files beside it."""
     import numpy as np
 
     from mfdeploy.artifacts import Artifact
     from mfdeploy.export.pipeline import ExportOptions, export
     from mfdeploy.images.datasets import load_digits_data
 
-    out = tmp_path_factory.mktemp("digits-artifact")
-    artifact = Artifact.open(export(ExportOptions(weights=str(digits_checkpoint), target="coreml", out=out)).artifact)
+    artifact = Artifact.open(export(ExportOptions(weights=checkpoint, target="coreml", out=Path(out))).artifact)
     data = load_digits_data()
     pre = artifact.preprocessing
-    train = pre.batch(data.train.image(i) for i in range(len(data.train)))
-    np.save(out / "train.npy", train)
-    val = pre.batch(data.val.image(i) for i in range(len(data.val)))
-    np.save(out / "val.npy", val)
+    np.save(Path(out) / "train.npy", pre.batch(data.train.image(i) for i in range(len(data.train))))
+    np.save(Path(out) / "val.npy", pre.batch(data.val.image(i) for i in range(len(data.val))))
+    return {"root": str(artifact.root)}
+
+
+@pytest.fixture(scope="session")
+def digits(background, digits_checkpoint):
+    """The digits-trained 26m exported (ONNX and Core ML); its training split as a preprocessed .npy; its
+    validation split. Made once per session (a shared job). Never change it: copy it."""
+    import numpy as np
+
+    from mfdeploy.images.datasets import load_digits_data
+
+    made = background.result("digits_export")
+    out = background.outputs["digits_export"]
     return {
-        "root": artifact.root,
+        "root": Path(made["root"]),
         "train": out / "train.npy",
         "val_npy": out / "val.npy",
-        "val": val,
-        "labels": data.val.labels,
+        "val": np.load(out / "val.npy"),
+        "labels": load_digits_data().val.labels,
     }
 
 

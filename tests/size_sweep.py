@@ -1,13 +1,13 @@
-"""Every size of both families through the toolchain: one job per size for background.py's workers.
+"""Every size of both families through the toolchain: one shared job per size (background.py).
 
 The per-size tests (export and verify, TensorRT lint of the FP32/FP16/INT8 graphs, Core ML conversion
 checked by the MIL evaluator) repeat the same real pipeline for fourteen models. A job runs all of it for
-one size; each test then asserts on its size's results in the test process, reading the files the job wrote.
+one size, once per session; each test then asserts on its size's results, reading the files the job wrote.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,14 @@ class SweptSize:
     export: Any  # mfdeploy.export.pipeline.ExportResult, as export() returned it
     calibration: dict[str, Any]
     coreml: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> SweptSize:
+        """Read back what :func:`sweep_size` returned."""
+        from mfdeploy.export.pipeline import ExportResult
+
+        export = ExportResult(**{**value["export"], "artifact": Path(value["export"]["artifact"])})
+        return cls(export, value["calibration"], value["coreml"])
 
 
 def _coreml_figures(arch: str, size: str) -> dict[str, Any]:
@@ -56,8 +64,9 @@ def _coreml_figures(arch: str, size: str) -> dict[str, Any]:
     return {"unsupported": report.unsupported, "compute_ops": report.compute_ops, "evaluations": evaluations}
 
 
-def sweep_size(arch: str, size: str, out: str) -> SweptSize:
-    """The job for one size: export (dynamic batch, random weights), calibrate (8 images), convert."""
+def sweep_size(arch: str, size: str, out: str) -> dict[str, Any]:
+    """The job for one size: export (dynamic batch, random weights), calibrate (8 images), convert.
+    Returns a JSON value (a shared job's result); :meth:`SweptSize.from_json` reads it."""
     from mfdeploy.artifacts import Artifact
     from mfdeploy.calibration.pipeline import CalibrationOptions, calibrate_artifact
     from mfdeploy.export.pipeline import ExportOptions, export
@@ -65,4 +74,5 @@ def sweep_size(arch: str, size: str, out: str) -> SweptSize:
     result = export(ExportOptions(size=size, arch=arch, imgsz=SWEEP_IMGSZ, out=Path(out)))
     options = CalibrationOptions(num_images=8, batch=8, holdout=4, measure_latency=False)
     calibration = calibrate_artifact(Artifact.open(result.artifact), options)
-    return SweptSize(result, calibration, _coreml_figures(arch, size))
+    export_json = {**asdict(result), "artifact": str(result.artifact)}
+    return {"export": export_json, "calibration": calibration, "coreml": _coreml_figures(arch, size)}
