@@ -20,6 +20,7 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min
 MAX_WORKERS = 4  # beyond this, the workers' own session fixtures cost more than they save
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: no error where it is not loaded (-p no:xdist)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto` (the README's test command): one worker per core, at most MAX_WORKERS."""
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
@@ -99,6 +100,7 @@ def _work_unit(nodeid: str) -> str:
     return param if param in _SWEPT_IDS else path
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """Tests are handed to the workers in work units (:func:`_work_unit`), in collection order."""
     from xdist.scheduler import LoadScopeScheduling
