@@ -103,7 +103,7 @@ def _work_unit(nodeid: str) -> str:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """Tests are handed to the workers in work units (:func:`_work_unit`); as in xdist's loadscope, the
-    units with the most tests go first, the rest in collection order (the per-size units last)."""
+    units with the most tests go first, units of equal count in collection order."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ByFileOrSize(LoadScopeScheduling):
