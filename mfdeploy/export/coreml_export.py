@@ -18,7 +18,7 @@ from typing import Any
 
 from mfdeploy.artifacts import COREML_PACKAGE, artifact_dir_name
 from mfdeploy.errors import UserError
-from mfdeploy.export.coreml_convert import ConversionSpec, convert, describe
+from mfdeploy.export.coreml_convert import ConversionSpec, convert, decompressed_bytes, describe
 from mfdeploy.export.coreml_manifest import input_section, summary_lines
 from mfdeploy.export.coreml_options import (  # noqa: F401 (re-exported: the stage's options live there)
     COMPRESSIONS,
@@ -203,18 +203,22 @@ def run_stage(ctx) -> None:
     timings: dict[str, float] = {}
     converter_warnings: list[str] = []  # coremltools' log warnings, kept off the terminal by convert
     try:
-        mlmodel, timings["convert_s"] = convert(loaded.model, spec.uncompressed(), log=converter_warnings)
-        describe(mlmodel, spec.uncompressed(), loaded.size, loaded.num_classes, complexity, source)
+        mlmodel, timings["convert_s"] = convert(loaded.model, spec, log=converter_warnings)
+        describe(mlmodel, spec, loaded.size, loaded.num_classes, complexity, source)
         bar.update(task, advance=1)
         bytes_before = None
         if options.compress != "none":
-            bar.update(task, status=f"measure the uncompressed package, then convert with {options.compress} weights")
-            mlmodel.save(str(work / "uncompressed.mlpackage"))
-            bytes_before = package_bytes(work / "uncompressed.mlpackage")
+            # what the weights were before: the package with them decompressed, or, for a classifier
+            # (which coremltools cannot decompress), a second conversion without compression
+            bar.update(task, status="measure the package without compression")
             started = time.perf_counter()
-            mlmodel, _ = convert(loaded.model, spec, log=converter_warnings)
-            timings["compress_s"] = round(time.perf_counter() - started, 3)
-            describe(mlmodel, spec, loaded.size, loaded.num_classes, complexity, source)
+            work.mkdir(exist_ok=True)
+            bytes_before = decompressed_bytes(mlmodel, work, log=converter_warnings)
+            if bytes_before is None:
+                uncompressed, _ = convert(loaded.model, spec.uncompressed(), log=converter_warnings)
+                uncompressed.save(str(work / "uncompressed.mlpackage"))
+                bytes_before = package_bytes(work / "uncompressed.mlpackage")
+            timings["measure_uncompressed_s"] = round(time.perf_counter() - started, 3)
             bar.update(task, advance=1)
         bar.update(task, status=f"save {COREML_PACKAGE}")
         started = time.perf_counter()
