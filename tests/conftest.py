@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from background import run_cli
+from background import SharedJobs, run_cli, run_cli_beside_tests, session_folder
 
 from mfdeploy.cli import main
 from mfdeploy.model import SIZES
@@ -122,16 +122,8 @@ def _coreml_validates_once():
         yield
 
 
-def _sweep_job(arch: str, size: str, out: str) -> dict:
-    from size_sweep import sweep_size
-
-    return sweep_size(arch, size, out)
-
-
 def _train_digits(out: str) -> list:
     """The digits training, with the command's JSON output written beside the checkpoint."""
-    from background import run_cli_beside_tests
-
     code, stdout, err = run_cli_beside_tests(_digits_training_args(Path(out)))
     if code == 0:
         (Path(out).parent / "train_result.json").write_text(stdout)
@@ -143,7 +135,7 @@ def background(request, tmp_path_factory):
     """The session's shared jobs (background.py): the digits training, its export, the default Core ML
     export and every size. The two command-line jobs start now, in the background, if a collected test
     needs them and no other process of the session has started them."""
-    from background import SharedJobs, run_cli_beside_tests, session_folder
+    from size_sweep import sweep_size
 
     root = session_folder(tmp_path_factory.getbasetemp())
     outputs = {
@@ -158,7 +150,7 @@ def background(request, tmp_path_factory):
         "digits_export": (_export_digits, (str(outputs["digits"]), str(outputs["digits_export"]))),
     }
     for arch, size in FAMILY_SIZES:
-        jobs[f"{arch}-{size}"] = (_sweep_job, (arch, size, str(root / f"{arch}-{size}")))
+        jobs[f"{arch}-{size}"] = (sweep_size, (arch, size, str(root / f"{arch}-{size}")))
     queue = SharedJobs(root, jobs, outputs)
     needed = {name for item in request.session.items for name in item.fixturenames}
     in_background = {"digits": "digits_checkpoint", "coreml_52m": "coreml_52m"}  # job: the fixture that reads it

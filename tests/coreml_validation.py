@@ -44,14 +44,3 @@ def validate_once() -> Iterator[None]:
         yield
     finally:
         ct.convert = convert
-
-
-_INSTALLED: list = []  # the entered context, kept alive: a dropped generator would run its finally at once
-
-
-def install() -> None:
-    """For a worker process: validate once for the rest of the process's life."""
-    if not _INSTALLED:
-        context = validate_once()
-        context.__enter__()
-        _INSTALLED.append(context)
