@@ -230,18 +230,16 @@ def describe(
     mlmodel.user_defined_metadata.update(metadata)
 
 
-def decompressed_bytes(mlmodel, work: Path, log: list[str] | None = None) -> int | None:
-    """The size of ``mlmodel``'s package with its compressed weights expanded back to dense (what the
-    export would be without ``--compress``), measured without a second conversion; None for a classifier,
-    whose class labels do not survive coremltools 9's ``decompress_weights``."""
+def decompressed(mlmodel, log: list[str] | None = None):
+    """``mlmodel`` with its compressed weights expanded back to dense (what the export would be without
+    ``--compress``), without a second conversion; None for a classifier, whose class labels do not survive
+    coremltools 9's ``decompress_weights``."""
     if mlmodel.get_spec().description.predictedFeatureName:
         return None
     from coremltools.optimize.coreml import decompress_weights
 
     with quiet_coremltools(log):
-        dense = decompress_weights(mlmodel)
-        dense.save(str(work / "decompressed.mlpackage"))
-    return package_bytes(work / "decompressed.mlpackage")
+        return decompress_weights(mlmodel)
 
 
 def package_bytes(path: str | os.PathLike[str]) -> int:

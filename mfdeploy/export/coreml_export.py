@@ -18,7 +18,7 @@ from typing import Any
 
 from mfdeploy.artifacts import COREML_PACKAGE, artifact_dir_name
 from mfdeploy.errors import UserError
-from mfdeploy.export.coreml_convert import ConversionSpec, convert, decompressed_bytes, describe
+from mfdeploy.export.coreml_convert import ConversionSpec, convert, decompressed, describe
 from mfdeploy.export.coreml_manifest import input_section, summary_lines
 from mfdeploy.export.coreml_options import (  # noqa: F401 (re-exported: the stage's options live there)
     COMPRESSIONS,
@@ -212,12 +212,11 @@ def run_stage(ctx) -> None:
             # (which coremltools cannot decompress), a second conversion without compression
             bar.update(task, status="measure the package without compression")
             started = time.perf_counter()
-            work.mkdir(exist_ok=True)
-            bytes_before = decompressed_bytes(mlmodel, work, log=converter_warnings)
-            if bytes_before is None:
+            uncompressed = decompressed(mlmodel, log=converter_warnings)
+            if uncompressed is None:
                 uncompressed, _ = convert(loaded.model, spec.uncompressed(), log=converter_warnings)
-                uncompressed.save(str(work / "uncompressed.mlpackage"))
-                bytes_before = package_bytes(work / "uncompressed.mlpackage")
+            uncompressed.save(str(work / "uncompressed.mlpackage"))
+            bytes_before = package_bytes(work / "uncompressed.mlpackage")
             timings["measure_uncompressed_s"] = round(time.perf_counter() - started, 3)
             bar.update(task, advance=1)
         bar.update(task, status=f"save {COREML_PACKAGE}")
