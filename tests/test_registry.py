@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from mfdeploy.artifacts import Artifact
 from mfdeploy.errors import UserError
@@ -33,6 +34,15 @@ def test_torch_and_onnx_runners_from_an_artifact(artifact_26m):
             outputs[name] = runner.infer(x)
             assert runner.outputs()[0].name == "logits"
     np.testing.assert_allclose(outputs["onnx"], outputs["torch"], atol=1e-4)
+
+
+def test_torch_runner_puts_the_thread_count_back_when_closed(artifact_26m):
+    """torch's thread count belongs to the process: a runner with its own count must not leave it set."""
+    before = torch.get_num_threads()
+    other = 1 if before > 1 else 2
+    with create_runner("torch", artifact_26m, threads=other):
+        assert torch.get_num_threads() == other
+    assert torch.get_num_threads() == before
 
 
 @pytest.mark.parametrize("name", ["onnx-int8", "trt-fp16", "coreml"])

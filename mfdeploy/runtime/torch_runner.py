@@ -30,8 +30,14 @@ class TorchRunner(Runner):
         return cls(loaded.model, artifact.imgsz, threads)
 
     def _load(self) -> None:
+        # torch's thread count is the process's: set it while the runner is open, and put it back when it
+        # closes, so that a library user's process (or the next runner) is not left with this one's setting.
+        self._threads_before = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
+
+    def _close(self) -> None:
+        torch.set_num_threads(self._threads_before)
 
     def inputs(self) -> list[TensorSpec]:
         return [TensorSpec("images", ("batch", self.model.in_chans, self.imgsz, self.imgsz))]
