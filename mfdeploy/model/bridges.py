@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mfdeploy.model.layers import DropPath, GroupedLinear, feature_heads, split_heads
+from mfdeploy.model.layers import DropPath, GroupedLinear, feature_heads, softmax_over_short_axis, split_heads
 
 
 class ToFormer(nn.Module):
@@ -47,7 +47,9 @@ class ToMobile(nn.Module):
 
     x + concat_h softmax(q_h k_h^T / sqrt(d)) v_h with q_h = the feature map's channels of head h and
     k_h, v_h = per-head projections of LN(tokens). The logits are built as k @ q ([M, L] per head) and
-    normalised over the token axis, which is the same attention without transposing the pixels.
+    normalised over the token axis, which is the same attention without transposing the pixels (the softmax
+    written out, since ONNX Runtime transposes for a Softmax on any axis but the last: see
+    softmax_over_short_axis).
     The per-head k and v projections share one grouped matmul (their weights are concatenated).
     """
 
@@ -69,7 +71,7 @@ class ToMobile(nn.Module):
         kv = self.kv(split_heads(self.norm(tokens), self.heads), self.kv_scale)  # [B, h, M, 2d]
         k, v = kv.split(self.head_dim, dim=-1)
         q = feature_heads(feature_map, self.heads)  # [B, h, d, L]
-        attn = (k @ q).softmax(dim=-2)  # [B, h, M, L], normalised over tokens
+        attn = softmax_over_short_axis(k @ q, dim=-2)  # [B, h, M, L], normalised over tokens
         z = v.transpose(-1, -2) @ attn  # [B, h, d, L]
         z = z.flatten(1, 2).reshape_as(feature_map)
         return feature_map + self.drop_path(self.drop(z))
