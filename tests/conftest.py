@@ -16,9 +16,6 @@ from mfdeploy.cli import main
 from mfdeploy.model import SIZES
 from mfdeploy.model.families import ARCHS
 
-# One thread per pytest-xdist worker (the workers fill the cores); two without xdist.
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, torch.get_num_threads())))
-
 
 def _one_thread_per_worker() -> None:
     """In a pytest-xdist worker, everything runs on one thread: the workers already fill the cores.
@@ -26,11 +23,13 @@ def _one_thread_per_worker() -> None:
     A second thread of ONNX Runtime's pool (its default is one per core) or of a subprocess's OpenMP does no
     work here: it spin-waits for the first, on the core another worker needs. A profile of the suite found
     about 40 CPU-seconds in ONNX Runtime's spin loop and 10 in the OpenMP threads of CLI subprocesses. So
-    the worker's ONNX Runtime sessions get one intra-op thread where the caller set none (what the code
-    under test asks for, it still gets), and the processes the worker starts inherit OMP_NUM_THREADS=1.
+    the worker's torch runs one thread, its ONNX Runtime sessions get one intra-op thread where the caller
+    set none (what the code under test asks for, it still gets), and the processes it starts inherit
+    OMP_NUM_THREADS=1.
     """
     import onnxruntime
 
+    torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
     init = onnxruntime.InferenceSession.__init__
 
@@ -46,6 +45,8 @@ def _one_thread_per_worker() -> None:
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     _one_thread_per_worker()
+else:  # one process for the whole suite (-n 0, -p no:xdist): two threads at most
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 MAX_WORKERS = 4  # beyond this, the workers' own session fixtures cost more than they save
 
