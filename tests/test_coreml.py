@@ -555,3 +555,21 @@ def test_compute_plans_need_macos_14_4(monkeypatch, version, ok):
         runner = SimpleNamespace(profile=True, engine="predict")
         with pytest.raises(coreml_export.UserError, match="need macOS 14.4 or later"):
             CoreMLRunner.profile_layers(runner)
+
+
+@pytest.mark.parametrize("arch", ["seed", "official"])
+def test_coremltools_gets_the_weight_arithmetic_already_folded(arch):
+    """The trace handed to coremltools is frozen: the arithmetic forward does on weights (scales, affines,
+    concatenated projections) is constants by then, so the converter's passes walk far fewer nodes."""
+    from mfdeploy.export.coreml_convert import _frozen
+    from mfdeploy.model.families import build_family_model
+
+    model = build_family_model(arch, "26m").eval()
+    x = torch.from_numpy(Preprocessing.for_size(32).batch(builtin_images(2)))
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x, check_trace=False)
+        frozen = _frozen(traced)
+        torch.testing.assert_close(frozen(x), model(x), rtol=1e-5, atol=1e-6)  # float32 rounding only
+    kinds = [node.kind() for node in frozen.graph.nodes()]
+    assert "prim::GetAttr" not in kinds  # no parameter is read at run time
+    assert len(kinds) < 0.5 * len(list(traced.inlined_graph.nodes()))

@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -138,6 +139,23 @@ def pass_pipeline(spec: ConversionSpec, compress: bool = True):
     return pipeline
 
 
+def _frozen(traced: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    """The trace with its weights as constants and the constant arithmetic folded.
+
+    The weight arithmetic that ``forward`` does (attention scales, hard-sigmoid affines, concatenated
+    projections, the head's BatchNorm1d) then reaches coremltools as constants: its passes walk a third of
+    the nodes (official 52m: 2478 -> 855) and the conversion takes 20-30% less time, for the same program.
+    ``optimize_numerics=False``: no folding that rounds differently. torch 2.13 marks ``torch.jit.freeze``
+    deprecated, with all of TorchScript; where a later torch lacks it, the trace is converted as it is.
+    """
+    freeze = getattr(torch.jit, "freeze", None)
+    if freeze is None:
+        return traced
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.freeze.* is deprecated", category=DeprecationWarning)
+        return freeze(traced, optimize_numerics=False)
+
+
 def convert(model: nn.Module, spec: ConversionSpec, compress: bool = True, log: list[str] | None = None):
     """Trace ``model`` and convert it to an ML program (an unsaved ``MLModel``); returns it and the
     seconds the trace and conversion took. coremltools' progress bars stay off the terminal; its
@@ -163,6 +181,7 @@ def convert(model: nn.Module, spec: ConversionSpec, compress: bool = True, log: 
         # check_trace would run the model twice more to compare the trace with eager mode: the converted
         # program is compared with PyTorch anyway (the Core ML stage's verification), so it only costs time
         traced = torch.jit.trace(model, example, check_trace=False)
+        traced = _frozen(traced)
         mlmodel = ct.convert(
             traced,
             inputs=[_input_type(ct, spec)],
