@@ -144,3 +144,24 @@ def test_bad_inputs_are_named(op_zoo):
         evaluator.run({"x": x[:, :, :20]})
     with pytest.raises(ValueError, match="precision"):
         MILEvaluator(programs["fp32"], "int8")
+
+
+def test_fp16_rounding_is_numpys_bit_for_bit():
+    """The evaluator rounds every value to float16 with torch (fast); the bits must be numpy's astype."""
+    from mfdeploy.runtime.mil_evaluator import _fp16_rounded
+
+    bits = np.random.default_rng(0).integers(0, 2**32, size=1 << 20, dtype=np.uint64).astype(np.uint32)
+    specials = np.array([0.0, -0.0, 6e-8, 3e-8, 65504.0, 65520.0, 1e6, np.inf, -np.inf, np.nan], np.float32)
+    values = np.concatenate([bits.view(np.float32), specials]).reshape(-1, 2)
+    read_only = values.copy()
+    read_only.flags.writeable = False
+    with np.errstate(over="ignore", invalid="ignore"):  # NaN and overflow bits are part of the point
+        cases = (values, values[:, 1], read_only, values.astype(np.float64), np.float32(70000.0))
+        expected_values = [np.asarray(case).astype(np.float16).astype(np.float32) for case in cases]
+    for array, expected in zip(cases, expected_values, strict=True):
+        with np.errstate(over="ignore"):  # float64 goes numpy's way, which says so
+            got = _fp16_rounded(np.asarray(array))
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        finite = ~np.isnan(expected)
+        np.testing.assert_array_equal(np.isnan(got), ~finite)
+        np.testing.assert_array_equal(got.view(np.uint32)[finite], expected.view(np.uint32)[finite])

@@ -98,6 +98,21 @@ def _is_float(value: Any) -> bool:
     return isinstance(value, (np.ndarray, np.floating)) and np.issubdtype(np.asarray(value).dtype, np.floating)
 
 
+def _fp16_rounded(array: np.ndarray) -> np.ndarray:
+    """``array`` rounded to the nearest float16 (ties to even), as float32.
+
+    The same bits as ``array.astype(np.float16).astype(np.float32)`` (subnormals, overflow to inf and NaN
+    included), computed by torch, whose conversion is vectorised: numpy's float32 -> float16 loop took 40%
+    of an FP16 evaluation, about 17 times torch's time for the same tensor. float64 goes the numpy way,
+    which rounds once (torch would round to float32 first).
+    """
+    if array.dtype != np.float32 or array.ndim == 0 or not (array.flags.c_contiguous and array.flags.writeable):
+        return array.astype(np.float16).astype(np.float32)
+    import torch
+
+    return torch.from_numpy(array).to(torch.float16).to(torch.float32).numpy()
+
+
 @dataclass
 class _Step:
     op: Any
@@ -165,7 +180,7 @@ class MILEvaluator:
         if _is_float(value):
             array = np.asarray(value)
             if self.precision == "fp16":
-                array = array.astype(np.float16)
+                return _fp16_rounded(array)
             return array.astype(np.float32)
         return value
 
