@@ -60,3 +60,27 @@ def test_round_trip_through_dict():
 def test_image_side_must_be_multiple_of_32(bad):
     with pytest.raises(UserError, match="multiple of 32"):
         check_imgsz(bad)
+
+
+def test_builtin_photos_read_scikit_learns_files_without_importing_it():
+    """The two scikit-learn photographs are read from its package folder (its import costs seconds in
+    every process that verifies an export), pixel for pixel what load_sample_images returns."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from mfdeploy.images.samples import builtin_photos; photos = builtin_photos(); "
+        "print([name for name, _ in photos if name.startswith('sklearn:')], 'sklearn' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["['sklearn:china.jpg',", "'sklearn:flower.jpg']", "False"]
+
+    from sklearn.datasets import load_sample_images
+
+    from mfdeploy.images.samples import builtin_photos
+
+    ours = [np.asarray(image) for name, image in builtin_photos() if name.startswith("sklearn:")]
+    theirs = load_sample_images().images
+    assert len(ours) == len(theirs) == 2
+    for mine, reference in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(mine, reference)
