@@ -36,9 +36,10 @@ STAGES = {"stem", "lite_bneck", *(f"blocks.{i}" for i in range(8)), "final_to_fo
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory) -> Artifact:
-    out = tmp_path_factory.mktemp("bench")
-    return Artifact.open(export(ExportOptions(size="26m", imgsz=64, num_classes=10, out=out)).artifact)
+def artifact(tmp_path_factory, small_export) -> Artifact:
+    copy = tmp_path_factory.mktemp("bench") / small_export.name
+    shutil.copytree(small_export, copy)
+    return Artifact.open(copy)
 
 
 @pytest.fixture(scope="module")

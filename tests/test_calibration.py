@@ -219,9 +219,8 @@ def test_int8_base_fp32_keeps_the_float_graph_around_the_pairs(cli, small_artifa
     assert "--int8-base fp32" in calibrate_command(artifact, "model.int8.onnx")
 
 
-def test_statistics_cache_reuse_and_invalidation(cli, tmp_path, monkeypatch):
-    out = tmp_path / "art"
-    root = export(ExportOptions(size="26m", imgsz=64, num_classes=10, out=out)).artifact
+def test_statistics_cache_reuse_and_invalidation(cli, small_artifact, monkeypatch):
+    root, out = small_artifact, small_artifact.parent
     args = ("calibrate", root, "--calib-size", "24", "--calib-batch", "8", "--no-latency", "--json")
     first = cli(*args, "--method", "minmax")
     assert first.code == 0, first.err
@@ -320,8 +319,8 @@ def make_image_folder(root, count=12):
         image.save(folder / f"img{i}.{suffix}")
 
 
-def test_folder_calibration_data_with_every_format_and_a_corrupt_file(cli, tmp_path):
-    root = export(ExportOptions(size="26m", imgsz=64, num_classes=10, out=tmp_path / "art")).artifact
+def test_folder_calibration_data_with_every_format_and_a_corrupt_file(cli, tmp_path, small_artifact):
+    root = small_artifact
     make_image_folder(tmp_path / "photos")
     (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     result = cli(
@@ -346,10 +345,10 @@ def test_folder_calibration_data_with_every_format_and_a_corrupt_file(cli, tmp_p
         ("missing", "does not exist"),
     ],
 )
-def test_bad_calibration_input(cli, tmp_path, case, fragment):
+def test_bad_calibration_input(cli, tmp_path, case, fragment, request):
     root = tmp_path / "art" / "mobileformer_26m"
     if case in ("empty", "corrupt-only", "wrong-shape", "wrong-dtype"):
-        root = export(ExportOptions(size="26m", imgsz=64, num_classes=10, out=tmp_path / "art")).artifact
+        root = request.getfixturevalue("small_artifact")
     data = tmp_path / "data"
     extra: list[str] = []
     if case == "empty":
@@ -379,8 +378,8 @@ def test_bad_calibration_input(cli, tmp_path, case, fragment):
         assert not (root / "model.int8.onnx").exists() and not (root / "model.fp16.onnx").exists()
 
 
-def test_npz_and_builtin_sources(cli, tmp_path):
-    root = export(ExportOptions(size="26m", imgsz=64, num_classes=10, out=tmp_path / "art")).artifact
+def test_npz_and_builtin_sources(cli, tmp_path, small_artifact):
+    root = small_artifact
     images = np.random.default_rng(0).standard_normal((12, 3, 64, 64)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", images=images)
     result = cli("calibrate", root, "--calib-data", tmp_path / "calib.npz", "--no-latency", "--json")

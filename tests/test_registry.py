@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
 from mfdeploy.artifacts import Artifact
 from mfdeploy.errors import UserError
-from mfdeploy.export.pipeline import ExportOptions, export
 from mfdeploy.runtime.registry import TARGETS, TargetUnavailable, create_runner, parse_targets
 
 
 @pytest.fixture(scope="module")
-def artifact_26m(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reg")
-    return Artifact.open(export(ExportOptions(size="26m", imgsz=64, num_classes=10, out=out)).artifact)
+def artifact_26m(tmp_path_factory, small_export):
+    copy = tmp_path_factory.mktemp("reg") / small_export.name
+    shutil.copytree(small_export, copy)
+    return Artifact.open(copy)
 
 
 def test_parse_targets():

@@ -112,8 +112,8 @@ def test_lint_rejects_graphs_broken_on_purpose():
     assert any("opset 8 outside" in p for p in lint_graph(old).problems)
 
 
-def test_check_command(cli, tmp_path):
-    root = export(ExportOptions(size="26m", imgsz=64, out=tmp_path)).artifact
+def test_check_command(cli, small_artifact):
+    root = small_artifact
     result = cli("check", "--target", "trt", root, "--json")
     assert result.code == 0, result.err
     assert [r["graph"] for r in result.json()] == ["model.onnx"] and result.json()[0]["ok"]
