@@ -573,3 +573,32 @@ def test_coremltools_gets_the_weight_arithmetic_already_folded(arch):
     kinds = [node.kind() for node in frozen.graph.nodes()]
     assert "prim::GetAttr" not in kinds  # no parameter is read at run time
     assert len(kinds) < 0.5 * len(list(traced.inlined_graph.nodes()))
+
+
+@pytest.mark.parametrize("which", ["default_52m", "digits"])
+def test_every_computed_value_is_named_after_its_stage(which, request):
+    """Core ML's compute plan reports an op by its output's name: the package names every value after the
+    module that computed it, so the per-stage profile on a Mac puts each op in its stage (seed 52m from the
+    CLI; the official family's digits-trained 26m)."""
+    from mfdeploy.model.families import build_family_model
+    from mfdeploy.model.stages import OTHER, stage_names, stage_of
+
+    fixture = request.getfixturevalue(which)
+    folder = fixture[0] / "mobileformer_52m" if which == "default_52m" else fixture["root"]
+    function = load_program(folder / "model.mlpackage").functions["main"]
+    outputs = {var.name for var in function.outputs}
+    computed = [
+        var.name
+        for op in function.operations
+        if op.op_type != "const" and not op.op_type.startswith("constexpr_")
+        for var in op.outputs
+        if var.name not in outputs
+    ]
+    unnamed = [name for name in computed if stage_of(name) == OTHER]
+    if which == "digits":  # a classifier: its own softmax (and that value's cast) is no stage of the model
+        assert "probabilities" in unnamed and len(unnamed) <= 2, unnamed
+    else:
+        assert unnamed == []
+    model = json.loads((folder / "manifest.json").read_text())["model"]
+    expected = stage_names(build_family_model(model["family"], model["size"]).cfg)
+    assert {stage_of(name) for name in computed} - {OTHER} == set(expected)  # every stage, and only stages

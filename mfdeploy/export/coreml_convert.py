@@ -136,6 +136,7 @@ def pass_pipeline(spec: ConversionSpec, compress: bool = True):
         pipeline.set_options(name, {"config": optimization})
         for cleanup in ct.PassPipeline.CLEANUP.passes:
             pipeline.append_pass(cleanup)
+    pipeline.append_pass(coreml_passes.NAME_AFTER_MODULES)  # last: names for the compute plan's per-stage profile
     return pipeline
 
 

@@ -18,7 +18,8 @@ leaves anything else as it is; the Core ML export then verifies the result again
   bridge's own k/v split is absorbed): 2 ops fewer per pair.
 
 They run inside coremltools' default pipeline (before the FP16 casts, so they fold float32 weights):
-see :func:`pipeline`.
+see :func:`pipeline`. A fourth, :class:`name_ops_after_modules`, changes no op: it runs last and names each
+computed value after its module, for the per-stage profile of Core ML's compute plan.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 NAMESPACE = "mfdeploy"
+CLASSIFIER_WRAPPER = "model"  # the attribute of coreml_convert's classifier wrapper that holds the model
 _SQRT2 = np.float32(np.sqrt(2.0))
 _registered = False
 
@@ -303,6 +305,35 @@ def _register() -> None:
         block.remove_ops(removed)
 
     @register_pass(namespace=NAMESPACE, override=True)
+    class name_ops_after_modules(AbstractGraphPass):  # noqa: N801
+        """Prefix every computed value's name with the PyTorch module that made it (``blocks_3_to_mobile__...``).
+
+        Core ML's compute plan reports an op by its output's name, and the converter names values after
+        TorchScript's debug names (``input_27``), which say nothing of the stage. The module path is in each
+        op's scope (coremltools drops the ModuleList's own name: ``0.to_former`` is ``blocks.0.to_former``).
+        Only names change; the program's inputs and outputs keep theirs. Values made by a pass without a
+        module (e.g. merged projections) keep their names.
+        """
+
+        def apply(self, prog) -> None:
+            from coremltools.converters.mil.mil.scope import ScopeSource
+
+            for function in prog.functions.values():
+                kept = {id(var) for var in function.outputs} | {id(var) for var in function.inputs.values()}
+                for op in function.operations:
+                    path = list(op.scopes.get(ScopeSource.TORCHSCRIPT_MODULE_NAME, []))[:-1]
+                    if path[:1] == [CLASSIFIER_WRAPPER]:  # a classifier's model sits inside a wrapper
+                        path = path[1:]
+                    if not path or op.op_type == "const":
+                        continue
+                    if path[0].isdigit():
+                        path.insert(0, "blocks")
+                    prefix = "_".join(part.replace(".", "_") for part in path)
+                    for var in op.outputs:
+                        if id(var) not in kept and not var.name.startswith(prefix + "__"):
+                            var.name = f"{prefix}__{var.name}"
+
+    @register_pass(namespace=NAMESPACE, override=True)
     class release_output_types(AbstractGraphPass):  # noqa: N801
         """Forget the declared output types once the main pipeline has applied them (names, fp32).
 
@@ -325,6 +356,7 @@ PASSES = (
     f"{NAMESPACE}::merge_sibling_head_projections",
 )
 CLASSIFIER_WORKAROUND = f"{NAMESPACE}::release_output_types"
+NAME_AFTER_MODULES = f"{NAMESPACE}::name_ops_after_modules"
 
 
 def pipeline(classifier: bool = False):

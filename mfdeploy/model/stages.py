@@ -4,7 +4,8 @@ A stage is a top-level module of :class:`~mfdeploy.model.mobileformer.MobileForm
 ``lite_bneck``, one ``blocks.N`` per block, ``final_to_former``, ``channel_conv`` and ``head``. The
 complexity table, the parity stage comparison and the benchmark's per-stage profile all walk or match
 these names; the ONNX exporter keeps them in node names (``/blocks.3/to_mobile/MatMul``), TensorRT
-inside its fused layer names, and traced Core ML ops write them with underscores (``blocks_3_...``).
+inside its fused layer names, and the Core ML program names values after them with underscores
+(``blocks_3_to_mobile__...``, see mfdeploy.export.coreml_passes).
 
 No torch import here: the benchmark maps profiled layer names without loading PyTorch.
 """
