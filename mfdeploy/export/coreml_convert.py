@@ -64,7 +64,7 @@ class _LogitsAndProbabilities(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.model = model  # coreml_passes.CLASSIFIER_WRAPPER names this attribute for its value names
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(x)

@@ -319,18 +319,20 @@ def _register() -> None:
             from coremltools.converters.mil.mil.scope import ScopeSource
 
             for function in prog.functions.values():
-                kept = {id(var) for var in function.outputs} | {id(var) for var in function.inputs.values()}
+                outputs = {id(var) for var in function.outputs}  # inputs are no op's outputs: nothing to skip
                 for op in function.operations:
+                    if op.op_type == "const":
+                        continue
                     path = list(op.scopes.get(ScopeSource.TORCHSCRIPT_MODULE_NAME, []))[:-1]
                     if path[:1] == [CLASSIFIER_WRAPPER]:  # a classifier's model sits inside a wrapper
                         path = path[1:]
-                    if not path or op.op_type == "const":
+                    if not path:
                         continue
                     if path[0].isdigit():
                         path.insert(0, "blocks")
                     prefix = "_".join(part.replace(".", "_") for part in path)
                     for var in op.outputs:
-                        if id(var) not in kept and not var.name.startswith(prefix + "__"):
+                        if id(var) not in outputs and not var.name.startswith(prefix + "__"):
                             var.name = f"{prefix}__{var.name}"
 
     @register_pass(namespace=NAMESPACE, override=True)
