@@ -81,6 +81,60 @@ def test_52m_static_batch_at_other_sizes(tmp_path, imgsz):
     assert [c["batch"] for c in result.manifest["verification"]["onnx"]["cases"]] == [3, 3]
 
 
+@pytest.mark.parametrize("arch", ["seed", "official"])
+def test_pinned_reshapes_leave_no_shape_arithmetic_for_the_simplifier(arch):
+    """The dead Shape/Slice/Concat chains go before onnxslim sees the graph; it makes the same graph of it."""
+    from mfdeploy.model.families import build_family_model
+
+    graph = onnx_export.torch_to_onnx(build_family_model(arch, "26m", num_classes=10), 64, None, 17)
+    exported = onnx.ModelProto()
+    exported.CopyFrom(graph)
+    pinned, count = onnx_export.pin_reshape_shapes(graph)
+    assert count > 0
+    ops = [node.op_type for node in pinned.graph.node]
+    assert "Shape" in [node.op_type for node in exported.graph.node] and "Shape" not in ops
+    assert len(ops) < 0.7 * len(exported.graph.node)
+    # the same pinning without the pruning: every reshape target replaced, nothing removed
+    unpruned = onnx.ModelProto()
+    unpruned.CopyFrom(exported)
+    targets = {node.name: node.input[1] for node in pinned.graph.node if node.op_type == "Reshape"}
+    for node in unpruned.graph.node:
+        if targets.get(node.name, "").endswith("/pinned_shape"):
+            node.input[1] = targets[node.name]
+    unpruned.graph.initializer.extend(i for i in pinned.graph.initializer if i.name.endswith("/pinned_shape"))
+    assert len(unpruned.graph.node) == len(exported.graph.node)
+    simplified = onnx_export.simplify(pinned, "onnxslim").SerializeToString()
+    assert simplified == onnx_export.simplify(unpruned, "onnxslim").SerializeToString()
+
+
+def test_dropping_unused_nodes_keeps_what_a_subgraph_reads():
+    from onnx import TensorProto, helper
+
+    from mfdeploy.graph.topology import drop_unused_nodes
+
+    def branch(name, op):
+        out = helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [3])
+        return helper.make_graph([helper.make_node(op, ["outer"], [f"{name}_out"])], name, [], [out])
+
+    nodes = [
+        helper.make_node("Relu", ["x"], ["outer"], name="read_by_the_branches_only"),
+        helper.make_node("Neg", ["x"], ["dead"], name="dead"),
+        helper.make_node("Abs", ["dead"], ["dead_too"], name="dead_too"),
+        helper.make_node("ReduceMax", ["x"], ["m"], name="max", keepdims=0),
+        helper.make_node("Cast", ["m"], ["cond"], name="cond", to=TensorProto.BOOL),
+        helper.make_node(
+            "If", ["cond"], ["y"], name="if", then_branch=branch("a", "Neg"), else_branch=branch("b", "Abs")
+        ),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]))
+    assert drop_unused_nodes(model.graph) == 2
+    assert [n.name for n in model.graph.node] == ["read_by_the_branches_only", "max", "cond", "if"]
+    onnx.checker.check_model(model, full_check=True)
+    assert drop_unused_nodes(model.graph) == 0
+
+
 def test_node_names_keep_module_paths(artifact_52m):
     names = [node.name for node in onnx.load(str(artifact_52m / "model.onnx")).graph.node]
     for prefix in (

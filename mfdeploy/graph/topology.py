@@ -59,6 +59,40 @@ def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Every name the nodes of ``node``'s subgraphs (If, Loop, Scan) read, outer-scope names included."""
+    names: set[str] = set()
+    for attribute in node.attribute:
+        graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
+        for graph in graphs:
+            for inner in graph.node:
+                names.update(inner.input)
+                names |= _subgraph_inputs(inner)
+    return names
+
+
+def drop_unused_nodes(graph: onnx.GraphProto) -> int:
+    """Remove the nodes whose outputs no graph output depends on; returns how many went.
+
+    ONNX ops have no side effects, so such a node only costs the tools that walk the graph after it.
+    """
+    needed = {output.name for output in graph.output}
+    kept: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(node.input)
+            needed |= _subgraph_inputs(node)
+    dropped = len(graph.node) - len(kept)
+    if dropped:
+        nodes = [onnx.NodeProto() for _ in kept]
+        for target, source in zip(nodes, reversed(kept)):
+            target.CopyFrom(source)
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return dropped
+
+
 SHAPE_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 
 
