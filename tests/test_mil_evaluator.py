@@ -165,3 +165,22 @@ def test_fp16_rounding_is_numpys_bit_for_bit():
         finite = ~np.isnan(expected)
         np.testing.assert_array_equal(np.isnan(got), ~finite)
         np.testing.assert_array_equal(got.view(np.uint32)[finite], expected.view(np.uint32)[finite])
+
+
+def test_runs_reuse_their_op_stand_ins_without_carrying_values_over(op_zoo):
+    """Each op's value_inference stand-in is made once and reused; a run sees only its own inputs and leaves
+    no array behind in them."""
+    programs, x, _ = op_zoo
+    other = RNG.standard_normal(x.shape).astype(np.float32)
+    for precision in ("fp32", "fp16"):
+        reused = MILEvaluator(programs[precision], precision)
+        first, second, first_again = (reused.run({"x": image})["y"] for image in (x, other, x))
+        assert not np.array_equal(first, second)
+        np.testing.assert_array_equal(first, first_again)
+        np.testing.assert_array_equal(second, MILEvaluator(programs[precision], precision).run({"x": other})["y"])
+        stand_ins = [step.shadow for step in reused._steps if step.shadow is not None]
+        assert stand_ins and all(step.op is not step.shadow for step in reused._steps)
+        assert all(holder.val is None for step in reused._steps for holder, _ in step.holders)
+        reused.run({"x": other})
+        again = [step.shadow for step in reused._steps if step.shadow is not None]
+        assert len(again) == len(stand_ins) and all(a is b for a, b in zip(again, stand_ins))  # the same objects
