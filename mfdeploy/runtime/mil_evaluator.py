@@ -183,7 +183,7 @@ class MILEvaluator:
             array = np.asarray(value)
             if self.precision == "fp16":
                 return _fp16_rounded(array)
-            return array.astype(np.float32)
+            return array.astype(np.float32, copy=False)  # a float32 result is kept as it is, not copied
         return value
 
     # -- evaluation ----------------------------------------------------------------------------------
