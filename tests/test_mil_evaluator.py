@@ -184,3 +184,56 @@ def test_runs_reuse_their_op_stand_ins_without_carrying_values_over(op_zoo):
         reused.run({"x": other})
         again = [step.shadow for step in reused._steps if step.shadow is not None]
         assert len(again) == len(stand_ins) and all(a is b for a, b in zip(again, stand_ins))  # the same objects
+
+
+class _Selections(nn.Module):
+    """Ops that only move or select values (reshape, transpose, split, slices, concat, gather, max/min, relu)
+    between ops that compute new ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 12)
+        self.register_buffer("order", torch.tensor([3, 0, 2, 1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x.reshape(2, 4, 12) * 1.7)  # [2, 4, 12]
+        a, b = h.split(6, dim=-1)
+        y = torch.cat([torch.maximum(a, b * 0.3), torch.relu(b - 0.1)], dim=1).transpose(1, 2)  # [2, 6, 8]
+        y = y.index_select(2, torch.cat([self.order, self.order + 4]))[:, 1:5] + y.amax(1, keepdim=True) / 3
+        return torch.minimum(y, y.amin(2, keepdim=True) + 0.7).flatten(1).softmax(-1)
+
+
+def test_values_of_selecting_ops_skip_a_rounding_that_would_change_nothing(monkeypatch):
+    from mfdeploy.runtime import mil_evaluator
+
+    torch.manual_seed(0)
+    model = _Selections().eval()
+    x = RNG.standard_normal((2, 48)).astype(np.float32)
+    mlmodel = ct.convert(
+        torch.jit.trace(model, torch.from_numpy(x)),
+        inputs=[ct.TensorType(name="x", shape=x.shape, dtype=np.float32)],
+        outputs=[ct.TensorType(name="y", dtype=np.float32)],
+        convert_to="mlprogram",
+        compute_precision=ct.precision.FLOAT16,
+        minimum_deployment_target=ct.target.iOS16,
+        skip_model_load=True,
+    )
+    program = mlmodel._mil_program
+    evaluator = MILEvaluator(program, "fp16")
+    selecting = [step for step in evaluator._steps if step.op.op_type in mil_evaluator.VALUE_SELECTING_OPS]
+    assert {"reshape", "split", "concat", "transpose", "maximum", "minimum"} <= {s.op.op_type for s in selecting}
+    names = tuple(name for step in selecting for name in step.outputs)
+    skipped = evaluator.run({"x": x}, keep=names)
+    for name in names:  # what skipped the rounding is float16-representable all the same
+        value = np.asarray(skipped[name])
+        if np.issubdtype(value.dtype, np.floating):
+            np.testing.assert_array_equal(value, value.astype(np.float16).astype(np.float32))
+    for precision in ("fp16", "fp32"):
+        fast = MILEvaluator(program, precision).run({"x": x}, keep=names)
+        with monkeypatch.context() as patch:
+            patch.setattr(mil_evaluator, "VALUE_SELECTING_OPS", frozenset())
+            every_value_rounded = MILEvaluator(program, precision).run({"x": x}, keep=names)
+        for name, value in fast.items():
+            np.testing.assert_array_equal(value, every_value_rounded[name])
+    with torch.no_grad():
+        np.testing.assert_allclose(skipped["y"], model(torch.from_numpy(x)).numpy(), rtol=0.02, atol=2e-3)
