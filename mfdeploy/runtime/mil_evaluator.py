@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -151,6 +152,7 @@ class MILEvaluator:
         self.output_names = [var.name for var in self.function.outputs]
         self._constants: dict[str, Any] = {}
         self._steps: list[_Step] = []
+        self._one_run_at_a_time = threading.Lock()
         self._prepare()
 
     @classmethod
@@ -218,9 +220,10 @@ class MILEvaluator:
         intermediate values named in ``keep``.
 
         BLAS runs single-threaded meanwhile: the matrices of one image are small, and OpenBLAS threads
-        spinning on a busy machine made whole runs ten times slower.
+        spinning on a busy machine made whole runs ten times slower. Runs of one evaluator take turns (its ops'
+        stand-ins hold a run's inputs while it runs); evaluators of their own run side by side.
         """
-        with _single_threaded_blas():
+        with self._one_run_at_a_time, _single_threaded_blas():
             return self._run(inputs, keep)
 
     def _run(self, inputs: Mapping[str, np.ndarray], keep: tuple[str, ...]) -> dict[str, Any]:
