@@ -51,12 +51,18 @@ def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
         if len(progressed) == len(pending):
             raise ValueError(f"graph has a cycle or a missing input near {pending[0].name}")
         pending = progressed
-    nodes = [onnx.NodeProto() for _ in ordered]
-    for target, source in zip(nodes, ordered):
+    _replace_nodes(graph, ordered)
+    return model
+
+
+def _replace_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    """Make ``nodes`` (taken from ``graph``) its node list; they are copied first, since clearing the repeated
+    field would leave the messages they refer to behind."""
+    copies = [onnx.NodeProto() for _ in nodes]
+    for target, source in zip(copies, nodes):
         target.CopyFrom(source)
     del graph.node[:]
-    graph.node.extend(nodes)
-    return model
+    graph.node.extend(copies)
 
 
 def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
@@ -85,11 +91,7 @@ def drop_unused_nodes(graph: onnx.GraphProto) -> int:
             needed |= _subgraph_inputs(node)
     dropped = len(graph.node) - len(kept)
     if dropped:
-        nodes = [onnx.NodeProto() for _ in kept]
-        for target, source in zip(nodes, reversed(kept)):
-            target.CopyFrom(source)
-        del graph.node[:]
-        graph.node.extend(nodes)
+        _replace_nodes(graph, kept[::-1])
     return dropped
 
 

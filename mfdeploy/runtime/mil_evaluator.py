@@ -313,5 +313,5 @@ class MILEvaluator:
         try:
             return step.shadow.value_inference()
         finally:
-            for holder, _ in step.holders:  # the run's arrays are released when the run ends, as before
+            for holder, _ in step.holders:  # the stand-in keeps no array once the op has run
                 holder.val = None
