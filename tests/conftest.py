@@ -159,15 +159,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     return ByFileOrSize(config, log)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _coreml_validates_once():
-    """In-process Core ML conversions validate their program once, not after every pass (coreml_validation)."""
-    from coreml_validation import validate_once
-
-    with validate_once():
-        yield
-
-
 def _train_digits(out: str) -> list:
     """The digits training, with the command's JSON output written beside the checkpoint."""
     code, stdout, err = run_cli_beside_tests(_digits_training_args(Path(out)))

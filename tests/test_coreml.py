@@ -602,3 +602,68 @@ def test_every_computed_value_is_named_after_its_stage(which, request):
     model = json.loads((folder / "manifest.json").read_text())["model"]
     expected = stage_names(build_family_model(model["family"], model["size"]).cfg)
     assert {stage_of(name) for name in computed} - {OTHER} == set(expected)  # every stage, and only stages
+
+
+class _TinyClassifier(torch.nn.Module):
+    """A network small enough to convert in well under a second: what coremltools' validation does to
+    a conversion does not depend on the network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def _tiny_spec():
+    from mfdeploy.export.coreml_convert import ConversionSpec
+
+    return ConversionSpec(CoreMLOptions(), imgsz=32, in_chans=3, preprocessing=Preprocessing.for_size(32))
+
+
+def test_validation_is_off_only_inside_the_conversion():
+    from coremltools.converters.mil.mil import Program
+
+    from mfdeploy.export.coreml_convert import validated_once
+
+    real = Program.validate
+    with pytest.raises(RuntimeError, match="inside"):
+        with validated_once(ct):
+            assert Program.validate is not real
+            raise RuntimeError("an error inside the conversion")
+    assert Program.validate is real  # restored, error or not
+
+
+def test_a_program_a_pass_leaves_invalid_is_still_refused(monkeypatch):
+    """coremltools' per-pass validation is skipped (validated_once), the finished program is still
+    validated: a pass that leaves the program inconsistent (a value that claims a consumer which does
+    not read it, which nothing after the passes would notice) fails the conversion."""
+    from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY, register_pass
+
+    from mfdeploy.export import coreml_convert
+
+    name = "mfdeploy_test::claim_a_consumer_that_reads_nothing"
+    if name not in PASS_REGISTRY:
+
+        @register_pass(namespace="mfdeploy_test")
+        class claim_a_consumer_that_reads_nothing(AbstractGraphPass):  # noqa: N801 - coremltools' naming
+            def apply(self, prog) -> None:
+                operations = list(prog.functions["main"].operations)
+                operations[0].outputs[0]._child_ops.append(operations[-1])
+
+    real_pipeline = coreml_convert.pass_pipeline
+
+    def with_the_broken_pass(spec, compress=True):
+        pipeline = real_pipeline(spec, compress)
+        pipeline.append_pass(name)
+        return pipeline
+
+    model = _TinyClassifier().eval()
+    mlmodel, _ = coreml_convert.convert(model, _tiny_spec())  # the pipeline as it is: valid
+    assert len(list(mlmodel._mil_program.functions["main"].operations)) > 1
+    monkeypatch.setattr(coreml_convert, "pass_pipeline", with_the_broken_pass)
+    with pytest.raises(Exception, match="should be consumed by op"):
+        coreml_convert.convert(model, _tiny_spec())
