@@ -96,17 +96,18 @@ def test_52m_lite_bottleneck_follows_the_paper_stride():
 @pytest.mark.parametrize("size", SIZES)
 def test_trace_has_no_int_nodes_and_no_rank5_tensors(size):
     """torch.jit.trace records no aten::Int (coremltools 9 + numpy 2 fails on those) and nothing 5-D,
-    and the trace made at batch 2 is valid at other batch sizes."""
+    and the trace made at batch 2 is valid at other batch sizes. At 64 px: the trace has the same nodes
+    at any input size (nothing reads a shape), for a twelfth of 224 px's arithmetic."""
     model = build_model(size)
-    with torch.no_grad():
-        traced = torch.jit.trace(model, torch.randn(2, 3, 224, 224))
+    with torch.no_grad():  # check_trace: compared with eager mode below, at another batch size
+        traced = torch.jit.trace(model, torch.randn(2, 3, 64, 64), check_trace=False)
     graph = traced.inlined_graph
     kinds = [node.kind() for node in graph.nodes()]
     assert "aten::Int" not in kinds
     assert not any(k.startswith("prim::If") or k.startswith("prim::Loop") for k in kinds)
     ranks = [v.type().dim() for v in graph.nodes() for v in v.outputs() if isinstance(v.type(), torch.TensorType)]
     assert ranks and max(r for r in ranks if r is not None) <= 4
-    x = torch.randn(5, 3, 224, 224)
+    x = torch.randn(5, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(traced(x), model(x))
 
