@@ -667,3 +667,30 @@ def test_a_program_a_pass_leaves_invalid_is_still_refused(monkeypatch):
     monkeypatch.setattr(coreml_convert, "pass_pipeline", with_the_broken_pass)
     with pytest.raises(Exception, match="should be consumed by op"):
         coreml_convert.convert(model, _tiny_spec())
+
+
+@pytest.mark.parametrize("batches", [(1,), (1, 4)])
+def test_the_transpose_pass_left_out_would_change_no_op(monkeypatch, batches):
+    """coreml_passes leaves coremltools' reduce_transposes out of the pipeline (its time for nothing): on
+    the seed 26m, whose channel shuffles are transposes, the program converted with it is op for op the
+    program without it, for a fixed batch and for enumerated ones."""
+    from mfdeploy.export import coreml_convert, coreml_passes
+
+    model = build_model("26m").eval()
+    spec = coreml_convert.ConversionSpec(
+        CoreMLOptions(batches=batches), imgsz=32, in_chans=3, preprocessing=Preprocessing.for_size(32)
+    )
+
+    def ops(mlmodel) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+        function = mlmodel._mil_program.functions["main"]
+        return [
+            (op.op_type, tuple(v.name for v in op.outputs), tuple(str(v.sym_type) for v in op.outputs))
+            for op in function.operations
+        ]
+
+    without, _ = coreml_convert.convert(model, spec)
+    assert coreml_passes.UNUSED_PASS not in coreml_convert.pass_pipeline(spec).passes
+    monkeypatch.setattr(coreml_passes, "UNUSED_PASS", "mfdeploy_test::no_such_pass")  # the pass stays in
+    assert "common::reduce_transposes" in coreml_convert.pass_pipeline(spec).passes
+    with_it, _ = coreml_convert.convert(model, spec)
+    assert ops(with_it) == ops(without)

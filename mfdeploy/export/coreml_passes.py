@@ -361,17 +361,24 @@ CLASSIFIER_WORKAROUND = f"{NAMESPACE}::release_output_types"
 NAME_AFTER_MODULES = f"{NAMESPACE}::name_ops_after_modules"
 
 
+UNUSED_PASS = "common::reduce_transposes"  # see pipeline
+
+
 def pipeline(classifier: bool = False):
     """coremltools' default pass pipeline with the three passes in it.
 
     The first two run just before the common-subexpression pass (``remove_redundant_ops``, which then
     merges the LayerNorms made identical), the third right after it, all before the FP16 casts.
     A classifier also gets :class:`release_output_types` at the end (a coremltools 9 bug workaround).
+    coremltools' ``reduce_transposes`` is left out: Mobile-Former's programs have no transpose it can
+    cancel or sink (it changed no op of any size of either family), yet it was 13% of the pipeline's time
+    for a fixed batch and almost half of it with enumerated batches (tested: test_coreml.py).
     """
     import coremltools as ct
 
     _register()
     pipe = ct.PassPipeline.DEFAULT
+    pipe.remove_passes([UNUSED_PASS])
     index = pipe.passes.index("common::remove_redundant_ops")
     # With enumerated batch shapes the reshapes' targets are computed from shape ops that have become
     # dead by now but are still attached; removing them first lets the patterns (and coremltools'
