@@ -189,6 +189,7 @@ def test_fp32_program_with_enumerated_batches(tmp_path):
     assert fp32["max_abs_error"] <= 1e-3 and fp32["top1_agreement"] == 1.0
     assert coreml["compute_ops"] <= 500  # enumerated shapes add no ops
     package = result.artifact / "model.mlpackage"
+    assert _unchanged_by_the_pass_left_out(package)  # symbolic batch: where the pass took longest
     shapes = spec_of(package).description.input[0].type.multiArrayType.enumeratedShapes.shapes
     assert [list(s.shape) for s in shapes] == [[1, 3, 96, 96], [4, 3, 96, 96], [8, 3, 96, 96]]
     # Seven images run as a batch of 4 and three of 1, each at a shape the package accepts.
@@ -669,28 +670,44 @@ def test_a_program_a_pass_leaves_invalid_is_still_refused(monkeypatch):
         coreml_convert.convert(model, _tiny_spec())
 
 
-@pytest.mark.parametrize("batches", [(1,), (1, 4)])
-def test_the_transpose_pass_left_out_would_change_no_op(monkeypatch, batches):
-    """coreml_passes leaves coremltools' reduce_transposes out of the pipeline (its time for nothing): on
-    the seed 26m, whose channel shuffles are transposes, the program converted with it is op for op the
-    program without it, for a fixed batch and for enumerated ones."""
-    from mfdeploy.export import coreml_convert, coreml_passes
+def _unchanged_by_the_pass_left_out(package: Path) -> bool:
+    """Whether coremltools' reduce_transposes, which coreml_passes leaves out of the pipeline, would change
+    nothing in the program of ``package``: no transpose it could cancel or sink is left in it."""
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
 
-    model = build_model("26m").eval()
-    spec = coreml_convert.ConversionSpec(
-        CoreMLOptions(batches=batches), imgsz=32, in_chans=3, preprocessing=Preprocessing.for_size(32)
-    )
+    from mfdeploy.export.coreml_passes import UNUSED_PASS
 
-    def ops(mlmodel) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
-        function = mlmodel._mil_program.functions["main"]
-        return [
-            (op.op_type, tuple(v.name for v in op.outputs), tuple(str(v.sym_type) for v in op.outputs))
-            for op in function.operations
-        ]
+    program = load_program(package)
 
-    without, _ = coreml_convert.convert(model, spec)
-    assert coreml_passes.UNUSED_PASS not in coreml_convert.pass_pipeline(spec).passes
-    monkeypatch.setattr(coreml_passes, "UNUSED_PASS", "mfdeploy_test::no_such_pass")  # the pass stays in
-    assert "common::reduce_transposes" in coreml_convert.pass_pipeline(spec).passes
-    with_it, _ = coreml_convert.convert(model, spec)
-    assert ops(with_it) == ops(without)
+    def ops() -> list[tuple[str, tuple[str, ...]]]:
+        return [(op.op_type, tuple(v.name for v in op.outputs)) for op in program.functions["main"].operations]
+
+    before = ops()
+    assert any(op_type == "transpose" for op_type, _ in before)  # there are transposes for it to look at
+    PASS_REGISTRY[UNUSED_PASS](program)
+    return ops() == before
+
+
+@pytest.mark.parametrize("which", ["default_52m", "digits"])
+def test_the_transpose_pass_left_out_would_change_nothing(which, request):
+    """The pipeline leaves coremltools' reduce_transposes out (its time for nothing): run on the programs
+    the export made without it (seed 52m from the CLI; the official family's digits-trained 26m), it
+    changes no op. The enumerated-batch case is checked in test_fp32_program_with_enumerated_batches."""
+    fixture = request.getfixturevalue(which)
+    folder = fixture[0] / "mobileformer_52m" if which == "default_52m" else fixture["root"]
+    assert _unchanged_by_the_pass_left_out(folder / "model.mlpackage")
+
+
+def test_the_transpose_check_sees_a_transpose_the_pass_would_sink(tmp_path):
+    """The check above can fail: a network that transposes around a ReLU and back converts (without
+    reduce_transposes) to a program that the pass would change."""
+    from mfdeploy.export import coreml_convert
+
+    class TransposedReLU(_TinyClassifier):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            return self.head(y.mean(dim=(2, 3)))
+
+    mlmodel, _ = coreml_convert.convert(TransposedReLU().eval(), _tiny_spec())
+    mlmodel.save(str(tmp_path / "transposed.mlpackage"))
+    assert not _unchanged_by_the_pass_left_out(tmp_path / "transposed.mlpackage")
