@@ -633,6 +633,9 @@ def test_validation_is_off_only_inside_the_conversion():
     with pytest.raises(RuntimeError, match="inside"):
         with validated_once(ct):
             assert Program.validate is not real
+            with validated_once(ct):  # nested (a decompression inside an export's block): no deadlock
+                assert Program.validate is not real
+            assert Program.validate is not real
             raise RuntimeError("an error inside the conversion")
     assert Program.validate is real  # restored, error or not
 

@@ -159,7 +159,7 @@ def _frozen(traced: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
         return freeze(traced, optimize_numerics=False)
 
 
-_ONE_CONVERSION_AT_A_TIME = threading.Lock()  # validated_once swaps a class attribute of coremltools
+_ONE_CONVERSION_AT_A_TIME = threading.RLock()  # validated_once swaps a class attribute of coremltools
 
 
 @contextmanager
@@ -287,10 +287,13 @@ def decompressed(mlmodel, log: list[str] | None = None):
     coremltools 9's ``decompress_weights``."""
     if mlmodel.get_spec().description.predictedFeatureName:
         return None
+    ct = import_coremltools()
     from coremltools.optimize.coreml import decompress_weights
 
-    with quiet_coremltools(log):
-        return decompress_weights(mlmodel)
+    with quiet_coremltools(log), validated_once(ct):  # its passes re-validated the program too: 4.1 -> 2.4-3.2 s
+        dense = decompress_weights(mlmodel)
+    dense._mil_program.validate()
+    return dense
 
 
 def package_bytes(path: str | os.PathLike[str]) -> int:
