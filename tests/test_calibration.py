@@ -222,8 +222,7 @@ def test_int8_base_fp32_keeps_the_float_graph_around_the_pairs(cli, small_artifa
 def test_statistics_cache_reuse_and_invalidation(cli, small_artifact, monkeypatch):
     root, out = small_artifact, small_artifact.parent
     # INT8 only: the statistics (FP32 activations) are what is cached; an FP16 graph would only add time
-    args = ("calibrate", root, "--calib-size", "24", "--calib-batch", "8", "--precision", "int8", "--no-latency")
-    args = (*args, "--json")
+    args = ("calibrate", root, *"--calib-size 24 --calib-batch 8 --precision int8 --no-latency --json".split())
     first = cli(*args, "--method", "minmax")
     assert first.code == 0, first.err
     assert not first.json()["stats"]["reused"]
