@@ -631,9 +631,9 @@ def test_validation_is_off_only_inside_the_conversion():
 
     real = Program.validate
     with pytest.raises(RuntimeError, match="inside"):
-        with validated_once(ct):
+        with validated_once():
             assert Program.validate is not real
-            with validated_once(ct):  # nested (a decompression inside an export's block): no deadlock
+            with validated_once():  # nested (a decompression inside an export's block): no deadlock
                 assert Program.validate is not real
             assert Program.validate is not real
             raise RuntimeError("an error inside the conversion")

@@ -163,7 +163,7 @@ _ONE_CONVERSION_AT_A_TIME = threading.RLock()  # validated_once swaps a class at
 
 
 @contextmanager
-def validated_once(ct) -> Iterator[None]:
+def validated_once() -> Iterator[None]:
     """Inside the block, coremltools' whole-program validation is a no-op; the caller validates the
     finished program once.
 
@@ -171,20 +171,17 @@ def validated_once(ct) -> Iterator[None]:
     ~120 graph passes of a conversion: 40% of converting Mobile-Former 52m (12.5 -> 7.1 s). The check only
     reads the program, so running it once on the result, with the essential-scope check the pipeline
     applies after dead-code elimination, refuses an invalid program all the same; what is lost is only the
-    name of the pass that broke it. Where coremltools has no ``Program.validate`` (another version),
-    nothing is changed.
+    name of the pass that broke it.
     """
-    program_class = getattr(getattr(getattr(ct.converters, "mil", None), "mil", None), "Program", None)
-    real = getattr(program_class, "validate", None)
+    from coremltools.converters.mil.mil import Program
+
+    real = Program.validate
     with _ONE_CONVERSION_AT_A_TIME:
-        if real is None:
-            yield
-            return
-        program_class.validate = lambda self, check_essential_scope=False: None
+        Program.validate = lambda self, check_essential_scope=False: None
         try:
             yield
         finally:
-            program_class.validate = real
+            Program.validate = real
 
 
 def convert(model: nn.Module, spec: ConversionSpec, compress: bool = True, log: list[str] | None = None):
@@ -208,7 +205,7 @@ def convert(model: nn.Module, spec: ConversionSpec, compress: bool = True, log: 
     example = torch.zeros(2, spec.in_chans, spec.imgsz, spec.imgsz)
     # native_softmax: Core ML runs a softmax on any axis as one op; the bridges' written-out form (for ONNX
     # Runtime, see softmax_over_short_axis) would only add ops to the program.
-    with torch.inference_mode(False), torch.no_grad(), native_softmax(), quiet_coremltools(log), validated_once(ct):
+    with torch.inference_mode(False), torch.no_grad(), native_softmax(), quiet_coremltools(log), validated_once():
         # check_trace would run the model twice more to compare the trace with eager mode: the converted
         # program is compared with PyTorch anyway (the Core ML stage's verification), so it only costs time
         traced = torch.jit.trace(model, example, check_trace=False)
@@ -287,10 +284,9 @@ def decompressed(mlmodel, log: list[str] | None = None):
     coremltools 9's ``decompress_weights``."""
     if mlmodel.get_spec().description.predictedFeatureName:
         return None
-    ct = import_coremltools()
     from coremltools.optimize.coreml import decompress_weights
 
-    with quiet_coremltools(log), validated_once(ct):  # its passes re-validated the program too: 4.1 -> 2.4-3.2 s
+    with quiet_coremltools(log), validated_once():  # its passes re-validated the program too: 4.1 -> 2.4-3.2 s
         dense = decompress_weights(mlmodel)
     dense._mil_program.validate()
     return dense
