@@ -440,3 +440,49 @@ def test_export_target_trt_writes_the_precision_graph(cli, tmp_path):
     top5 = {m: e["vs_fp32"]["top5_agreement"] for m, e in report["methods"].items()}
     assert set(top5) == {"minmax", "entropy", "percentile"} and top5[chosen] == max(top5.values())
     assert "untrained model is noise" in report["selection"]["note"]
+
+
+def test_per_channel_weight_scales_are_onnx_runtimes():
+    """The all-channels-at-once scales equal ONNX Runtime's own per-channel computation, bit for bit,
+    including the edge cases: an all-zero channel, one-signed channels, subnormal and huge weights."""
+    from onnx import TensorProto
+    from onnxruntime.quantization.quant_utils import compute_data_quant_params
+
+    from mfdeploy.calibration.int8 import per_channel_weight_scales
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    weight[1] = 0.0
+    weight[2] = np.abs(weight[2]) + 0.5
+    weight[3] = -np.abs(weight[3])
+    weight[4] *= np.float32(1e-40)  # subnormal: a scale below float32's smallest normal becomes 1.0
+    weight[5] *= np.float32(3e38) / np.abs(weight[5]).max()  # near float32's largest
+    for axis in (0, 1, 3):
+        ours = per_channel_weight_scales(weight, axis)
+        theirs = [
+            compute_data_quant_params(weight.take(i, axis).ravel(), TensorProto.INT8, True)[1]
+            for i in range(weight.shape[axis])
+        ]
+        assert ours.dtype == np.float32
+        np.testing.assert_array_equal(ours, np.asarray(theirs))
+
+
+@pytest.mark.parametrize("which", ["small_export", "digits"])
+def test_int8_graph_is_byte_identical_to_onnx_runtimes_own_quantizer(which, request, monkeypatch):
+    """The quantizer with the vectorized scales writes the graph ONNX Runtime's QDQQuantizer writes alone
+    (seed family: grouped projections; official family: per-column MatMul weights)."""
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    from mfdeploy.calibration import int8
+    from mfdeploy.calibration.ranges import TensorRange
+
+    fixture = request.getfixturevalue(which)
+    root = fixture if which == "small_export" else fixture["root"]
+    prepared = calibration_pipeline._prepared_graph(root / "model.onnx")
+    plan = int8.plan_quantization(prepared)
+    ranges = {name: TensorRange(name, 0.5 + i % 7, 8.0, 0.0) for i, name in enumerate(plan.activations)}
+    ours = int8.quantize(prepared, plan, ranges)
+    monkeypatch.setattr(int8, "_quantizer_class", lambda ort_quantizer: QDQQuantizer)
+    theirs = int8.quantize(prepared, plan, ranges)
+    assert sum(i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1 for i in ours.graph.initializer) > 20
+    assert ours.SerializeToString() == theirs.SerializeToString()

@@ -132,7 +132,7 @@ def quantize(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str, T
     )
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    quantizer = QDQQuantizer(
+    quantizer = _quantizer_class(QDQQuantizer)(
         copy,
         True,  # per-channel weights
         False,  # no reduce_range: TensorRT uses the full int8 range
@@ -158,6 +158,66 @@ def quantize(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str, T
     quantized = quantizer.model.model
     _quantize_residuals(quantized, plan, ranges)
     return toposort(quantized)
+
+
+def per_channel_weight_scales(weight: np.ndarray, axis: int) -> np.ndarray:
+    """Symmetric int8 scales of ``weight``, one per slice along ``axis``: ONNX Runtime's arithmetic
+    (``compute_scale_zp``: the range widened to include 0, max |w| over 127, in float64, stored as
+    float32; 1.0 where that is below float32's smallest normal), for all channels at once."""
+    channels = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+    absmax = np.maximum(np.abs(np.minimum(channels.min(axis=1), 0)), np.abs(np.maximum(channels.max(axis=1), 0)))
+    scale = (absmax.astype(np.float64) - (-absmax).astype(np.float64)) / (127.0 - -127.0)
+    return np.where(scale < np.finfo(np.float32).tiny, np.float32(1.0), scale.astype(np.float32))
+
+
+def _quantizer_class(qdq_quantizer: type) -> type:
+    """ONNX Runtime's QDQ quantizer with its per-channel weight scales computed for all channels at once.
+
+    ONNX Runtime computes them one channel at a time in Python: quantizing an official 508m (~59,000
+    channels) took 5.9 s, 2.9 s with this; a seed 52m 2.1 -> 0.8 s. Only symmetric int8 per-channel
+    weights without overrides take the shortcut, with the same arithmetic (per_channel_weight_scales);
+    everything else, and the Q/DQ nodes themselves, stay ONNX Runtime's, and the graph is byte for byte
+    the one ONNX Runtime writes alone.
+    """
+    from onnx import TensorProto
+    from onnxruntime.quantization.base_quantizer import QuantizationParams
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantTensorType
+    from onnxruntime.quantization.quant_utils import tensor_proto_to_array
+
+    class Quantizer(qdq_quantizer):
+        def _calc_initializer_quant_params(self):
+            plain_int8 = self.weight_qType == TensorProto.INT8 and not self.reduce_range
+            if not plain_int8 or self.min_real_range is not None or getattr(self, "block_size", 0):
+                return super()._calc_initializer_quant_params()
+            everything = self.tensors_to_quantize
+            shortcut = {}
+            for name, info in everything.items():
+                initializer = self.initializers.get(name)
+                if (
+                    info.tensor_type is QDQQuantTensorType.WEIGHT
+                    and info.axis is not None
+                    and initializer is not None
+                    and initializer.data_type == TensorProto.FLOAT
+                    and name not in self.tensor_quant_overrides
+                ):
+                    weight = tensor_proto_to_array(initializer)
+                    if weight.size and -weight.ndim <= info.axis < weight.ndim:
+                        axis = info.axis % weight.ndim
+                        shortcut[name] = QuantizationParams(
+                            zero_point=np.zeros(weight.shape[axis], np.int8),
+                            scale=per_channel_weight_scales(weight, axis),
+                            quant_type=TensorProto.INT8,
+                            axis=axis,
+                        )
+            self.tensors_to_quantize = {k: v for k, v in everything.items() if k not in shortcut}
+            try:
+                computed = super()._calc_initializer_quant_params()
+            finally:
+                self.tensors_to_quantize = everything
+            merged = {**computed, **shortcut}
+            return {name: merged[name] for name in everything if name in merged}  # ONNX Runtime's order
+
+    return Quantizer
 
 
 def _quantize_residuals(model: onnx.ModelProto, plan: QuantizationPlan, ranges: dict[str, TensorRange]) -> None:
