@@ -714,3 +714,41 @@ def test_the_transpose_check_sees_a_transpose_the_pass_would_sink(tmp_path):
     mlmodel, _ = coreml_convert.convert(TransposedReLU().eval(), _tiny_spec())
     mlmodel.save(str(tmp_path / "transposed.mlpackage"))
     assert not _unchanged_by_the_pass_left_out(tmp_path / "transposed.mlpackage")
+
+
+def test_propagation_is_skipped_only_where_it_cannot_change_anything():
+    """coremltools' nonreplaceable-var propagation (propagated_where_needed) still runs wherever a constexpr
+    op could make a value's set non-empty, and is restored afterwards."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil.block import Block
+
+    from mfdeploy.export.coreml_convert import propagated_where_needed, propagation_can_change
+
+    def plain(x):
+        return mb.relu(x=x)
+
+    def with_int8_weights(x):
+        weights = mb.constexpr_affine_dequantize(
+            quantized_data=np.ones((3, 3), np.int8), zero_point=np.int8(0), scale=np.float32(0.5), axis=0
+        )
+        return mb.matmul(x=x, y=weights)
+
+    def build(function):
+        return mb.program(input_specs=[mb.TensorSpec(shape=(2, 3))], opset_version=ct.target.iOS16)(function)
+
+    plain_main, int8_main = (build(f).functions["main"] for f in (plain, with_int8_weights))
+    assert not propagation_can_change(plain_main)
+    assert propagation_can_change(int8_main)
+    outputs = {op.op_type: op.outputs[0] for block in (plain_main, int8_main) for op in block.operations}
+    weights, product, relu = outputs["constexpr_affine_dequantize"], outputs["matmul"], outputs["relu"]
+    real = Block._propagate_nonreplaceable_vars
+    with propagated_where_needed():
+        assert Block._propagate_nonreplaceable_vars is not real
+        # sets as a pass could leave them: the propagation as a pass leaves its block still corrects both
+        product.nonreplaceable_vars_upstream, relu.nonreplaceable_vars_upstream = set(), {weights}
+        assert propagation_can_change(plain_main)  # a set from a removed constexpr op is not trusted
+        for block in (plain_main, int8_main):
+            with block:
+                pass
+    assert Block._propagate_nonreplaceable_vars is real
+    assert product.nonreplaceable_vars_upstream == {weights} and relu.nonreplaceable_vars_upstream == set()
