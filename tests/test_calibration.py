@@ -442,13 +442,14 @@ def test_export_target_trt_writes_the_precision_graph(cli, tmp_path):
     assert "untrained model is noise" in report["selection"]["note"]
 
 
-def test_per_channel_weight_scales_are_onnx_runtimes():
-    """The all-channels-at-once scales equal ONNX Runtime's own per-channel computation, bit for bit,
-    including the edge cases: an all-zero channel, one-signed channels, subnormal and huge weights."""
+def test_per_channel_weights_are_quantized_as_onnx_runtime_does():
+    """The all-channels-at-once scales and int8 weights equal ONNX Runtime's own per-channel computation,
+    bit for bit, including the edge cases: an all-zero channel, one-signed channels, subnormal and huge
+    weights, values halfway between two integers and beyond the int8 range."""
     from onnx import TensorProto
-    from onnxruntime.quantization.quant_utils import compute_data_quant_params
+    from onnxruntime.quantization.quant_utils import compute_data_quant_params, quantize_onnx_initializer
 
-    from mfdeploy.calibration.int8 import per_channel_weight_scales
+    from mfdeploy.calibration.int8 import _quantize_initializer, per_channel_weight_scales
 
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
@@ -465,6 +466,15 @@ def test_per_channel_weight_scales_are_onnx_runtimes():
         ]
         assert ours.dtype == np.float32
         np.testing.assert_array_equal(ours, np.asarray(theirs))
+        # the weights, with those scales, and with scales that put eighths at .5 and past +-127
+        eighths = np.round(rng.standard_normal(weight.shape) * 160).astype(np.float32) / 8
+        halves = np.full(weight.shape[axis], 0.25, np.float32)
+        zero = np.zeros(weight.shape[axis], np.int8)
+        for values, scales in ((weight, ours), (eighths, halves), (eighths, halves / 8)):
+            proto = numpy_helper.from_array(values, "w")
+            expected = quantize_onnx_initializer(proto, TensorProto.INT8, zero, scales, axis)
+            got = _quantize_initializer(None, proto, TensorProto.INT8, zero, scales, axis)
+            assert got.SerializeToString() == expected.SerializeToString()
 
 
 @pytest.mark.parametrize("which", ["small_export", "digits"])
