@@ -431,7 +431,7 @@ def test_runner_option_errors(default_52m):
 def test_a_failing_stage_leaves_no_partial_package(tmp_path, monkeypatch):
     """Fault injection: the verification reports a failure (which a correct conversion never does)."""
 
-    def failing(package, loaded, preprocessing, options):
+    def failing(package, loaded, preprocessing, options, program=None):
         assert package.is_dir()  # the package was written into the staging folder...
         figures = {"max_abs_error": 1.0, "top1_agreement": 0.5, "nan_count": 0, "inf_count": 0}
         return CoreMLVerification(1, "fp16", "fp16 top-1 agreement >= 99%", False, {"fp16": figures})

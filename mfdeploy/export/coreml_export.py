@@ -140,9 +140,12 @@ class CoreMLVerification:
         }
 
 
-def verify_package(package: Path, loaded, preprocessing, options: CoreMLOptions) -> CoreMLVerification:
+def verify_package(
+    package: Path, loaded, preprocessing, options: CoreMLOptions, program: Any = None
+) -> CoreMLVerification:
     """PyTorch against the package's ML program on real photographs: evaluated with numpy in FP32 and
-    FP16 (and with MLModel.predict on macOS); the deployed numerics must pass the gate."""
+    FP16 (and with MLModel.predict on macOS); the deployed numerics must pass the gate. ``program``: the
+    package's MIL program, read back once by the caller and shared by both evaluators."""
     from mfdeploy.runtime.torch_runner import TorchRunner
 
     images = verification_inputs(preprocessing, options.verify_images, loaded.in_chans)["images"]
@@ -152,7 +155,10 @@ def verify_package(package: Path, loaded, preprocessing, options: CoreMLOptions)
     engines = [("fp32", "evaluator", "fp32"), ("fp16", "evaluator", "fp16")]
     if predict_unavailable_reason() is None:
         engines.append(("predict", "predict", None))
-    runners = (CoreMLRunner(package, engine=engine, evaluator_precision=precision) for _, engine, precision in engines)
+    runners = (
+        CoreMLRunner(package, engine=engine, evaluator_precision=precision, program=program)
+        for _, engine, precision in engines
+    )
     evaluations: dict[str, dict[str, Any]] = {
         name: {"runner": run.runner.label, **run.figures}
         for (name, _, _), run in zip(engines, run_targets(expected, runners, images, step), strict=True)
@@ -242,10 +248,10 @@ def run_stage(ctx) -> None:
         raise VerificationError(
             f"cannot verify the Core ML program: the MIL evaluator has no implementation of {', '.join(missing)}"
         )
-    del program
     bar.update(task, advance=1, status=f"verify on {options.verify_images} photographs (numpy MIL evaluator)")
     started = time.perf_counter()
-    verification = verify_package(package, loaded, preprocessing, options)
+    verification = verify_package(package, loaded, preprocessing, options, program)
+    del program
     timings["verify_s"] = round(time.perf_counter() - started, 3)
     bar.update(task, advance=2, status="manifest")
     if not verification.passed:

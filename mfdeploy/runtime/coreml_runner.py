@@ -179,7 +179,10 @@ class CoreMLRunner(Runner):
         engine: str = "auto",
         evaluator_precision: str | None = None,
         profile: bool = False,
+        program: Any = None,
     ) -> None:
+        """``program``: the package's MIL program when the caller has read it already (the export, right
+        after writing the package): the evaluator then does not read it again (0.4 s for a 52m)."""
         super().__init__()
         if compute_units not in COMPUTE_UNITS:
             raise UserError(
@@ -209,6 +212,7 @@ class CoreMLRunner(Runner):
         if self.info.image_input and self.info.preprocessing is None:
             raise UserError(f"{self.package} has an image input but no mfdeploy preprocessing metadata")
         self._model: Any = None
+        self._program = program
 
     @classmethod
     def host_unavailable_reason(cls) -> str | None:
@@ -237,7 +241,10 @@ class CoreMLRunner(Runner):
         else:
             from mfdeploy.runtime.mil_evaluator import MILEvaluator
 
-            self._model = MILEvaluator.from_package(self.package, self.evaluator_precision)
+            if self._program is not None:
+                self._model = MILEvaluator(self._program, self.evaluator_precision)
+            else:
+                self._model = MILEvaluator.from_package(self.package, self.evaluator_precision)
 
     def _close(self) -> None:
         self._model = None
