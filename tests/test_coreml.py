@@ -128,6 +128,22 @@ def test_registry_runs_the_package_with_predict_or_the_evaluator(default_52m):
     assert figures["top1_agreement"] == 1.0 and figures["cosine"] > 0.999
 
 
+def test_an_evaluator_runner_given_the_program_does_not_read_it_again(default_52m, monkeypatch):
+    """The export reads the written package's program once and hands it to both evaluators."""
+    package = default_52m[0] / "mobileformer_52m" / "model.mlpackage"
+    images = Artifact.open(package.parent).preprocessing.batch(builtin_images(2))
+    with CoreMLRunner(package, engine="evaluator", evaluator_precision="fp32") as reading:
+        expected = reading.infer_all(images, 1)
+    program = load_program(package)
+
+    def no_second_read(*args, **kwargs):
+        raise AssertionError("the package was read again")
+
+    monkeypatch.setattr(MILEvaluator, "from_package", no_second_read)
+    with CoreMLRunner(package, engine="evaluator", evaluator_precision="fp32", program=program) as given:
+        np.testing.assert_array_equal(given.infer_all(images, 1), expected)
+
+
 def test_a_changed_package_is_refused(default_52m, tmp_path):
     out, _, _ = default_52m
     copy = tmp_path / "mobileformer_52m"
