@@ -182,7 +182,8 @@ def quantized_per_channel(weight: np.ndarray, scale: np.ndarray, axis: int) -> n
     return np.clip(scaled, -128, 127).astype(np.int8)
 
 
-_ONE_QUANTIZATION_AT_A_TIME = threading.Lock()  # the quantizer swaps a function of ONNX Runtime's module
+# the quantizer swaps a function of ONNX Runtime's module; re-entrant, so a nested quantization cannot deadlock
+_ONE_QUANTIZATION_AT_A_TIME = threading.RLock()
 
 
 def _quantize_initializer(
