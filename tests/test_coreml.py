@@ -656,6 +656,33 @@ def test_validation_is_off_only_inside_the_conversion():
     assert Program.validate is real  # restored, error or not
 
 
+def test_a_conversion_waiting_for_another_restores_the_real_validation():
+    """Two threads: the second enters validated_once while the first is inside it. It must read the original
+    only once the first has put it back, or it would restore the first one's no-op for good."""
+    import threading
+    import time
+
+    from coremltools.converters.mil.mil import Program
+
+    from mfdeploy.export.coreml_convert import validated_once
+
+    real = Program.validate
+    second_done = threading.Event()
+
+    def second() -> None:
+        with validated_once():
+            assert Program.validate is not real
+        second_done.set()
+
+    with validated_once():
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        time.sleep(0.2)  # the second thread reaches validated_once and waits for the first
+        assert not second_done.is_set()
+    waiting.join(timeout=30)
+    assert second_done.is_set() and Program.validate is real
+
+
 def test_a_program_a_pass_leaves_invalid_is_still_refused(monkeypatch):
     """coremltools' per-pass validation is skipped (validated_once), the finished program is still
     validated: a pass that leaves the program inconsistent (a value that claims a consumer which does

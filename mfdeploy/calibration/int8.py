@@ -40,6 +40,7 @@ from mfdeploy.calibration.ranges import TensorRange
 from mfdeploy.calibration.stats import FP16_MIN_NORMAL
 from mfdeploy.graph.tensorrt_lint import FLOAT_PRODUCERS, QUANTIZED_OPS
 from mfdeploy.graph.topology import constant_names, consumers, producers, toposort, traces_to
+from mfdeploy.swapping import swapped
 
 FP16_BASE_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take FP16 scales
 SMALL_SCALE = "an INT8 scale below FP16's normal range (2^-14)"
@@ -217,13 +218,13 @@ def _quantizer_class(qdq_quantizer: type) -> type:
 
     class Quantizer(qdq_quantizer):
         def quantize_model(self):
-            with _ONE_QUANTIZATION_AT_A_TIME:
-                ort_function = ort_module.quantize_onnx_initializer
-                ort_module.quantize_onnx_initializer = functools.partial(_quantize_initializer, ort_function)
-                try:
-                    return super().quantize_model()
-                finally:
-                    ort_module.quantize_onnx_initializer = ort_function
+            with swapped(
+                ort_module,
+                "quantize_onnx_initializer",
+                lambda ort_function: functools.partial(_quantize_initializer, ort_function),
+                _ONE_QUANTIZATION_AT_A_TIME,
+            ):
+                return super().quantize_model()
 
         def _calc_initializer_quant_params(self):
             plain_int8 = self.weight_qType == TensorProto.INT8 and not self.reduce_range

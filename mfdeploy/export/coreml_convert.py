@@ -30,6 +30,7 @@ from mfdeploy.export.coreml_program import target_enum
 from mfdeploy.images.preprocess import Preprocessing
 from mfdeploy.model.layers import native_softmax
 from mfdeploy.runtime.coreml_env import import_coremltools, quiet_coremltools
+from mfdeploy.swapping import swapped
 
 TENSOR_INPUT = "images"  # the ONNX graph's input name
 IMAGE_INPUT = "image"
@@ -176,13 +177,11 @@ def validated_once() -> Iterator[None]:
     """
     from coremltools.converters.mil.mil import Program
 
-    real = Program.validate
-    with _ONE_CONVERSION_AT_A_TIME:
-        Program.validate = lambda self, check_essential_scope=False: None
-        try:
-            yield
-        finally:
-            Program.validate = real
+    def not_validated(_real):
+        return lambda self, check_essential_scope=False: None
+
+    with swapped(Program, "validate", not_validated, _ONE_CONVERSION_AT_A_TIME):
+        yield
 
 
 def propagation_can_change(block) -> bool:
@@ -218,18 +217,15 @@ def propagated_where_needed() -> Iterator[None]:
     """
     from coremltools.converters.mil.mil.block import Block
 
-    real = Block._propagate_nonreplaceable_vars
+    def where_needed(real):
+        def propagate(block) -> None:
+            if propagation_can_change(block):
+                real(block)
 
-    def where_needed(block) -> None:
-        if propagation_can_change(block):
-            real(block)
+        return propagate
 
-    with _ONE_CONVERSION_AT_A_TIME:
-        Block._propagate_nonreplaceable_vars = where_needed
-        try:
-            yield
-        finally:
-            Block._propagate_nonreplaceable_vars = real
+    with swapped(Block, "_propagate_nonreplaceable_vars", where_needed, _ONE_CONVERSION_AT_A_TIME):
+        yield
 
 
 def convert(model: nn.Module, spec: ConversionSpec, compress: bool = True, log: list[str] | None = None):
