@@ -82,6 +82,41 @@ def torch_to_onnx(model: torch.nn.Module, imgsz: int, batch: int | None, opset: 
     return onnx.load_from_string(buffer.getvalue())
 
 
+def _probe_shapes(model: onnx.ModelProto, names: list[str]) -> list[dict[str, tuple[tuple[int, ...], np.dtype]]]:
+    """Shape and dtype of each named tensor in a run at batch 1 and one at batch 2 (ONNX Runtime, no graph
+    optimisations, zeros as input)."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.value_info[:]
+    outputs = {value.name for value in probe.graph.output}
+    for name in names:
+        if name not in outputs:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    graph_input = model.graph.input[0]
+    chw = [d.dim_value for d in graph_input.type.tensor_type.shape.dim[1:]]
+    runs = []
+    for batch in (1, 2):
+        x = np.zeros([batch, *chw], np.float32)
+        values = session.run(names, {graph_input.name: x})
+        runs.append({name: (value.shape, value.dtype) for name, value in zip(names, values)})
+    return runs
+
+
+def _batch_axis(one: tuple[int, ...], two: tuple[int, ...]) -> int | None:
+    """The axis that holds the batch (the one that doubles from batch 1 to 2), -1 when none varies, None when
+    the shapes vary in any other way."""
+    varying = [axis for axis, (a, b) in enumerate(zip(one, two)) if a != b]
+    if len(one) != len(two) or len(varying) > 1 or (varying and two[varying[0]] != 2 * one[varying[0]]):
+        return None
+    return varying[0] if varying else -1
+
+
 def pin_reshape_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Give every run-time-computed Reshape target a constant one, with -1 on the batch axis.
 
@@ -93,36 +128,21 @@ def pin_reshape_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     times: it simplifies 0.5 s sooner, to the same bytes). Reshapes whose output does not vary that way are
     left alone; the export's verification runs the result at several batches.
     """
-    import onnxruntime as ort
-
     graph = model.graph
     constants = constant_names(graph)
     dynamic = [node for node in graph.node if node.op_type == "Reshape" and node.input[1] not in constants]
     if not dynamic:
         return model, 0
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    for node in dynamic:
-        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(node.output[0]))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    spec = graph.input[0].type.tensor_type.shape.dim
-    chw = [d.dim_value for d in spec[1:]]
-    names = [node.output[0] for node in dynamic]
-    shapes = []
-    for batch in (1, 2):
-        x = np.zeros([batch, *chw], np.float32)
-        shapes.append([v.shape for v in session.run(names, {graph.input[0].name: x})])
+    one, two = _probe_shapes(model, [node.output[0] for node in dynamic])
     pinned = 0
-    for node, one, two in zip(dynamic, *shapes):
-        varying = [axis for axis, (a, b) in enumerate(zip(one, two)) if a != b]
-        if len(one) != len(two) or len(varying) > 1 or (varying and two[varying[0]] != 2 * one[varying[0]]):
+    for node in dynamic:
+        shape = one[node.output[0]][0]
+        axis = _batch_axis(shape, two[node.output[0]][0])
+        if axis is None:
             continue
-        target = list(one)
-        if varying:
-            target[varying[0]] = -1
+        target = list(shape)
+        if axis >= 0:
+            target[axis] = -1
         name = f"{node.name}/pinned_shape"
         graph.initializer.append(numpy_helper.from_array(np.asarray(target, np.int64), name))
         node.input[1] = name
@@ -130,6 +150,32 @@ def pin_reshape_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     if pinned:
         drop_unused_nodes(graph)
     return model, pinned
+
+
+def name_batch_axis(model: onnx.ModelProto) -> int:
+    """Record every intermediate tensor's shape in the graph, its batch axis named ``batch``; returns how many.
+
+    ONNX shape inference loses the batch's name at each Reshape to a ``-1`` target: past one, a tensor's
+    batch is a fresh unknown (``unk__59``), and ONNX Runtime cannot prove that the two inputs of a residual
+    Add have the same shape. It then fuses no Add + LayerNormalization into SkipLayerNormalization (17 of 25
+    not fused in an official 52m) and reshapes NCHWc tensors around each such Add. The shapes come from
+    runs at batch 1 and 2 (the axis that doubles is the batch), so they are what the graph computes; a
+    tensor whose shape varies any other way keeps no recorded shape.
+    """
+    graph = model.graph
+    outputs = {value.name for value in graph.output}
+    names = list(dict.fromkeys(out for node in graph.node for out in node.output if out and out not in outputs))
+    one, two = _probe_shapes(model, names)
+    del graph.value_info[:]
+    for name in names:
+        (shape, dtype), (shape_at_two, _) = one[name], two[name]
+        axis = _batch_axis(shape, shape_at_two)
+        if axis is None:
+            continue
+        dims: list[int | str] = [BATCH_AXIS if i == axis else size for i, size in enumerate(shape)]
+        elem_type = onnx.helper.np_dtype_to_tensor_dtype(dtype)
+        graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem_type, dims))
+    return len(graph.value_info)
 
 
 def simplify(model: onnx.ModelProto, simplifier: str) -> onnx.ModelProto:

@@ -310,6 +310,8 @@ def _export_graph(
     bar.update(task, advance=1, status=options.simplifier)
     graph = onnx_export.simplify(graph, options.simplifier)
     renamed = onnx_export.name_unscoped_nodes(graph)
+    # after the simplifier, which re-infers shapes and loses the batch's name past each pinned reshape
+    shaped = onnx_export.name_batch_axis(graph) if dynamic else 0
     t = _timed(timings, "simplify", t)
     bar.update(task, advance=1, status="checks")
     graph = onnx_export.finalize(
@@ -373,6 +375,7 @@ def _export_graph(
             "batch": options.batch,
             "pinned_reshapes": pinned,
             "renamed_nodes": renamed,
+            "batch_named_shapes": shaped,
             "node_count": report.node_count,
             "max_rank": report.max_rank,
             "op_histogram": report.op_histogram,
