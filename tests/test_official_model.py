@@ -196,6 +196,100 @@ def test_projections_are_matrices_and_softmax_runs_on_the_last_axis_only():
     assert counts == [2 * blocks + 1, 3 * blocks + 1]
 
 
+def _randomised(block: torch.nn.Module) -> torch.nn.Module:
+    """float64, random weights and BatchNorm statistics that matter, eval mode."""
+    torch.manual_seed(0)
+    block = block.double()
+    with torch.no_grad():
+        for module in block.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.normal_()
+            elif isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_()
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+    return block.eval()
+
+
+def test_a_repeated_depthwise_conv_is_the_grouped_conv_in_repeat_order():
+    """In eval the conv with 3 outputs per input channel runs as a depthwise conv over the input repeated 3 times:
+    output channel j is the grouped conv's channel order[j]. In training (batch statistics) and for Core ML
+    (native_grouped_conv) it is the grouped conv itself, in its own order; with one output per channel it is
+    never reordered."""
+    from mfdeploy.model.layers import RepeatedDepthwise, conv_bn, native_grouped_conv
+
+    conv = _randomised(RepeatedDepthwise(8, 3, 3, stride=2))
+    grouped = conv_bn(8, 24, 3, stride=2, padding=1, groups=8).double().eval()
+    grouped.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 8, 15, 15, dtype=torch.float64)
+    with torch.no_grad():
+        expected = grouped(x)
+        order = conv.channel_order()
+        assert order is not None and sorted(order.tolist()) == list(range(24))
+        torch.testing.assert_close(conv(x), expected[:, order], rtol=0, atol=1e-12)
+        with native_grouped_conv():
+            assert conv.channel_order() is None
+            torch.testing.assert_close(conv(x), expected, rtol=0, atol=0)
+    conv.train()
+    assert conv.channel_order() is None
+    before = conv.bn.running_mean.clone()
+    torch.testing.assert_close(conv(x), grouped.train()(x))
+    assert not torch.equal(before, conv.bn.running_mean)
+    assert RepeatedDepthwise(8, 1).eval().channel_order() is None
+
+
+def test_a_permuted_feature_map_is_read_through_permuted_weights():
+    """The 1x1 conv after a repeated depthwise conv reads its channels in repeat order through its weights' columns;
+    a grouped conv cannot (the permutation crosses its groups), which the blocks never ask of it."""
+    from mfdeploy.model.layers import conv_bn, conv_bn_reading
+
+    block = _randomised(conv_bn(6, 4, 1))
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    order = torch.tensor([3, 0, 5, 1, 4, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(conv_bn_reading(block, x[:, order], order), block(x), rtol=0, atol=1e-12)
+        torch.testing.assert_close(conv_bn_reading(block, x, None), block(x), rtol=0, atol=0)
+        with pytest.raises(ValueError, match="grouped"):
+            conv_bn_reading(conv_bn(6, 4, 1, groups=2).eval(), x.float(), order)
+
+
+@pytest.mark.parametrize("size", ["26m", "52m"])
+def test_onnx_runtime_runs_head_permutes_in_matmuls_and_repeats_as_depthwise_convs(size, tmp_path):
+    """The two layouts chosen for ONNX Runtime's CPU kernels hold in the graph `mfdeploy export` writes: no conv
+    has several outputs per input channel but each stride-2 block's first (kept grouped: its input is a bridge's
+    NCHW output), and once ONNX Runtime has fused the token-major head permutes into its matmuls only the two merges
+    of heads per block (and the final bridge's) remain as Transpose ops (batch-major tokens left 8 per block).
+    26m has channel shuffles, which take the repeat order in their own gather instead."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from mfdeploy.export import onnx_export
+
+    model = build_official_model(size)
+    graph = onnx_export.torch_to_onnx(model, 64, None, 17)
+    graph = onnx_export.simplify(onnx_export.pin_reshape_shapes(graph)[0], "onnxslim")
+    onnx_export.name_batch_axis(graph)
+    weights = {init.name: init for init in graph.graph.initializer}
+    stride2 = {f"/blocks.{i}/" for i, spec in enumerate(model.cfg.blocks) if spec.kind == "DnaBlock3"}
+    kept_grouped = []
+    for node in graph.graph.node:
+        if node.op_type != "Conv":
+            continue
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        out_channels, in_per_group = numpy_helper.to_array(weights[node.input[1]]).shape[:2]
+        if groups > 1 and in_per_group == 1 and out_channels > groups:  # several outputs per input channel
+            kept_grouped.append(node.name)
+    assert kept_grouped and all(any(name.startswith(p + "conv1/") for p in stride2) for name in kept_grouped)
+    assert len(kept_grouped) == len(stride2)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("Transpose") == 2 * len(model.cfg.blocks) + 1
+
+
 def test_training_mode_runs_batchnorm1d_and_drop_path():
     """Fine-tuning: in training the head's BatchNorm1d uses batch statistics (and updates its running ones),
     and drop path is active; eval is deterministic."""

@@ -114,6 +114,20 @@ def native_softmax() -> Iterator[None]:
         _NATIVE_SOFTMAX.reset(token)
 
 
+_NATIVE_GROUPED_CONV: ContextVar[bool] = ContextVar("native_grouped_conv", default=False)
+
+
+@contextmanager
+def native_grouped_conv() -> Iterator[None]:
+    """Within this block a :class:`RepeatedDepthwise` traces as the grouped conv it stands for: for converters
+    that run such a conv as one kernel (Core ML), where the repeated input would only add ops."""
+    token = _NATIVE_GROUPED_CONV.set(True)
+    try:
+        yield
+    finally:
+        _NATIVE_GROUPED_CONV.reset(token)
+
+
 def softmax_over_short_axis(logits: Tensor, dim: int) -> Tensor:
     """Softmax along ``dim``, a short axis that is not the last one (the tokens of a bridge), written out:
     ``e = exp(x - max x)``, ``e * (1 / sum e)``.
@@ -196,3 +210,82 @@ def conv_bn(
     """
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
     return nn.Sequential(OrderedDict(conv=conv, bn=nn.BatchNorm2d(out_channels)))
+
+
+def folded_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """(weight, bias) of one conv computing ``bn(conv(x))`` with BatchNorm's running statistics (eval only)."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale[:, None, None, None], bias
+
+
+def repeat_order(channels: int, multiplier: int) -> Tensor:
+    """Channel ``k * channels + c`` of an input repeated ``multiplier`` times is channel ``c``; the grouped conv
+    output it feeds is channel ``c * multiplier + k``: this index, for each channel in repeat order."""
+    return torch.arange(channels * multiplier).view(channels, multiplier).t().reshape(-1)
+
+
+class RepeatedDepthwise(nn.Module):
+    """A conv with ``multiplier`` outputs per input channel (``groups`` = input channels) and its BatchNorm,
+    run in eval as a depthwise conv over the input repeated ``multiplier`` times along the channels.
+
+    ONNX Runtime's CPU layout optimiser (NCHWc) takes dense and depthwise convs, not a grouped conv with one
+    input and several outputs per group: that runs as an im2col and a small GEMM per group, in NCHW, between
+    two layout reorders. The repeat is a channel Concat, which stays in the blocked layout, and the depthwise
+    conv computes each output from the same products (official 52m at batch 1: 3-4% of the graph's time).
+
+    The outputs then come in repeat order: channel ``j`` is the grouped conv's channel ``order[j]``. The
+    consumer absorbs that into weights it already has (:meth:`channel_order`: the next 1x1 conv's input
+    columns and the DyReLU coefficients, or the channel shuffle's index), so no op moves the channels back.
+    In training (batch statistics) and under :func:`native_grouped_conv` it is the grouped conv itself, in
+    the grouped conv's channel order. Parameters: ``conv`` and ``bn``, as :func:`conv_bn`'s.
+    """
+
+    def __init__(self, in_channels: int, multiplier: int, kernel_size: int = 3, stride: int = 1) -> None:
+        super().__init__()
+        out_channels = in_channels * multiplier
+        padding = kernel_size // 2
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=in_channels, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.multiplier = multiplier
+        order = repeat_order(in_channels, multiplier)
+        self.register_buffer("order", order, persistent=False)
+        self.register_buffer("position", torch.argsort(order), persistent=False)
+
+    def repeats(self) -> bool:
+        return self.multiplier > 1 and not self.training and not _NATIVE_GROUPED_CONV.get()
+
+    def channel_order(self) -> Tensor | None:
+        """For each output channel, the grouped conv's channel it holds; None when they are in that order."""
+        return self.order if self.repeats() else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.repeats():
+            return self.bn(self.conv(x))
+        weight, bias = folded_conv_bn(self.conv, self.bn)
+        repeated = torch.cat([x] * self.multiplier, dim=1)
+        return F.conv2d(
+            repeated,
+            weight.index_select(0, self.order),
+            bias.index_select(0, self.order),
+            self.conv.stride,
+            self.conv.padding,
+            groups=weight.shape[0],
+        )
+
+    def extra_repr(self) -> str:
+        return f"multiplier={self.multiplier}"
+
+
+def conv_bn_reading(conv_bn_block: nn.Sequential, x: Tensor, order: Tensor | None) -> Tensor:
+    """``conv_bn_block`` (a :func:`conv_bn`, groups 1) applied to the channels of ``x`` put in their original order,
+    where ``x[:, j]`` holds original channel ``order[j]``: the conv's input columns are permuted instead."""
+    if order is None:
+        return conv_bn_block(x)
+    conv = conv_bn_block.conv
+    if conv.groups != 1:
+        raise ValueError("a grouped conv cannot absorb a channel permutation")
+    weight, bias = folded_conv_bn(conv, conv_bn_block.bn)
+    return F.conv2d(x, weight.index_select(1, order), bias, conv.stride, conv.padding, conv.dilation)

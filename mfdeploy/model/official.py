@@ -16,6 +16,17 @@ inside ``forward`` so that an export's constant folding leaves one initializer p
   tensors: ONNX Runtime prepacks 2-D weights (a batched product with [heads, in, out] weights runs about twice
   as long), and the INT8 quantizer gives 2-D weights per-channel scales.
 
+Two layouts are chosen for ONNX Runtime's CPU kernels (official 52m, 224 px, batch 1, against the official
+code exported as it is: ratio 0.85 -> about 0.78):
+
+- tokens are token-major ``[T, B, D]``, as in the official code: the permutes that split and merge heads move
+  the token axis behind the batch and head axes, which ONNX Runtime folds into the matmuls (FusedMatMul's
+  transBatch); batch-major ``[B, T, D]`` left 4 Transpose ops in every Former and 2 in every bridge;
+- a 3x3 conv with several outputs per input channel (the lite bottleneck's, and the stride-2 blocks' second
+  one) runs as a depthwise conv over the repeated input (:class:`mfdeploy.model.layers.RepeatedDepthwise`),
+  its channel order absorbed by the weights that read it. The stride-2 blocks' first such conv stays grouped:
+  its input comes from a bridge in plain NCHW, and repeating it there costs more than the grouped conv.
+
 26m's channel shuffles (the official code uses a 5-D view) are a Gather of the channels by a constant index.
 
 Module names follow the seed family's stages (``stem``, ``lite_bneck``, ``blocks.N``, ``final_to_former``,
@@ -38,7 +49,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mfdeploy.errors import UserError
-from mfdeploy.model.layers import DropPath, conv_bn, feature_heads, softmax_over_short_axis, split_heads
+from mfdeploy.model.layers import (
+    DropPath,
+    RepeatedDepthwise,
+    conv_bn,
+    conv_bn_reading,
+    feature_heads,
+    softmax_over_short_axis,
+)
 from mfdeploy.model.official_config import (
     OFFICIAL_CONFIGS,
     OFFICIAL_SIZES,
@@ -67,6 +85,21 @@ def _hsig2(weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
     return weight / 3.0, (bias + 3.0) / 3.0
 
 
+def token_heads(tokens: Tensor, heads: int, transposed: bool = False) -> Tensor:
+    """Token-major [T, B, D] -> [B, heads, T, D/heads] (``transposed``: [B, heads, D/heads, T]).
+
+    Tokens are kept token-major, as the official code keeps them: ONNX Runtime folds this permute of the
+    leading token axis behind the batch and head axes into the matmul that reads it (FusedMatMul's
+    transBatch), where a batch-major [B, T, D] needs a Transpose op for each split and merge of heads."""
+    split = tokens.unflatten(-1, (heads, -1))
+    return split.permute(1, 2, 3, 0) if transposed else split.permute(1, 2, 0, 3)
+
+
+def merge_token_heads(per_head: Tensor) -> Tensor:
+    """[B, heads, T, d] -> token-major [T, B, heads * d]."""
+    return per_head.permute(2, 0, 1, 3).flatten(-2)
+
+
 def _shuffle_index(channels: int, groups: int) -> Tensor:
     """Gather index of the official ChannelShuffle: output channel j*groups + i is input channel i*(C/groups) + j."""
     return torch.arange(channels).view(groups, channels // groups).t().reshape(-1)
@@ -80,8 +113,11 @@ class ChannelShuffle(nn.Module):
         self.groups = groups
         self.register_buffer("index", _shuffle_index(channels, groups), persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x.index_select(1, self.index)
+    def forward(self, x: Tensor, position: Tensor | None = None) -> Tensor:
+        """``position``: where each original channel is in ``x`` when x holds them permuted (a
+        :class:`RepeatedDepthwise`'s repeat order); the shuffle then gathers from there, in one op."""
+        index = self.index if position is None else position.index_select(0, self.index)
+        return x.index_select(1, index)
 
     def extra_repr(self) -> str:
         return f"channels={self.index.numel()}, groups={self.groups}"
@@ -89,6 +125,19 @@ class ChannelShuffle(nn.Module):
 
 def _maybe_shuffle(channels: int, groups: int, enabled: bool) -> nn.Module:
     return ChannelShuffle(channels, groups) if enabled else nn.Identity()
+
+
+def _order_left(conv: RepeatedDepthwise, shuffle: nn.Module) -> Tensor | None:
+    """The channel order of ``conv``'s output that the DyReLU and the 1x1 conv after ``shuffle`` must absorb:
+    none when the shuffle (26m) absorbs it, or when the conv runs in the official order."""
+    return None if isinstance(shuffle, ChannelShuffle) else conv.channel_order()
+
+
+def _shuffled(shuffle: nn.Module, conv: RepeatedDepthwise, y: Tensor) -> Tensor:
+    """``shuffle`` applied to ``conv``'s output ``y``, gathering from the repeat order when y is in it."""
+    if isinstance(shuffle, ChannelShuffle):
+        return shuffle(y, conv.position if conv.channel_order() is not None else None)
+    return shuffle(y)
 
 
 class HyperMLP(nn.Module):
@@ -107,8 +156,15 @@ def hyper_offset(hypers: Sequence[HyperMLP]) -> Tensor:
     return torch.cat([torch.cat([torch.zeros(h.channels), -torch.ones(h.channels)]) for h in hypers])
 
 
-def dyrelu_coefficients(token0: Tensor, hypers: Sequence[HyperMLP], offset: Tensor) -> list[tuple[Tensor, Tensor]]:
+def dyrelu_coefficients(
+    token0: Tensor,
+    hypers: Sequence[HyperMLP],
+    offset: Tensor,
+    orders: Sequence[Tensor | None] | None = None,
+) -> list[tuple[Tensor, Tensor]]:
     """(a1, a2) per hyper-MLP, each [B, C, 1, 1], for ``max(x * a1, x * a2)``; ``offset`` from :func:`hyper_offset`.
+    ``orders``: per hyper-MLP, None or the channel order of the feature map it acts on (a
+    :class:`RepeatedDepthwise`'s), applied to fc2's rows so that the coefficients come in that order.
 
     Official: ``a = hsig(fc2(relu(fc1(t0))))``, ``a1 = 2 a[:C]``, ``a2 = 2 a[C:] - 1``. With ``c = 2 a`` it is one
     ``clip(u, 0, 2)`` with the affine folded into fc2, then ``-1`` on the second halves. All of a block's hyper-MLPs
@@ -119,12 +175,16 @@ def dyrelu_coefficients(token0: Tensor, hypers: Sequence[HyperMLP], offset: Tens
     w1 = torch.cat([h.fc1.weight for h in hypers])
     b1 = torch.cat([h.fc1.bias for h in hypers])
     hidden = F.relu(F.linear(token0, w1, b1))
-    rows = []
-    for i, h in enumerate(hypers):
-        w2 = h.fc2.weight / 3.0
+    rows, biases = [], []
+    for i, (h, order) in enumerate(zip(hypers, orders or [None] * len(hypers))):
+        w2, b2 = h.fc2.weight / 3.0, (h.fc2.bias + 3.0) / 3.0
+        if order is not None:  # both halves (a1, a2) in the feature map's channel order
+            both = torch.cat([order, order + h.channels])
+            w2, b2 = w2.index_select(0, both), b2.index_select(0, both)
         blocks = [w2 if j == i else w2.new_zeros(2 * h.channels, g.fc1.out_features) for j, g in enumerate(hypers)]
         rows.append(torch.cat(blocks, dim=1))
-    b2 = torch.cat([(h.fc2.bias + 3.0) / 3.0 for h in hypers])
+        biases.append(b2)
+    b2 = torch.cat(biases)
     c = F.linear(hidden, torch.cat(rows), b2).clamp(0.0, 2.0) + offset
     parts = c[..., None, None].split([n for h in hypers for n in (h.channels, h.channels)], dim=1)
     return [(parts[2 * i], parts[2 * i + 1]) for i in range(len(hypers))]
@@ -158,10 +218,13 @@ class ToFormer(nn.Module):
         h = self.heads
         wg, bg = _hsig2(self.gate.weight, self.gate.bias)
         weight = torch.cat([self.q.weight * self.scale, wg])
-        q, gate = F.linear(tokens, weight, torch.cat([self.q.bias * self.scale, bg])).split(self.channels, dim=-1)
+        projected = F.linear(tokens, weight, torch.cat([self.q.bias * self.scale, bg]))
+        if tokens.ndim == 2:  # the learned [T, D] tokens (first block): [T, 1, D], broadcast over the batch
+            tokens, projected = tokens[:, None], projected[:, None]
+        q, gate = projected.split(self.channels, dim=-1)
         kv = feature_heads(x, h)  # [B, h, d, L]
-        attn = (split_heads(q, h) @ kv).softmax(dim=-1)  # [B, h, T, L]
-        z = (kv @ attn.transpose(-1, -2)).flatten(1, 2).transpose(-1, -2)  # [B, T, C], the heads concatenated
+        attn = (token_heads(q, h) @ kv).softmax(dim=-1)  # [B, h, T, L]
+        z = merge_token_heads(attn @ kv.transpose(-1, -2))  # [T, B, C], the heads concatenated
         z = F.linear(z * gate.clamp(0.0, 2.0), self.proj.weight, self.proj.bias)
         return self.norm(tokens + self.drop_path(z))
 
@@ -185,10 +248,10 @@ class Former(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         h = self.heads
-        q = split_heads(F.linear(tokens, self.q.weight * self.scale, self.q.bias * self.scale), h)  # [B, h, T, d]
-        kv = split_heads(tokens, h)  # [B, h, T, d]
-        attn = (q @ kv.transpose(-1, -2)).softmax(dim=-1)
-        z = F.linear((attn @ kv).transpose(-3, -2).flatten(-2), self.proj.weight, self.proj.bias)
+        q = token_heads(F.linear(tokens, self.q.weight * self.scale, self.q.bias * self.scale), h)  # [B, h, T, d]
+        k = token_heads(tokens, h, transposed=True)  # [B, h, d, T]; v = k^T
+        attn = (q @ k).softmax(dim=-1)
+        z = F.linear(merge_token_heads(attn @ k.transpose(-1, -2)), self.proj.weight, self.proj.bias)
         tokens = self.norm(tokens + self.drop_path(z))
         # exact GELU: x/2 (1 + erf(x/sqrt2)) = u (1 + erf(u)) / sqrt2 with u = x/sqrt2
         fc1, fc2 = self.ffn.fc1, self.ffn.fc2
@@ -202,7 +265,9 @@ class ToMobile(nn.Module):
 
     q = the feature map's channels per head (2 heads), ``k = Wk t``, ``v = Wv t``, one matmul for both with the
     scale in k. The logits are built as ``k q`` ([T, L] per head) and normalised over the tokens, which is the
-    same attention without transposing the pixels (the softmax written out: see softmax_over_short_axis).
+    same attention without transposing the pixels (the softmax written out: see softmax_over_short_axis). k and
+    v are split after one permute of both: ONNX Runtime could fold separate permutes into its matmuls, but a
+    Core ML program would then have a transpose more per block, and ONNX Runtime was no faster that way.
     """
 
     def __init__(self, channels: int, token_dim: int, heads: int = 2, drop_path: float = 0.0) -> None:
@@ -217,7 +282,7 @@ class ToMobile(nn.Module):
         h = self.heads
         weight = torch.cat([self.k.weight * self.scale, self.v.weight])
         kv = F.linear(tokens, weight, torch.cat([self.k.bias * self.scale, self.v.bias]))
-        k, v = split_heads(kv, 2 * h).split(h, dim=-3)  # [B, h, T, d] each
+        k, v = token_heads(kv, 2 * h).split(h, dim=-3)  # [B, h, T, d] each
         q = feature_heads(x, self.heads)  # [B, h, d, L]
         attn = softmax_over_short_axis(k @ q, dim=-2)  # [B, h, T, L], normalised over the tokens
         z = (v.transpose(-1, -2) @ attn).flatten(1, 2).reshape_as(x)
@@ -243,14 +308,15 @@ class LiteBottleneck(nn.Module):
     def __init__(self, in_channels: int, spec: OfficialBlock, groups: int) -> None:
         super().__init__()
         hidden = in_channels * spec.e1
-        self.dw = conv_bn(in_channels, hidden, 3, stride=spec.stride, padding=1, groups=in_channels)
+        self.dw = RepeatedDepthwise(in_channels, spec.e1, 3, spec.stride)
         self.act = nn.ReLU6()
         self.shuffle = _maybe_shuffle(hidden, in_channels, groups > 1)
         self.pw = conv_bn(hidden, spec.out_channels, 1, groups=groups)
         self.identity = spec.stride == 1 and in_channels == spec.out_channels
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.pw(self.shuffle(self.act(self.dw(x))))
+        h = _shuffled(self.shuffle, self.dw, self.act(self.dw(x)))
+        out = conv_bn_reading(self.pw, h, _order_left(self.dw, self.shuffle))
         return out + x if self.identity else out
 
 
@@ -278,7 +344,7 @@ class DnaBlock3(_BridgedBlock):
         self.shuffle1 = _maybe_shuffle(hidden1, in_channels, shuffle)
         self.hyper1 = HyperMLP(cfg.token_dim, squeeze, hidden1)
         self.conv2 = conv_bn(hidden1, oup, 1, groups=groups)
-        self.conv3 = conv_bn(oup, hidden2, 3, padding=1, groups=oup)
+        self.conv3 = RepeatedDepthwise(oup, spec.e2, 3)
         self.shuffle3 = _maybe_shuffle(hidden2, oup, shuffle)
         self.hyper3 = HyperMLP(cfg.token_dim, squeeze, hidden2)
         self.conv4 = conv_bn(hidden2, oup, 1, groups=groups)
@@ -288,9 +354,11 @@ class DnaBlock3(_BridgedBlock):
 
     def forward(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         tokens = self.former(self.to_former(x, tokens))
-        c1, c3 = dyrelu_coefficients(tokens[:, 0], (self.hyper1, self.hyper3), self.hyper_offset)
+        order3 = _order_left(self.conv3, self.shuffle3)
+        c1, c3 = dyrelu_coefficients(tokens[0], (self.hyper1, self.hyper3), self.hyper_offset, (None, order3))
         h = self.conv2(dyrelu(self.shuffle1(self.conv1(x)), c1))
-        out = self.drop_path(self.conv4(dyrelu(self.shuffle3(self.conv3(h)), c3))) + h
+        y = dyrelu(_shuffled(self.shuffle3, self.conv3, self.conv3(h)), c3)
+        out = self.drop_path(conv_bn_reading(self.conv4, y, order3)) + h
         out = self.to_mobile(out, tokens)
         return (out + x if self.identity else out), tokens
 
@@ -318,7 +386,7 @@ class DnaBlock(_BridgedBlock):
 
     def forward(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         tokens = self.former(self.to_former(x, tokens))
-        c1, c2 = dyrelu_coefficients(tokens[:, 0], (self.hyper1, self.hyper2), self.hyper_offset)
+        c1, c2 = dyrelu_coefficients(tokens[0], (self.hyper1, self.hyper2), self.hyper_offset)
         h = dyrelu(self.shuffle1(self.conv1(x)), c1)
         h = self.shuffle3(self.conv3(dyrelu(self.conv2(h), c2)))
         if self.identity:
@@ -363,7 +431,7 @@ class ClassifierHead(nn.Module):
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
         pooled = F.hardswish(F.adaptive_avg_pool2d(x, 1).flatten(1))
-        h = F.hardswish(self._fc1_norm(torch.cat([pooled, tokens[:, 0]], dim=1)))
+        h = F.hardswish(self._fc1_norm(torch.cat([pooled, tokens[0]], dim=1)))
         return self.fc2(self.drop(h))
 
 
