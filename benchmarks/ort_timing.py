@@ -1,9 +1,10 @@
 """ONNX Runtime CPU latency of ONNX graphs side by side, measured in a process that loads nothing else.
 
-    python benchmarks/ort_timing.py --batch 8 [--imgsz 224] [--runs 200] [--warmup 20] A.onnx B.onnx ...
+    python benchmarks/ort_timing.py --batch 8 [--imgsz 224] [--runs 200] [--warmup 20] [--rounds 20] A.onnx B.onnx ...
 
-prints ``{"median_ms": {"A.onnx": ..., ...}}`` as JSON: each graph's median latency on the same standard-normal
-input ("images", [batch, 3, imgsz, imgsz]), 2 intra-op threads, in alternating blocks.
+prints ``{"median_ms": {"A.onnx": ..., ...}, "rounds_ms": {"A.onnx": [[...], ...], ...}}`` as JSON: each graph's
+median latency on the same standard-normal input ("images", [batch, 3, imgsz, imgsz]), 2 intra-op threads, in
+alternating blocks, and the latencies of each block (for :func:`paired_ratio`).
 
 Why a process of its own: this is how ONNX Runtime serves a model, and a benchmark that has just run PyTorch
 (the reference outputs, the export) does not measure that. In one that had run the official 52m forward pass
@@ -27,6 +28,7 @@ import onnx
 import onnxruntime as ort
 
 THREADS = 2
+ROUNDS = 20  # blocks per graph: short enough that a burst of load on a shared host meets both graphs
 
 
 def session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
@@ -38,34 +40,57 @@ def session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def interleaved_medians(
+def interleaved_rounds(
     candidates: dict[str, Callable[[], object]], runs: int, warmup: int, rounds: int = 5
-) -> dict[str, float]:
-    """Median latency per candidate, measured in alternating blocks (``rounds`` blocks each).
+) -> dict[str, list[list[float]]]:
+    """Per candidate, the latencies (ms) of each round's block of runs, measured in alternating blocks.
 
     Blocks rather than single calls: torch's and ONNX Runtime's thread pools keep spinning for a
     moment after a call, so alternating call by call would measure one runtime's threads stealing
-    the cores from the other. Each block starts with its own warm-up.
+    the cores from the other. Each block starts with its own warm-up, and the order of the candidates
+    is reversed every other round, so that none always runs right after the same other one.
     """
-    times: dict[str, list[float]] = {name: [] for name in candidates}
+    times: dict[str, list[list[float]]] = {name: [] for name in candidates}
     per_block = max(1, runs // rounds)
-    for _ in range(rounds):
-        for name, fn in candidates.items():
+    order = list(candidates)
+    for round_index in range(rounds):
+        for name in order if round_index % 2 == 0 else order[::-1]:
+            fn = candidates[name]
             for _ in range(max(1, warmup // rounds)):
                 fn()
+            block = []
             for _ in range(per_block):
                 start = time.perf_counter()
                 fn()
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
+                block.append((time.perf_counter() - start) * 1e3)
+            times[name].append(block)
+    return times
 
 
-def time_in_fresh_process(graphs: Sequence[Path], batch: int, imgsz: int, runs: int, warmup: int) -> dict[str, float]:
-    """Median ms per graph file (keyed by its str), measured by this script in a child interpreter."""
+def interleaved_medians(
+    candidates: dict[str, Callable[[], object]], runs: int, warmup: int, rounds: int = 5
+) -> dict[str, float]:
+    """Median latency (ms) per candidate over all its runs in :func:`interleaved_rounds`."""
+    timed = interleaved_rounds(candidates, runs, warmup, rounds)
+    return {name: statistics.median(t for block in blocks for t in block) for name, blocks in timed.items()}
+
+
+def paired_ratio(rounds_a: list[list[float]], rounds_b: list[list[float]]) -> float:
+    """Median over the rounds of (A's median / B's median) in that round: A against B, each round comparing
+    blocks run moments apart. On a shared host, load that comes and goes for seconds slows whichever block it
+    meets; a ratio of overall medians then moves with it, a median of per-round ratios much less."""
+    return statistics.median(statistics.median(a) / statistics.median(b) for a, b in zip(rounds_a, rounds_b))
+
+
+def time_in_fresh_process(
+    graphs: Sequence[Path], batch: int, imgsz: int, runs: int, warmup: int, rounds: int = ROUNDS
+) -> dict[str, dict]:
+    """What this script prints, measured in a child interpreter: ``median_ms`` (per graph file, keyed by its
+    str) and ``rounds_ms`` (per graph, each round's block of latencies)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--batch", str(batch), "--imgsz", str(imgsz)]
-    command += ["--runs", str(runs), "--warmup", str(warmup), *map(str, graphs)]
+    command += ["--runs", str(runs), "--warmup", str(warmup), "--rounds", str(rounds), *map(str, graphs)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout)["median_ms"]
+    return json.loads(done.stdout)
 
 
 def main() -> None:
@@ -75,13 +100,18 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=224)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
     args = parser.parse_args()
     x = np.random.default_rng(0).standard_normal((args.batch, 3, args.imgsz, args.imgsz)).astype(np.float32)
     sessions = {str(path): session(path) for path in args.graphs}
-    medians = interleaved_medians(
-        {name: (lambda s=s: s.run(None, {"images": x})) for name, s in sessions.items()}, args.runs, args.warmup
+    timed = interleaved_rounds(
+        {name: (lambda s=s: s.run(None, {"images": x})) for name, s in sessions.items()},
+        args.runs,
+        args.warmup,
+        args.rounds,
     )
-    print(json.dumps({"median_ms": medians}))
+    medians = {name: statistics.median(t for block in blocks for t in block) for name, blocks in timed.items()}
+    print(json.dumps({"median_ms": medians, "rounds_ms": timed}))
 
 
 if __name__ == "__main__":
