@@ -215,18 +215,18 @@ def _randomised(block: torch.nn.Module) -> torch.nn.Module:
 def test_a_repeated_depthwise_conv_is_the_grouped_conv_in_repeat_order():
     """In eval the conv with 3 outputs per input channel runs as a depthwise conv over the input repeated 3 times:
     output channel j is the grouped conv's channel order[j]. In training (batch statistics) and for Core ML
-    (native_grouped_conv) it is the grouped conv itself, in its own order; with one output per channel it is
-    never reordered."""
+    (native_grouped_conv) it is the grouped conv itself, in its own order; so it is with one output per channel,
+    and with output channels that do not fill whole 16-channel NCHWc blocks."""
     from mfdeploy.model.layers import RepeatedDepthwise, conv_bn, native_grouped_conv
 
-    conv = _randomised(RepeatedDepthwise(8, 3, 3, stride=2))
-    grouped = conv_bn(8, 24, 3, stride=2, padding=1, groups=8).double().eval()
+    conv = _randomised(RepeatedDepthwise(16, 3, 3, stride=2))
+    grouped = conv_bn(16, 48, 3, stride=2, padding=1, groups=16).double().eval()
     grouped.load_state_dict(conv.state_dict())
-    x = torch.randn(2, 8, 15, 15, dtype=torch.float64)
+    x = torch.randn(2, 16, 15, 15, dtype=torch.float64)
     with torch.no_grad():
         expected = grouped(x)
         order = conv.channel_order()
-        assert order is not None and sorted(order.tolist()) == list(range(24))
+        assert order is not None and sorted(order.tolist()) == list(range(48))
         torch.testing.assert_close(conv(x), expected[:, order], rtol=0, atol=1e-12)
         with native_grouped_conv():
             assert conv.channel_order() is None
@@ -236,7 +236,8 @@ def test_a_repeated_depthwise_conv_is_the_grouped_conv_in_repeat_order():
     before = conv.bn.running_mean.clone()
     torch.testing.assert_close(conv(x), grouped.train()(x))
     assert not torch.equal(before, conv.bn.running_mean)
-    assert RepeatedDepthwise(8, 1).eval().channel_order() is None
+    assert RepeatedDepthwise(16, 1).eval().channel_order() is None
+    assert RepeatedDepthwise(8, 3).eval().channel_order() is None  # 24 channels: 1.5 AVX-512 blocks
 
 
 def test_a_permuted_feature_map_is_read_through_permuted_weights():
@@ -256,11 +257,12 @@ def test_a_permuted_feature_map_is_read_through_permuted_weights():
 
 @pytest.mark.parametrize("size", ["26m", "52m"])
 def test_onnx_runtime_runs_head_permutes_in_matmuls_and_repeats_as_depthwise_convs(size, tmp_path):
-    """The two layouts chosen for ONNX Runtime's CPU kernels hold in the graph `mfdeploy export` writes: no conv
-    has several outputs per input channel but each stride-2 block's first (kept grouped: its input is a bridge's
-    NCHW output), and once ONNX Runtime has fused the token-major head permutes into its matmuls only the two merges
-    of heads per block (and the final bridge's) remain as Transpose ops (batch-major tokens left 8 per block).
-    26m has channel shuffles, which take the repeat order in their own gather instead."""
+    """The two layouts chosen for ONNX Runtime's CPU kernels hold in the graph `mfdeploy export` writes: a conv
+    with several outputs per input channel is grouped only where it is a stride-2 block's first (its input is a
+    bridge's NCHW output) or its outputs do not fill whole 16-channel NCHWc blocks, and once ONNX Runtime has
+    fused the token-major head permutes into its matmuls only the two merges of heads per block (and the final
+    bridge's) remain as Transpose ops (batch-major tokens left 8 per block). 26m has channel shuffles, which
+    take the repeat order in their own gather instead."""
     import onnxruntime as ort
     from onnx import numpy_helper
 
@@ -279,9 +281,14 @@ def test_onnx_runtime_runs_head_permutes_in_matmuls_and_repeats_as_depthwise_con
         groups = next((a.i for a in node.attribute if a.name == "group"), 1)
         out_channels, in_per_group = numpy_helper.to_array(weights[node.input[1]]).shape[:2]
         if groups > 1 and in_per_group == 1 and out_channels > groups:  # several outputs per input channel
-            kept_grouped.append(node.name)
-    assert kept_grouped and all(any(name.startswith(p + "conv1/") for p in stride2) for name in kept_grouped)
-    assert len(kept_grouped) == len(stride2)
+            kept_grouped.append((node.name, out_channels))
+    first_of_stride2 = [name for name, _ in kept_grouped if any(name.startswith(p + "conv1/") for p in stride2)]
+    assert len(first_of_stride2) == len(stride2)
+    assert all(channels % 16 for name, channels in kept_grouped if name not in first_of_stride2), kept_grouped
+    concats = [node.name for node in graph.graph.node if node.op_type == "Concat"]
+    repeated = [p for p in stride2 if any(name.startswith(p + "conv3/") for name in concats)]
+    grouped = [p for p in stride2 if any(name.startswith(p + "conv3/") for name, _ in kept_grouped)]
+    assert repeated and sorted(repeated + grouped) == sorted(stride2)  # each second conv one way or the other
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")

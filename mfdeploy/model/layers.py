@@ -227,6 +227,9 @@ def repeat_order(channels: int, multiplier: int) -> Tensor:
     return torch.arange(channels * multiplier).view(channels, multiplier).t().reshape(-1)
 
 
+NCHWC_WIDEST_BLOCK = 16  # channels per block of ONNX Runtime's NCHWc layout with AVX-512 (8 with AVX2)
+
+
 class RepeatedDepthwise(nn.Module):
     """A conv with ``multiplier`` outputs per input channel (``groups`` = input channels) and its BatchNorm,
     run in eval as a depthwise conv over the input repeated ``multiplier`` times along the channels.
@@ -234,7 +237,10 @@ class RepeatedDepthwise(nn.Module):
     ONNX Runtime's CPU layout optimiser (NCHWc) takes dense and depthwise convs, not a grouped conv with one
     input and several outputs per group: that runs as an im2col and a small GEMM per group, in NCHW, between
     two layout reorders. The repeat is a channel Concat, which stays in the blocked layout, and the depthwise
-    conv computes each output from the same products (official 52m at batch 1: 3-4% of the graph's time).
+    conv computes each output from the same products. Only where the output channels fill whole NCHWc blocks
+    on every x86 CPU (a multiple of :data:`NCHWC_WIDEST_BLOCK`): a depthwise conv left in NCHW does its
+    im2col per channel, ``multiplier`` times the grouped conv's (official 52m's lite bottleneck, 24 channels:
+    faster repeated with AVX2's 8-channel blocks, but with AVX-512's 16 it would run that way).
 
     The outputs then come in repeat order: channel ``j`` is the grouped conv's channel ``order[j]``. The
     consumer absorbs that into weights it already has (:meth:`channel_order`: the next 1x1 conv's input
@@ -250,12 +256,13 @@ class RepeatedDepthwise(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=in_channels, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
         self.multiplier = multiplier
+        self.repeatable = multiplier > 1 and out_channels % NCHWC_WIDEST_BLOCK == 0
         order = repeat_order(in_channels, multiplier)
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("position", torch.argsort(order), persistent=False)
 
     def repeats(self) -> bool:
-        return self.multiplier > 1 and not self.training and not _NATIVE_GROUPED_CONV.get()
+        return self.repeatable and not self.training and not _NATIVE_GROUPED_CONV.get()
 
     def channel_order(self) -> Tensor | None:
         """For each output channel, the grouped conv's channel it holds; None when they are in that order."""
@@ -276,7 +283,7 @@ class RepeatedDepthwise(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"multiplier={self.multiplier}"
+        return f"multiplier={self.multiplier}, repeatable={self.repeatable}"
 
 
 def conv_bn_reading(conv_bn_block: nn.Sequential, x: Tensor, order: Tensor | None) -> Tensor:

@@ -22,10 +22,11 @@ Two layouts are chosen for ONNX Runtime's CPU kernels (with the export's recorde
 - tokens are token-major ``[T, B, D]``, as in the official code: the permutes that split and merge heads move
   the token axis behind the batch and head axes, which ONNX Runtime folds into the matmuls (FusedMatMul's
   transBatch); batch-major ``[B, T, D]`` left 4 Transpose ops in every Former and 2 in every bridge;
-- a 3x3 conv with several outputs per input channel (the lite bottleneck's, and the stride-2 blocks' second
-  one) runs as a depthwise conv over the repeated input (:class:`mfdeploy.model.layers.RepeatedDepthwise`),
-  its channel order absorbed by the weights that read it. The stride-2 blocks' first such conv stays grouped:
-  its input comes from a bridge in plain NCHW, and repeating it there costs more than the grouped conv.
+- a 3x3 conv with several outputs per input channel (the stride-2 blocks' second one, and the lite
+  bottleneck's where its outputs fill whole 16-channel NCHWc blocks: 294m, 508m) runs as a depthwise conv over
+  the repeated input (:class:`mfdeploy.model.layers.RepeatedDepthwise`), its channel order absorbed by the
+  weights that read it. The stride-2 blocks' first such conv stays grouped: its input comes from a bridge in
+  plain NCHW, and repeating it there costs more than the grouped conv.
 
 26m's channel shuffles (the official code uses a 5-D view) are a Gather of the channels by a constant index.
 
