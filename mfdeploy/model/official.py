@@ -56,6 +56,7 @@ from mfdeploy.model.layers import (
     conv_bn,
     conv_bn_reading,
     feature_heads,
+    repeat_order,
     softmax_over_short_axis,
 )
 from mfdeploy.model.official_config import (
@@ -102,8 +103,9 @@ def merge_token_heads(per_head: Tensor) -> Tensor:
 
 
 def _shuffle_index(channels: int, groups: int) -> Tensor:
-    """Gather index of the official ChannelShuffle: output channel j*groups + i is input channel i*(C/groups) + j."""
-    return torch.arange(channels).view(groups, channels // groups).t().reshape(-1)
+    """Gather index of the official ChannelShuffle: output channel j*groups + i is input channel i*(C/groups) + j
+    (the order of a repeat: see :func:`mfdeploy.model.layers.repeat_order`)."""
+    return repeat_order(groups, channels // groups)
 
 
 class ChannelShuffle(nn.Module):
