@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from functools import reduce
 
@@ -101,31 +101,28 @@ def feature_heads(feature_map: Tensor, heads: int) -> Tensor:
 
 
 _NATIVE_SOFTMAX: ContextVar[bool] = ContextVar("native_softmax", default=False)
-
-
-@contextmanager
-def native_softmax() -> Iterator[None]:
-    """Within this block :func:`softmax_over_short_axis` traces as one softmax op: for converters whose
-    softmax runs on any axis as one kernel (Core ML), where the written-out form would only add ops."""
-    token = _NATIVE_SOFTMAX.set(True)
-    try:
-        yield
-    finally:
-        _NATIVE_SOFTMAX.reset(token)
-
-
 _NATIVE_GROUPED_CONV: ContextVar[bool] = ContextVar("native_grouped_conv", default=False)
 
 
 @contextmanager
-def native_grouped_conv() -> Iterator[None]:
-    """Within this block a :class:`RepeatedDepthwise` traces as the grouped conv it stands for: for converters
-    that run such a conv as one kernel (Core ML), where the repeated input would only add ops."""
-    token = _NATIVE_GROUPED_CONV.set(True)
+def _flag_set(flag: ContextVar[bool]) -> Iterator[None]:
+    token = flag.set(True)
     try:
         yield
     finally:
-        _NATIVE_GROUPED_CONV.reset(token)
+        flag.reset(token)
+
+
+def native_softmax() -> AbstractContextManager[None]:
+    """Within this block :func:`softmax_over_short_axis` traces as one softmax op: for converters whose
+    softmax runs on any axis as one kernel (Core ML), where the written-out form would only add ops."""
+    return _flag_set(_NATIVE_SOFTMAX)
+
+
+def native_grouped_conv() -> AbstractContextManager[None]:
+    """Within this block a :class:`RepeatedDepthwise` traces as the grouped conv it stands for: for converters
+    that run such a conv as one kernel (Core ML), where the repeated input would only add ops."""
+    return _flag_set(_NATIVE_GROUPED_CONV)
 
 
 def softmax_over_short_axis(logits: Tensor, dim: int) -> Tensor:
@@ -212,13 +209,12 @@ def conv_bn(
     return nn.Sequential(OrderedDict(conv=conv, bn=nn.BatchNorm2d(out_channels)))
 
 
-def folded_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """(weight, bias) of one conv computing ``bn(conv(x))`` with BatchNorm's running statistics (eval only)."""
+def folded_batchnorm(weight: Tensor, bias: Tensor | None, bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+    """(weight, bias) of one conv or Linear computing ``bn(layer(x))``, with BatchNorm's running statistics (eval
+    only); ``weight``'s first axis is the output channels, ``bias`` the layer's own (None: none)."""
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    bias = bn.bias - bn.running_mean * scale
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    return conv.weight * scale[:, None, None, None], bias
+    shift = -bn.running_mean if bias is None else bias - bn.running_mean
+    return weight * scale.reshape(-1, *[1] * (weight.ndim - 1)), shift * scale + bn.bias
 
 
 def repeat_order(channels: int, multiplier: int) -> Tensor:
@@ -271,7 +267,7 @@ class RepeatedDepthwise(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.repeats():
             return self.bn(self.conv(x))
-        weight, bias = folded_conv_bn(self.conv, self.bn)
+        weight, bias = folded_batchnorm(self.conv.weight, self.conv.bias, self.bn)
         repeated = torch.cat([x] * self.multiplier, dim=1)
         return F.conv2d(
             repeated,
@@ -294,5 +290,5 @@ def conv_bn_reading(conv_bn_block: nn.Sequential, x: Tensor, order: Tensor | Non
     conv = conv_bn_block.conv
     if conv.groups != 1:
         raise ValueError("a grouped conv cannot absorb a channel permutation")
-    weight, bias = folded_conv_bn(conv, conv_bn_block.bn)
+    weight, bias = folded_batchnorm(conv.weight, conv.bias, conv_bn_block.bn)
     return F.conv2d(x, weight.index_select(1, order), bias, conv.stride, conv.padding, conv.dilation)

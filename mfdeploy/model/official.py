@@ -56,6 +56,7 @@ from mfdeploy.model.layers import (
     conv_bn,
     conv_bn_reading,
     feature_heads,
+    folded_batchnorm,
     repeat_order,
     softmax_over_short_axis,
 )
@@ -426,11 +427,7 @@ class ClassifierHead(nn.Module):
     def _fc1_norm(self, x: Tensor) -> Tensor:
         if self.training:
             return self.norm(self.fc1(x))
-        bn = self.norm
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        weight = self.fc1.weight * scale[:, None]
-        bias = (self.fc1.bias - bn.running_mean) * scale + bn.bias
-        return F.linear(x, weight, bias)
+        return F.linear(x, *folded_batchnorm(self.fc1.weight, self.fc1.bias, self.norm))
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
         pooled = F.hardswish(F.adaptive_avg_pool2d(x, 1).flatten(1))
