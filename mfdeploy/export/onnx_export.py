@@ -82,8 +82,8 @@ def torch_to_onnx(model: torch.nn.Module, imgsz: int, batch: int | None, opset: 
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _probe_shapes(model: onnx.ModelProto, names: list[str]) -> list[dict[str, tuple[tuple[int, ...], np.dtype]]]:
-    """Shape and dtype of each named tensor in a run at batch 1 and one at batch 2 (ONNX Runtime, no graph
+def _probe_shapes(model: onnx.ModelProto, names: list[str]) -> list[dict[str, tuple[int, ...]]]:
+    """Shape of each named tensor in a run at batch 1 and one at batch 2 (ONNX Runtime, no graph
     optimisations, zeros as input)."""
     import onnxruntime as ort
 
@@ -104,7 +104,7 @@ def _probe_shapes(model: onnx.ModelProto, names: list[str]) -> list[dict[str, tu
     for batch in (1, 2):
         x = np.zeros([batch, *chw], np.float32)
         values = session.run(names, {graph_input.name: x})
-        runs.append({name: (value.shape, value.dtype) for name, value in zip(names, values)})
+        runs.append({name: value.shape for name, value in zip(names, values)})
     return runs
 
 
@@ -136,8 +136,8 @@ def pin_reshape_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     one, two = _probe_shapes(model, [node.output[0] for node in dynamic])
     pinned = 0
     for node in dynamic:
-        shape = one[node.output[0]][0]
-        axis = _batch_axis(shape, two[node.output[0]][0])
+        shape = one[node.output[0]]
+        axis = _batch_axis(shape, two[node.output[0]])
         if axis is None:
             continue
         target = list(shape)
