@@ -174,18 +174,23 @@ class OnnxRuntimeRunner(Runner):
         ]
 
 
-def optimized_op_counts(path: str | os.PathLike[str], threads: int | None = None) -> Counter[str]:
-    """Op histogram of the graph ONNX Runtime's CPU provider actually runs after its optimizations: which
-    Q/DQ pairs it fused into integer kernels, which casts it inserted (why a graph runs slower on the CPU)."""
+def optimized_graph(path: str | os.PathLike[str], threads: int | None = None, optimization: str = "all"):
+    """The graph ONNX Runtime's CPU provider actually runs after its optimizations (``optimization``: none,
+    basic, extended or all; "all" adds the CPU-specific NCHWc layout, whose blocks depend on the CPU)."""
     import onnx
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
-        options = _session_options(threads)
+        options = _session_options(threads, optimization)
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(str(path), options, providers=PROVIDERS["cpu"])
-        model = onnx.load(options.optimized_model_filepath, load_external_data=False)
-    return Counter(node.op_type for node in model.graph.node)
+        return onnx.load(options.optimized_model_filepath, load_external_data=False)
+
+
+def optimized_op_counts(path: str | os.PathLike[str], threads: int | None = None) -> Counter[str]:
+    """Op histogram of the graph ONNX Runtime's CPU provider actually runs after its optimizations: which
+    Q/DQ pairs it fused into integer kernels, which casts it inserted (why a graph runs slower on the CPU)."""
+    return Counter(node.op_type for node in optimized_graph(path, threads).graph.node)
 
 
 def _session_options(threads: int | None, optimization: str = "all"):
