@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(ROOT / "tools"))
 from make_official_reference import build as build_official_code  # noqa: E402
 from make_official_reference import import_official  # noqa: E402
-from ort_timing import ROUNDS, THREADS, paired_ratio, session, time_in_fresh_process  # noqa: E402
+from ort_timing import ROUNDS, THREADS, all_runs, paired_ratio, session, time_in_fresh_process  # noqa: E402
 
 from mfdeploy.export import onnx_export  # noqa: E402
 from mfdeploy.model.official import build_official_model, to_official_state_dict  # noqa: E402
@@ -94,7 +94,7 @@ def versions() -> dict[str, str]:
 
 def lowest_decile(blocks: list[list[float]]) -> float:
     """The 10th percentile of all of a graph's latencies (ms): its speed when the host leaves it alone."""
-    return float(np.percentile([t for block in blocks for t in block], 10))
+    return float(np.percentile(all_runs(blocks), 10))
 
 
 def official_checkout_problem(path: Path | None) -> str | None:

@@ -67,12 +67,20 @@ def interleaved_rounds(
     return times
 
 
+def medians_of_all_runs(timed: dict[str, list[list[float]]]) -> dict[str, float]:
+    """Median latency (ms) per candidate over all its runs, from :func:`interleaved_rounds`."""
+    return {name: statistics.median(all_runs(blocks)) for name, blocks in timed.items()}
+
+
+def all_runs(blocks: list[list[float]]) -> list[float]:
+    return [t for block in blocks for t in block]
+
+
 def interleaved_medians(
     candidates: dict[str, Callable[[], object]], runs: int, warmup: int, rounds: int = 5
 ) -> dict[str, float]:
     """Median latency (ms) per candidate over all its runs in :func:`interleaved_rounds`."""
-    timed = interleaved_rounds(candidates, runs, warmup, rounds)
-    return {name: statistics.median(t for block in blocks for t in block) for name, blocks in timed.items()}
+    return medians_of_all_runs(interleaved_rounds(candidates, runs, warmup, rounds))
 
 
 def paired_ratio(rounds_a: list[list[float]], rounds_b: list[list[float]]) -> float:
@@ -110,8 +118,7 @@ def main() -> None:
         args.warmup,
         args.rounds,
     )
-    medians = {name: statistics.median(t for block in blocks for t in block) for name, blocks in timed.items()}
-    print(json.dumps({"median_ms": medians, "rounds_ms": timed}))
+    print(json.dumps({"median_ms": medians_of_all_runs(timed), "rounds_ms": timed}))
 
 
 if __name__ == "__main__":
