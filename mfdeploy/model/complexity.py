@@ -1,7 +1,8 @@
 """Parameter and multiply-add counts, whole-model and per stage, measured with torch's FlopCounterMode.
 
 MAdds count what the paper counts as compute: conv, linear and matmul (FlopCounterMode reports
-2 FLOPs per multiply-add for these and ignores elementwise ops).
+2 FLOPs per multiply-add for these and ignores elementwise ops). They are counted on the model's own
+convs (:func:`~mfdeploy.model.layers.native_grouped_conv`), not on a deployment layout that computes zeros.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from mfdeploy.model.layers import native_grouped_conv
 from mfdeploy.model.mobileformer import MobileFormer
 from mfdeploy.model.stages import stage_modules
 
@@ -71,7 +73,7 @@ def measure(model: MobileFormer, imgsz: int = 224) -> Complexity:
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), native_grouped_conv(), FlopCounterMode(display=False) as counter:
             model(x)
     finally:
         model.train(was_training)
