@@ -332,6 +332,36 @@ def test_onnx_runtime_runs_head_permutes_in_matmuls_and_repeats_as_depthwise_con
     assert ops.count("Transpose") == 2 * len(model.cfg.blocks) + 1
 
 
+def test_every_projection_of_the_tokens_is_one_gemm_with_its_bias():
+    """Tokens are flat [T*B, D]: with a trained checkpoint's nonzero biases each token projection exports as one
+    Gemm. On [T, B, D] with a dynamic batch each was a MatMul and an Add, which ONNX Runtime does not fuse. Only
+    the first bridge's output projection reads [T, B, C] (the learned tokens broadcast over the batch)."""
+    from onnx import numpy_helper
+
+    from mfdeploy.export import onnx_export
+
+    model = build_official_model("26m")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.bias.uniform_(0.1, 0.2)
+    graph = onnx_export.torch_to_onnx(model, 64, None, 17)
+    graph = onnx_export.simplify(onnx_export.pin_reshape_shapes(graph)[0], "onnxslim")
+    weights = {init.name: numpy_helper.to_array(init) for init in graph.graph.initializer}
+    matmuls = [
+        n.name
+        for n in graph.graph.node
+        if n.op_type == "MatMul" and n.input[1] in weights and weights[n.input[1]].ndim == 2
+    ]
+    assert matmuls == ["/blocks.0/to_former/MatMul_2"], matmuls
+    blocks = len(model.cfg.blocks)
+    # per block: bridge q+gate and output, Former q, output and FFN x2, hyper-MLPs x2, Former->Mobile k+v (the
+    # first bridge's q+gate read the learned tokens: a constant, folded); the final bridge's two, the head's two
+    gemms = [n for n in graph.graph.node if n.op_type == "Gemm"]
+    assert len(gemms) == 9 * blocks - 2 + 2 + 2
+    assert all(len(n.input) == 3 and weights[n.input[2]].any() for n in gemms)
+
+
 def test_training_mode_runs_batchnorm1d_and_drop_path():
     """Fine-tuning: in training the head's BatchNorm1d uses batch statistics (and updates its running ones),
     and drop path is active; eval is deterministic."""

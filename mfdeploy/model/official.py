@@ -16,12 +16,16 @@ inside ``forward`` so that an export's constant folding leaves one initializer p
   tensors: ONNX Runtime prepacks 2-D weights (a batched product with [heads, in, out] weights runs about twice
   as long), and the INT8 quantizer gives 2-D weights per-channel scales.
 
-Two layouts are chosen for ONNX Runtime's CPU kernels (with the export's recorded shapes, official 52m at
-224 px, batch 1, against the official code exported as it is: 0.85-0.90 -> 0.80-0.84 of its latency):
+Two layouts are chosen for ONNX Runtime's CPU kernels (official 52m at 224 px, batch 1, against the official
+code exported as it is: 0.85-0.90 -> 0.80-0.84 of its latency):
 
-- tokens are token-major ``[T, B, D]``, as in the official code: the permutes that split and merge heads move
-  the token axis behind the batch and head axes, which ONNX Runtime folds into the matmuls (FusedMatMul's
-  transBatch); batch-major ``[B, T, D]`` left 4 Transpose ops in every Former and 2 in every bridge;
+- tokens are token-major, as in the official code, and flat: ``[T*B, D]``, row ``t*B + b``. The permutes
+  that split and merge heads move the token axis behind the batch and head axes, which ONNX Runtime folds
+  into the matmuls (FusedMatMul's transBatch; batch-major ``[B, T, D]`` left 4 Transpose ops in every Former
+  and 2 in every bridge). Flat, every projection of the tokens is one Gemm with its bias: on ``[T, B, D]``
+  with a dynamic batch it is a MatMul and an Add, which ONNX Runtime does not fuse (49 more nodes in an
+  official 52m with a trained checkpoint's biases: 0.72 of the plain export's nodes instead of 0.67). The
+  first bridge reads the learned ``[T, D]`` tokens as ``[T, 1, D]``, one set for the whole batch;
 - a 3x3 conv with several outputs per input channel (the stride-2 blocks' second one, and the lite
   bottleneck's in 26m, 52m, 294m and 508m) runs as a depthwise conv over the repeated input
   (:class:`mfdeploy.model.layers.RepeatedDepthwise`), its channel order absorbed by the weights that read it;
@@ -89,19 +93,25 @@ def _hsig2(weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
     return weight / 3.0, (bias + 3.0) / 3.0
 
 
-def token_heads(tokens: Tensor, heads: int, transposed: bool = False) -> Tensor:
-    """Token-major [T, B, D] -> [B, heads, T, D/heads] (``transposed``: [B, heads, D/heads, T]).
+def token_heads(tokens: Tensor, num_tokens: int, heads: int, head_dim: int, transposed: bool = False) -> Tensor:
+    """Token-major tokens, flat ``[T*B, heads*d]`` (or ``[T, 1, heads*d]``), -> [B, heads, T, d] (``transposed``:
+    [B, heads, d, T]).
 
     Tokens are kept token-major, as the official code keeps them: ONNX Runtime folds this permute of the
     leading token axis behind the batch and head axes into the matmul that reads it (FusedMatMul's
     transBatch), where a batch-major [B, T, D] needs a Transpose op for each split and merge of heads."""
-    split = tokens.unflatten(-1, (heads, -1))
+    split = tokens.reshape(num_tokens, -1, heads, head_dim)
     return split.permute(1, 2, 3, 0) if transposed else split.permute(1, 2, 0, 3)
 
 
-def merge_token_heads(per_head: Tensor) -> Tensor:
-    """[B, heads, T, d] -> token-major [T, B, heads * d]."""
-    return per_head.permute(2, 0, 1, 3).flatten(-2)
+def merge_token_heads(per_head: Tensor, channels: int) -> Tensor:
+    """[B, heads, T, d] -> flat token-major [T*B, heads * d]."""
+    return per_head.permute(2, 0, 1, 3).reshape(-1, channels)
+
+
+def first_token(tokens: Tensor, num_tokens: int, token_dim: int) -> Tensor:
+    """Token 0 of flat token-major tokens [T*B, D]: [B, D]."""
+    return tokens.reshape(num_tokens, -1, token_dim)[0]
 
 
 def _shuffle_index(channels: int, groups: int) -> Tensor:
@@ -208,10 +218,22 @@ class ToFormer(nn.Module):
     ``t = LN(t + proj(z * 2 hsig(Wg t)))``. q and gate are one matmul; the scale and the gate's affine are in it.
     """
 
-    def __init__(self, channels: int, token_dim: int, heads: int = 2, drop_path: float = 0.0) -> None:
+    def __init__(
+        self,
+        channels: int,
+        num_tokens: int,
+        token_dim: int,
+        heads: int = 2,
+        drop_path: float = 0.0,
+        learned_tokens: bool = False,
+    ) -> None:
         super().__init__()
         self.channels = channels
+        self.num_tokens = num_tokens
+        self.token_dim = token_dim
         self.heads = heads
+        # the first bridge reads the learned [T, D] tokens, one set for the whole batch
+        self.learned_tokens = learned_tokens
         self.scale = (channels // heads) ** -0.5
         self.gate = nn.Linear(token_dim, channels)  # official alpha.0
         self.q = nn.Linear(token_dim, channels)
@@ -224,22 +246,29 @@ class ToFormer(nn.Module):
         wg, bg = _hsig2(self.gate.weight, self.gate.bias)
         weight = torch.cat([self.q.weight * self.scale, wg])
         projected = F.linear(tokens, weight, torch.cat([self.q.bias * self.scale, bg]))
-        if tokens.ndim == 2:  # the learned [T, D] tokens (first block): [T, 1, D], broadcast over the batch
-            tokens, projected = tokens[:, None], projected[:, None]
         q, gate = projected.split(self.channels, dim=-1)
         kv = feature_heads(x, h)  # [B, h, d, L]
-        attn = (token_heads(q, h) @ kv).softmax(dim=-1)  # [B, h, T, L]
-        z = merge_token_heads(attn @ kv.transpose(-1, -2))  # [T, B, C], the heads concatenated
-        z = F.linear(z * gate.clamp(0.0, 2.0), self.proj.weight, self.proj.bias)
-        return self.norm(tokens + self.drop_path(z))
+        attn = (token_heads(q, self.num_tokens, h, self.channels // h) @ kv).softmax(dim=-1)  # [B, h, T, L]
+        z = merge_token_heads(attn @ kv.transpose(-1, -2), self.channels)  # [T*B, C], the heads concatenated
+        if not self.learned_tokens:
+            z = F.linear(z * gate.clamp(0.0, 2.0), self.proj.weight, self.proj.bias)
+            return self.norm(tokens + self.drop_path(z))
+        # the learned [T, D] tokens: one set for the whole batch, broadcast as [T, 1, D] against [T, B, D]
+        z = z.reshape(self.num_tokens, -1, self.channels) * gate[:, None].clamp(0.0, 2.0)
+        z = F.linear(z, self.proj.weight, self.proj.bias)
+        return self.norm(tokens[:, None] + self.drop_path(z)).reshape(-1, self.token_dim)
 
 
 class Former(nn.Module):
     """The Former (official ``GlobalBlock``): 4-head self-attention with k = v = the tokens, post-norm, then a
     post-norm GELU FFN (D -> 2D -> D). Drop path on the attention branch only, as in the official code."""
 
-    def __init__(self, token_dim: int, heads: int = 4, ffn_ratio: int = 2, drop_path: float = 0.0) -> None:
+    def __init__(
+        self, num_tokens: int, token_dim: int, heads: int = 4, ffn_ratio: int = 2, drop_path: float = 0.0
+    ) -> None:
         super().__init__()
+        self.num_tokens = num_tokens
+        self.token_dim = token_dim
         self.heads = heads
         self.scale = (token_dim // heads) ** -0.5
         self.ffn = nn.Sequential()  # official ffn.0 / ffn.2: named fc1 / fc2 here
@@ -252,11 +281,12 @@ class Former(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        h = self.heads
-        q = token_heads(F.linear(tokens, self.q.weight * self.scale, self.q.bias * self.scale), h)  # [B, h, T, d]
-        k = token_heads(tokens, h, transposed=True)  # [B, h, d, T]; v = k^T
+        t, h, d = self.num_tokens, self.heads, self.token_dim // self.heads
+        q = token_heads(F.linear(tokens, self.q.weight * self.scale, self.q.bias * self.scale), t, h, d)
+        k = token_heads(tokens, t, h, d, transposed=True)  # [B, h, d, T]; v = k^T
         attn = (q @ k).softmax(dim=-1)
-        z = F.linear(merge_token_heads(attn @ k.transpose(-1, -2)), self.proj.weight, self.proj.bias)
+        z = merge_token_heads(attn @ k.transpose(-1, -2), self.token_dim)
+        z = F.linear(z, self.proj.weight, self.proj.bias)
         tokens = self.norm(tokens + self.drop_path(z))
         # exact GELU: x/2 (1 + erf(x/sqrt2)) = u (1 + erf(u)) / sqrt2 with u = x/sqrt2
         fc1, fc2 = self.ffn.fc1, self.ffn.fc2
@@ -275,8 +305,10 @@ class ToMobile(nn.Module):
     Core ML program would then have a transpose more per block, and ONNX Runtime was no faster that way.
     """
 
-    def __init__(self, channels: int, token_dim: int, heads: int = 2, drop_path: float = 0.0) -> None:
+    def __init__(self, channels: int, num_tokens: int, token_dim: int, heads: int = 2, drop_path: float = 0.0) -> None:
         super().__init__()
+        self.channels = channels
+        self.num_tokens = num_tokens
         self.heads = heads
         self.scale = (channels // heads) ** -0.5
         self.k = nn.Linear(token_dim, channels)
@@ -287,7 +319,7 @@ class ToMobile(nn.Module):
         h = self.heads
         weight = torch.cat([self.k.weight * self.scale, self.v.weight])
         kv = F.linear(tokens, weight, torch.cat([self.k.bias * self.scale, self.v.bias]))
-        k, v = token_heads(kv, 2 * h).split(h, dim=-3)  # [B, h, T, d] each
+        k, v = token_heads(kv, self.num_tokens, 2 * h, self.channels // h).split(h, dim=-3)  # [B, h, T, d] each
         q = feature_heads(x, self.heads)  # [B, h, d, L]
         attn = softmax_over_short_axis(k @ q, dim=-2)  # [B, h, T, L], normalised over the tokens
         z = (v.transpose(-1, -2) @ attn).flatten(1, 2).reshape_as(x)
@@ -329,18 +361,25 @@ class LiteBottleneck(nn.Module):
 class _BridgedBlock(nn.Module):
     """What both official blocks share: tokens updated first (ToFormer, Former), the convs, then ToMobile."""
 
-    def _bridges(self, in_channels: int, out_channels: int, cfg: OfficialConfig, drop_path: float) -> None:
-        self.to_former = ToFormer(in_channels, cfg.token_dim, cfg.bridge_heads, drop_path)
-        self.former = Former(cfg.token_dim, cfg.num_heads, cfg.ffn_ratio, drop_path)
-        self.to_mobile = ToMobile(out_channels, cfg.token_dim, cfg.bridge_heads, drop_path)
+    def _bridges(self, in_channels: int, out_channels: int, cfg: OfficialConfig, drop_path: float, first: bool) -> None:
+        self.to_former = ToFormer(in_channels, cfg.num_tokens, cfg.token_dim, cfg.bridge_heads, drop_path, first)
+        self.former = Former(cfg.num_tokens, cfg.token_dim, cfg.num_heads, cfg.ffn_ratio, drop_path)
+        self.to_mobile = ToMobile(out_channels, cfg.num_tokens, cfg.token_dim, cfg.bridge_heads, drop_path)
+        self.token_shape = (cfg.num_tokens, cfg.token_dim)
         self.drop_path = DropPath(drop_path)
+
+    def token0(self, tokens: Tensor) -> Tensor:
+        """Token 0 of the block's flat tokens, the hyper-MLPs' input: [B, D]."""
+        return first_token(tokens, *self.token_shape)
 
 
 class DnaBlock3(_BridgedBlock):
     """Official stride-2 block: dw 3x3 (e1, stride) -> DyReLU -> pw -> dw 3x3 (e2) -> DyReLU -> pw, plus the inner
     residual from the first pw; then ToMobile."""
 
-    def __init__(self, in_channels: int, spec: OfficialBlock, cfg: OfficialConfig, drop_path: float = 0.0) -> None:
+    def __init__(
+        self, in_channels: int, spec: OfficialBlock, cfg: OfficialConfig, drop_path: float = 0.0, first: bool = False
+    ) -> None:
         super().__init__()
         oup, groups = spec.out_channels, cfg.pointwise_groups
         hidden1, hidden2 = in_channels * spec.e1, oup * spec.e2
@@ -354,14 +393,14 @@ class DnaBlock3(_BridgedBlock):
         self.shuffle3 = _maybe_shuffle(hidden2, oup, shuffle)
         self.hyper3 = HyperMLP(cfg.token_dim, squeeze, hidden2)
         self.conv4 = conv_bn(hidden2, oup, 1, groups=groups)
-        self._bridges(in_channels, oup, cfg, drop_path)
+        self._bridges(in_channels, oup, cfg, drop_path, first)
         self.register_buffer("hyper_offset", hyper_offset((self.hyper1, self.hyper3)), persistent=False)
         self.identity = spec.stride == 1 and in_channels == oup
 
     def forward(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         tokens = self.former(self.to_former(x, tokens))
         order3 = _order_left(self.conv3, self.shuffle3)
-        c1, c3 = dyrelu_coefficients(tokens[0], (self.hyper1, self.hyper3), self.hyper_offset, (None, order3))
+        c1, c3 = dyrelu_coefficients(self.token0(tokens), (self.hyper1, self.hyper3), self.hyper_offset, (None, order3))
         h = self.conv2(dyrelu(self.shuffle1(self.conv1(x)), c1))
         y = dyrelu(_shuffled(self.shuffle3, self.conv3, self.conv3(h)), c3)
         out = self.drop_path(conv_bn_reading(self.conv4, y, order3)) + h
@@ -373,7 +412,9 @@ class DnaBlock(_BridgedBlock):
     """Official stride-1 block: pw (e1) -> DyReLU -> dw 3x3 -> DyReLU -> pw, plus the input when the shape is
     kept, then ToMobile (after the skip)."""
 
-    def __init__(self, in_channels: int, spec: OfficialBlock, cfg: OfficialConfig, drop_path: float = 0.0) -> None:
+    def __init__(
+        self, in_channels: int, spec: OfficialBlock, cfg: OfficialConfig, drop_path: float = 0.0, first: bool = False
+    ) -> None:
         super().__init__()
         oup, groups = spec.out_channels, cfg.pointwise_groups
         hidden = in_channels * spec.e1
@@ -386,13 +427,13 @@ class DnaBlock(_BridgedBlock):
         self.hyper2 = HyperMLP(cfg.token_dim, squeeze, hidden)
         self.conv3 = conv_bn(hidden, oup, 1, groups=groups)
         self.shuffle3 = _maybe_shuffle(oup, groups, shuffle)
-        self._bridges(in_channels, oup, cfg, drop_path)
+        self._bridges(in_channels, oup, cfg, drop_path, first)
         self.register_buffer("hyper_offset", hyper_offset((self.hyper1, self.hyper2)), persistent=False)
         self.identity = spec.stride == 1 and in_channels == oup
 
     def forward(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         tokens = self.former(self.to_former(x, tokens))
-        c1, c2 = dyrelu_coefficients(tokens[0], (self.hyper1, self.hyper2), self.hyper_offset)
+        c1, c2 = dyrelu_coefficients(self.token0(tokens), (self.hyper1, self.hyper2), self.hyper_offset)
         h = dyrelu(self.shuffle1(self.conv1(x)), c1)
         h = self.shuffle3(self.conv3(dyrelu(self.conv2(h), c2)))
         if self.identity:
@@ -419,8 +460,11 @@ class ClassifierHead(nn.Module):
     In eval the BatchNorm1d is folded into fc1's weights (one Gemm); in training it runs as a BatchNorm1d.
     """
 
-    def __init__(self, in_channels: int, token_dim: int, hidden: int, num_classes: int, drop: float) -> None:
+    def __init__(
+        self, in_channels: int, num_tokens: int, token_dim: int, hidden: int, num_classes: int, drop: float
+    ) -> None:
         super().__init__()
+        self.token_shape = (num_tokens, token_dim)
         self.fc1 = nn.Linear(in_channels + token_dim, hidden)
         self.norm = nn.BatchNorm1d(hidden)
         self.drop = nn.Dropout(drop)
@@ -433,7 +477,7 @@ class ClassifierHead(nn.Module):
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
         pooled = F.hardswish(F.adaptive_avg_pool2d(x, 1).flatten(1))
-        h = F.hardswish(self._fc1_norm(torch.cat([pooled, tokens[0]], dim=1)))
+        h = F.hardswish(self._fc1_norm(torch.cat([pooled, first_token(tokens, *self.token_shape)], dim=1)))
         return self.fc2(self.drop(h))
 
 
@@ -464,12 +508,14 @@ class OfficialMobileFormer(nn.Module):
         blocks, channels = [], cfg.lite.out_channels
         for index, spec in enumerate(cfg.blocks, start=1):
             block_type = DnaBlock3 if spec.kind == "DnaBlock3" else DnaBlock
-            blocks.append(block_type(channels, spec, cfg, drop_path_rate * (index + 1) / layers))
+            blocks.append(block_type(channels, spec, cfg, drop_path_rate * (index + 1) / layers, first=index == 1))
             channels = spec.out_channels
         self.blocks = nn.ModuleList(blocks)
-        self.final_to_former = ToFormer(channels, cfg.token_dim, cfg.bridge_heads, drop_path_rate)
+        self.final_to_former = ToFormer(channels, cfg.num_tokens, cfg.token_dim, cfg.bridge_heads, drop_path_rate)
         self.channel_conv = ChannelConv(channels, cfg.channel_conv_out, cfg.pointwise_groups)
-        self.head = ClassifierHead(cfg.channel_conv_out, cfg.token_dim, cfg.head_hidden, num_classes, drop_rate)
+        self.head = ClassifierHead(
+            cfg.channel_conv_out, cfg.num_tokens, cfg.token_dim, cfg.head_hidden, num_classes, drop_rate
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         feature_map = self.lite_bneck(self.stem(x))
