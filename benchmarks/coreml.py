@@ -36,6 +36,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from trained_like import perturbed  # noqa: E402
+
 from mfdeploy.export.coreml_convert import ConversionSpec, convert, package_bytes  # noqa: E402
 from mfdeploy.export.coreml_export import CoreMLOptions  # noqa: E402
 from mfdeploy.export.coreml_options import COMPRESSIONS  # noqa: E402
@@ -48,19 +50,6 @@ from mfdeploy.runtime.coreml_env import import_coremltools  # noqa: E402
 from mfdeploy.runtime.mil_evaluator import MILEvaluator, load_program  # noqa: E402
 
 PREPROCESSING = Preprocessing.for_size(224)
-
-
-def perturbed(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Every parameter and BatchNorm statistic nudged, so that no two LayerNorms or biases are equal."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0.0, 0.1, generator=generator)
-                module.running_var.uniform_(0.5, 1.5, generator=generator)
-    return model
 
 
 def compute_ops(model: torch.nn.Module, passes: bool) -> int:

@@ -3,6 +3,7 @@ tools/make_official_reference.py from its commit f447310), its exact state_dict 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 
@@ -360,6 +361,27 @@ def test_every_projection_of_the_tokens_is_one_gemm_with_its_bias():
     gemms = [n for n in graph.graph.node if n.op_type == "Gemm"]
     assert len(gemms) == 9 * blocks - 2 + 2 + 2
     assert all(len(n.input) == 3 and weights[n.input[2]].any() for n in gemms)
+
+
+def test_stacked_tokens_compute_what_flat_tokens_compute():
+    """Core ML traces the tokens stacked, [T, B, D] (stacked_tokens): the same logits as the flat [T*B, D] ONNX
+    gets, and no reshape for each block's token 0 (nor the first bridge's flattening)."""
+    from mfdeploy.model.layers import stacked_tokens
+
+    model = build_official_model("26m", num_classes=10).double()
+    x = torch.randn(3, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        flat = model(x)
+        with stacked_tokens():
+            stacked = model(x)
+        torch.testing.assert_close(stacked, flat, rtol=0, atol=1e-12)
+        reshapes = []
+        for context in (contextlib.nullcontext(), stacked_tokens()):
+            with context:
+                traced = torch.jit.trace(model.float(), x.float()).inlined_graph
+            reshapes.append(sum(node.kind() in ("aten::reshape", "aten::view") for node in traced.nodes()))
+    # token 0 of each block and of the head, and the first bridge's flattening
+    assert reshapes[0] - reshapes[1] == len(model.cfg.blocks) + 2
 
 
 def test_training_mode_runs_batchnorm1d_and_drop_path():

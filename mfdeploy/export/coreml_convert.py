@@ -28,7 +28,7 @@ from mfdeploy.export import coreml_passes
 from mfdeploy.export.coreml_options import CoreMLOptions
 from mfdeploy.export.coreml_program import target_enum
 from mfdeploy.images.preprocess import Preprocessing
-from mfdeploy.model.layers import native_grouped_conv, native_softmax
+from mfdeploy.model.layers import native_grouped_conv, native_softmax, stacked_tokens
 from mfdeploy.runtime.coreml_env import import_coremltools, quiet_coremltools
 from mfdeploy.swapping import swapped
 
@@ -250,11 +250,13 @@ def convert(model: nn.Module, spec: ConversionSpec, compress: bool = True, log: 
     # native_softmax: Core ML runs a softmax on any axis as one op; the bridges' written-out form (for ONNX
     # Runtime, see softmax_over_short_axis) would only add ops to the program. native_grouped_conv: the same
     # for a grouped conv with several outputs per input channel (see RepeatedDepthwise), one conv op here.
+    # stacked_tokens: the official family's tokens as [T, B, D], where flat ones would add a reshape per block.
     with (
         torch.inference_mode(False),
         torch.no_grad(),
         native_softmax(),
         native_grouped_conv(),
+        stacked_tokens(),
         quiet_coremltools(log),
         validated_once(),
         propagated_where_needed(),

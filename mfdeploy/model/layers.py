@@ -102,6 +102,7 @@ def feature_heads(feature_map: Tensor, heads: int) -> Tensor:
 
 _NATIVE_SOFTMAX: ContextVar[bool] = ContextVar("native_softmax", default=False)
 _NATIVE_GROUPED_CONV: ContextVar[bool] = ContextVar("native_grouped_conv", default=False)
+_STACKED_TOKENS: ContextVar[bool] = ContextVar("stacked_tokens", default=False)
 
 
 @contextmanager
@@ -123,6 +124,18 @@ def native_grouped_conv() -> AbstractContextManager[None]:
     """Within this block a :class:`RepeatedDepthwise` traces as the grouped conv it stands for: for converters
     that run such a conv as one kernel (Core ML), where the repeated input would only add ops."""
     return _flag_set(_NATIVE_GROUPED_CONV)
+
+
+def stacked_tokens() -> AbstractContextManager[None]:
+    """Within this block the official family's tokens trace as ``[T, B, D]``, not flat ``[T*B, D]``: for
+    converters whose linear layers take any rank (Core ML), where flat tokens only add a reshape to each
+    block's token 0. Flat, ONNX gets a Gemm with its bias for every projection of the tokens."""
+    return _flag_set(_STACKED_TOKENS)
+
+
+def tokens_stacked() -> bool:
+    """Whether :func:`stacked_tokens` is in effect."""
+    return _STACKED_TOKENS.get()
 
 
 def softmax_over_short_axis(logits: Tensor, dim: int) -> Tensor:

@@ -64,6 +64,7 @@ from mfdeploy.model.layers import (
     folded_batchnorm,
     repeat_order,
     softmax_over_short_axis,
+    tokens_stacked,
 )
 from mfdeploy.model.official_config import (
     OFFICIAL_CONFIGS,
@@ -104,14 +105,15 @@ def token_heads(tokens: Tensor, num_tokens: int, heads: int, head_dim: int, tran
     return split.permute(1, 2, 3, 0) if transposed else split.permute(1, 2, 0, 3)
 
 
-def merge_token_heads(per_head: Tensor, channels: int) -> Tensor:
-    """[B, heads, T, d] -> flat token-major [T*B, heads * d]."""
-    return per_head.permute(2, 0, 1, 3).reshape(-1, channels)
+def merge_token_heads(per_head: Tensor, num_tokens: int, channels: int, stacked: bool) -> Tensor:
+    """[B, heads, T, d] -> token-major, flat [T*B, heads * d] or ``stacked`` [T, B, heads * d]."""
+    merged = per_head.permute(2, 0, 1, 3)
+    return merged.reshape(num_tokens, -1, channels) if stacked else merged.reshape(-1, channels)
 
 
 def first_token(tokens: Tensor, num_tokens: int, token_dim: int) -> Tensor:
-    """Token 0 of flat token-major tokens [T*B, D]: [B, D]."""
-    return tokens.reshape(num_tokens, -1, token_dim)[0]
+    """Token 0 of token-major tokens, flat [T*B, D] (or [T, B, D] under :func:`stacked_tokens`): [B, D]."""
+    return tokens[0] if tokens_stacked() else tokens.reshape(num_tokens, -1, token_dim)[0]
 
 
 def _shuffle_index(channels: int, groups: int) -> Tensor:
@@ -249,14 +251,16 @@ class ToFormer(nn.Module):
         q, gate = projected.split(self.channels, dim=-1)
         kv = feature_heads(x, h)  # [B, h, d, L]
         attn = (token_heads(q, self.num_tokens, h, self.channels // h) @ kv).softmax(dim=-1)  # [B, h, T, L]
-        z = merge_token_heads(attn @ kv.transpose(-1, -2), self.channels)  # [T*B, C], the heads concatenated
+        z = attn @ kv.transpose(-1, -2)  # [B, h, T, d]
         if not self.learned_tokens:
+            z = merge_token_heads(z, self.num_tokens, self.channels, tokens_stacked())  # the heads concatenated
             z = F.linear(z * gate.clamp(0.0, 2.0), self.proj.weight, self.proj.bias)
             return self.norm(tokens + self.drop_path(z))
         # the learned [T, D] tokens: one set for the whole batch, broadcast as [T, 1, D] against [T, B, D]
-        z = z.reshape(self.num_tokens, -1, self.channels) * gate[:, None].clamp(0.0, 2.0)
+        z = merge_token_heads(z, self.num_tokens, self.channels, True) * gate[:, None].clamp(0.0, 2.0)
         z = F.linear(z, self.proj.weight, self.proj.bias)
-        return self.norm(tokens[:, None] + self.drop_path(z)).reshape(-1, self.token_dim)
+        tokens = self.norm(tokens[:, None] + self.drop_path(z))
+        return tokens if tokens_stacked() else tokens.reshape(-1, self.token_dim)
 
 
 class Former(nn.Module):
@@ -285,7 +289,7 @@ class Former(nn.Module):
         q = token_heads(F.linear(tokens, self.q.weight * self.scale, self.q.bias * self.scale), t, h, d)
         k = token_heads(tokens, t, h, d, transposed=True)  # [B, h, d, T]; v = k^T
         attn = (q @ k).softmax(dim=-1)
-        z = merge_token_heads(attn @ k.transpose(-1, -2), self.token_dim)
+        z = merge_token_heads(attn @ k.transpose(-1, -2), t, self.token_dim, tokens_stacked())
         z = F.linear(z, self.proj.weight, self.proj.bias)
         tokens = self.norm(tokens + self.drop_path(z))
         # exact GELU: x/2 (1 + erf(x/sqrt2)) = u (1 + erf(u)) / sqrt2 with u = x/sqrt2
