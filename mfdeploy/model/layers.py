@@ -253,9 +253,10 @@ class RepeatedDepthwise(nn.Module):
     With ``fill_block``, outputs that fall short of a whole block (official 26m/52m's lite bottleneck: 8 channels
     x 3 = 24) get one more repeat whose weights and bias are zero, when that fills the block (32): those
     channels are exactly 0, and stay 0 through an activation with ``f(0) = 0`` up to the consumer, which reads
-    them with zero weights. Official 52m, batch 1, AVX2: about 4% of the whole model's latency against the
-    grouped conv; without the zero channels, AVX-512 (16-channel blocks) would leave the 24-channel depthwise
-    conv in NCHW. Only for a consumer that reads through :func:`conv_bn_reading` or a channel shuffle.
+    them with zero weights. Official 52m, batch 1, AVX2: stem and lite bottleneck 0.27 against 0.33 ms with the
+    grouped conv (about 1.5% of the model); without the zero channels, AVX-512 (16-channel blocks) would leave
+    the 24-channel depthwise conv in NCHW. Only for a consumer that reads through :func:`conv_bn_reading` or
+    a channel shuffle.
 
     The outputs then come in repeat order: channel ``j`` is the grouped conv's channel ``order[j]`` (``order[j]
     >= out_channels``: a zero channel). The consumer absorbs that into weights it already has
