@@ -246,43 +246,32 @@ class RepeatedDepthwise(nn.Module):
     ONNX Runtime's CPU layout optimiser (NCHWc) takes dense and depthwise convs, not a grouped conv with one
     input and several outputs per group: that runs as an im2col and a small GEMM per group, in NCHW, between
     two layout reorders. The repeat is a channel Concat, which stays in the blocked layout, and the depthwise
-    conv computes each output from the same products. Only where the repeats fill whole NCHWc blocks on every
-    x86 CPU (a multiple of :data:`NCHWC_WIDEST_BLOCK` channels): a depthwise conv left in NCHW does its im2col
-    per channel, ``multiplier`` times the grouped conv's.
+    conv computes each output from the same products. Only where the output channels fill whole NCHWc blocks
+    on every x86 CPU (a multiple of :data:`NCHWC_WIDEST_BLOCK`): a depthwise conv left in NCHW does its
+    im2col per channel, ``multiplier`` times the grouped conv's. Official 26m's and 52m's lite bottleneck (8
+    channels x 3 = 24) stays grouped. Padding it with a fourth, zero-weight copy to 32 channels (tried) kept
+    everything blocked with AVX2's 8-channel blocks (stem and lite bottleneck 0.27 against 0.33 ms at batch
+    1), but with AVX-512's 16 the Concat of 8-channel pieces runs in NCHW and the 32-channel map at full
+    resolution is reordered: official 52m, 2 threads, 0.97 against 0.76 of the official code's latency at
+    batch 8, and slower at batch 1.
 
-    With ``fill_block``, outputs that fall short of a whole block (official 26m/52m's lite bottleneck: 8 channels
-    x 3 = 24) get one more repeat whose weights and bias are zero, when that fills the block (32): those
-    channels are exactly 0, and stay 0 through an activation with ``f(0) = 0`` up to the consumer, which reads
-    them with zero weights. Official 52m, batch 1, AVX2: stem and lite bottleneck 0.27 against 0.33 ms with the
-    grouped conv (about 1.5% of the model); without the zero channels, AVX-512 (16-channel blocks) would leave
-    the 24-channel depthwise conv in NCHW. Only for a consumer that reads through :func:`conv_bn_reading` or
-    a channel shuffle.
-
-    The outputs then come in repeat order: channel ``j`` is the grouped conv's channel ``order[j]`` (``order[j]
-    >= out_channels``: a zero channel). The consumer absorbs that into weights it already has
-    (:meth:`channel_order`: the next 1x1 conv's input columns and the DyReLU coefficients, or the channel
-    shuffle's index), so no op moves the channels back. In training (batch statistics) and under
-    :func:`native_grouped_conv` it is the grouped conv itself, in the grouped conv's channel order.
+    The outputs then come in repeat order: channel ``j`` is the grouped conv's channel ``order[j]``. The
+    consumer absorbs that into weights it already has (:meth:`channel_order`: the next 1x1 conv's input
+    columns and the DyReLU coefficients, or the channel shuffle's index), so no op moves the channels back.
+    In training (batch statistics) and under :func:`native_grouped_conv` it is the grouped conv itself, in
+    the grouped conv's channel order.
     Parameters: ``conv`` and ``bn``, as :func:`conv_bn`'s.
     """
 
-    def __init__(
-        self, in_channels: int, multiplier: int, kernel_size: int = 3, stride: int = 1, fill_block: bool = False
-    ) -> None:
+    def __init__(self, in_channels: int, multiplier: int, kernel_size: int = 3, stride: int = 1) -> None:
         super().__init__()
         out_channels = in_channels * multiplier
         padding = kernel_size // 2
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=in_channels, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
         self.multiplier = multiplier
-        copies = multiplier
-        if fill_block and out_channels % NCHWC_WIDEST_BLOCK and (out_channels + in_channels) % NCHWC_WIDEST_BLOCK == 0:
-            copies += 1
-        self.copies = copies
-        #: channels of the repeated conv's output that are zero (the extra copy of ``fill_block``)
-        self.zero_channels = (copies - multiplier) * in_channels
-        self.repeatable = multiplier > 1 and in_channels * copies % NCHWC_WIDEST_BLOCK == 0
-        order = torch.cat([repeat_order(in_channels, multiplier), torch.arange(self.zero_channels) + out_channels])
+        self.repeatable = multiplier > 1 and out_channels % NCHWC_WIDEST_BLOCK == 0
+        order = repeat_order(in_channels, multiplier)
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("position", torch.argsort(order), persistent=False)
 
@@ -297,34 +286,27 @@ class RepeatedDepthwise(nn.Module):
         if not self.repeats():
             return self.bn(self.conv(x))
         weight, bias = folded_batchnorm(self.conv.weight, self.conv.bias, self.bn)
-        if self.zero_channels:
-            weight = torch.cat([weight, weight.new_zeros(self.zero_channels, 1, *self.conv.kernel_size)])
-            bias = torch.cat([bias, bias.new_zeros(self.zero_channels)])
-        repeated = torch.cat([x] * self.copies, dim=1)
+        repeated = torch.cat([x] * self.multiplier, dim=1)
         return F.conv2d(
             repeated,
             weight.index_select(0, self.order),
             bias.index_select(0, self.order),
             self.conv.stride,
             self.conv.padding,
-            groups=self.conv.in_channels * self.copies,
+            groups=weight.shape[0],
         )
 
     def extra_repr(self) -> str:
-        return f"multiplier={self.multiplier}, repeatable={self.repeatable}, zero_channels={self.zero_channels}"
+        return f"multiplier={self.multiplier}, repeatable={self.repeatable}"
 
 
-def conv_bn_reading(conv_bn_block: nn.Sequential, x: Tensor, order: Tensor | None, zero_channels: int = 0) -> Tensor:
+def conv_bn_reading(conv_bn_block: nn.Sequential, x: Tensor, order: Tensor | None) -> Tensor:
     """``conv_bn_block`` (a :func:`conv_bn`, groups 1) applied to the channels of ``x`` put in their original order,
-    where ``x[:, j]`` holds original channel ``order[j]``: the conv's input columns are permuted instead.
-    ``zero_channels``: how many channels of ``x`` are zero (``order[j]`` past the conv's inputs); read with
-    zero weights."""
+    where ``x[:, j]`` holds original channel ``order[j]``: the conv's input columns are permuted instead."""
     if order is None:
         return conv_bn_block(x)
     conv = conv_bn_block.conv
     if conv.groups != 1:
         raise ValueError("a grouped conv cannot absorb a channel permutation")
     weight, bias = folded_batchnorm(conv.weight, conv.bias, conv_bn_block.bn)
-    if zero_channels:
-        weight = torch.cat([weight, weight.new_zeros(conv.out_channels, zero_channels, *conv.kernel_size)], dim=1)
     return F.conv2d(x, weight.index_select(1, order), bias, conv.stride, conv.padding, conv.dilation)

@@ -27,11 +27,10 @@ code exported as it is: 0.85-0.90 -> 0.83-0.84 of its latency; see the README's 
   official 52m with a trained checkpoint's biases: 0.72 of the plain export's nodes instead of 0.67). The
   first bridge reads the learned ``[T, D]`` tokens as ``[T, 1, D]``, one set for the whole batch;
 - a 3x3 conv with several outputs per input channel (the stride-2 blocks' second one, and the lite
-  bottleneck's in 26m, 52m, 294m and 508m) runs as a depthwise conv over the repeated input
-  (:class:`mfdeploy.model.layers.RepeatedDepthwise`), its channel order absorbed by the weights that read it;
-  26m's and 52m's lite bottleneck (24 channels) gets 8 zero channels that fill a 16-channel NCHWc block. The
-  stride-2 blocks' first such conv stays grouped: its input comes from a bridge in plain NCHW, and repeating
-  it there costs more than the grouped conv.
+  bottleneck's where its outputs fill whole 16-channel NCHWc blocks: 294m, 508m) runs as a depthwise conv over
+  the repeated input (:class:`mfdeploy.model.layers.RepeatedDepthwise`), its channel order absorbed by the
+  weights that read it. The stride-2 blocks' first such conv stays grouped: its input comes from a bridge in
+  plain NCHW, and repeating it there costs more than the grouped conv.
 
 26m's channel shuffles (the official code uses a 5-D view) are a Gather of the channels by a constant index.
 
@@ -349,7 +348,7 @@ class LiteBottleneck(nn.Module):
     def __init__(self, in_channels: int, spec: OfficialBlock, groups: int) -> None:
         super().__init__()
         hidden = in_channels * spec.e1
-        self.dw = RepeatedDepthwise(in_channels, spec.e1, 3, spec.stride, fill_block=True)
+        self.dw = RepeatedDepthwise(in_channels, spec.e1, 3, spec.stride)
         self.act = nn.ReLU6()
         self.shuffle = _maybe_shuffle(hidden, in_channels, groups > 1)
         self.pw = conv_bn(hidden, spec.out_channels, 1, groups=groups)
@@ -357,8 +356,7 @@ class LiteBottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = _shuffled(self.shuffle, self.dw, self.act(self.dw(x)))
-        order = _order_left(self.dw, self.shuffle)
-        out = conv_bn_reading(self.pw, h, order, self.dw.zero_channels if order is not None else 0)
+        out = conv_bn_reading(self.pw, h, _order_left(self.dw, self.shuffle))
         return out + x if self.identity else out
 
 
