@@ -16,8 +16,9 @@ inside ``forward`` so that an export's constant folding leaves one initializer p
   tensors: ONNX Runtime prepacks 2-D weights (a batched product with [heads, in, out] weights runs about twice
   as long), and the INT8 quantizer gives 2-D weights per-channel scales.
 
-Two layouts are chosen for ONNX Runtime's CPU kernels (official 52m at 224 px, batch 1, against the official
-code exported as it is: 0.85-0.90 -> 0.83-0.84 of its latency; see the README's Benchmarks):
+Two layouts are chosen for ONNX Runtime's CPU kernels (official 52m at 224 px, batch 1, 2 threads, against the
+official code exported as it is: 0.85-0.90 -> 0.83-0.84 of its latency with AVX2, 0.84-0.90 with AVX-512;
+see the README's Benchmarks):
 
 - tokens are token-major, as in the official code, and flat: ``[T*B, D]``, row ``t*B + b``. The permutes
   that split and merge heads move the token axis behind the batch and head axes, which ONNX Runtime folds
