@@ -259,8 +259,7 @@ class RepeatedDepthwise(nn.Module):
     consumer absorbs that into weights it already has (:meth:`channel_order`: the next 1x1 conv's input
     columns and the DyReLU coefficients, or the channel shuffle's index), so no op moves the channels back.
     In training (batch statistics) and under :func:`native_grouped_conv` it is the grouped conv itself, in
-    the grouped conv's channel order.
-    Parameters: ``conv`` and ``bn``, as :func:`conv_bn`'s.
+    the grouped conv's channel order. Parameters: ``conv`` and ``bn``, as :func:`conv_bn`'s.
     """
 
     def __init__(self, in_channels: int, multiplier: int, kernel_size: int = 3, stride: int = 1) -> None:
