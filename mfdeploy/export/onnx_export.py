@@ -126,7 +126,10 @@ def pin_reshape_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     other axis is a constant. The shape arithmetic that computed the targets is then dead and is removed
     here (a third of an official 52m's nodes, which the simplifier would otherwise import and walk three
     times: it simplifies 0.5 s sooner, to the same bytes). Reshapes whose output does not vary that way are
-    left alone; the export's verification runs the result at several batches.
+    left alone; the export's verification runs the result at several batches. The shapes come from runs,
+    not from ONNX shape inference (which :func:`name_batch_axis` uses on the simplified graph): on the raw
+    export, inference with data propagation and the batch fixed computes 1 of the 50 run-time targets of an
+    official 52m and 1 of 92 of a seed 52m.
     """
     graph = model.graph
     constants = constant_names(graph)

@@ -252,15 +252,15 @@ class ToFormer(nn.Module):
         kv = feature_heads(x, h)  # [B, h, d, L]
         attn = (token_heads(q, self.num_tokens, h, self.channels // h) @ kv).softmax(dim=-1)  # [B, h, T, L]
         z = attn @ kv.transpose(-1, -2)  # [B, h, T, d]
-        if not self.learned_tokens:
-            z = merge_token_heads(z, self.num_tokens, self.channels, tokens_stacked())  # the heads concatenated
-            z = F.linear(z * gate.clamp(0.0, 2.0), self.proj.weight, self.proj.bias)
-            return self.norm(tokens + self.drop_path(z))
-        # the learned [T, D] tokens: one set for the whole batch, broadcast as [T, 1, D] against [T, B, D]
-        z = merge_token_heads(z, self.num_tokens, self.channels, True) * gate[:, None].clamp(0.0, 2.0)
-        z = F.linear(z, self.proj.weight, self.proj.bias)
-        tokens = self.norm(tokens[:, None] + self.drop_path(z))
-        return tokens if tokens_stacked() else tokens.reshape(-1, self.token_dim)
+        # the learned [T, D] tokens: one set for the whole batch, broadcast as [T, 1, D] against a stacked
+        # [T, B, D] result, flattened afterwards where the tokens are flat
+        stacked = self.learned_tokens or tokens_stacked()
+        z = merge_token_heads(z, self.num_tokens, self.channels, stacked)  # the heads concatenated
+        if self.learned_tokens:
+            gate, tokens = gate[:, None], tokens[:, None]
+        z = F.linear(z * gate.clamp(0.0, 2.0), self.proj.weight, self.proj.bias)
+        tokens = self.norm(tokens + self.drop_path(z))
+        return tokens.reshape(-1, self.token_dim) if stacked and not tokens_stacked() else tokens
 
 
 class Former(nn.Module):
