@@ -195,8 +195,8 @@ def verdict(value: float | None, limit: float) -> dict[str, object]:
     return {"value": value, "target": f"<= {limit}", "pass": value is not None and value <= limit}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_comparison_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options this script shares with official_floor.py: the official checkout, the model, the timing."""
     parser.add_argument("--official", type=Path, help="checkout of github AAboys/MobileFormer (mobile_former.py)")
     parser.add_argument("--size", default="52m")
     parser.add_argument("--imgsz", type=int, default=224)
@@ -204,11 +204,6 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="alternating blocks per graph")
-    parser.add_argument("--simplifier", default="onnxslim")
-    parser.add_argument(
-        "--weights", choices=WEIGHT_SETS, default="trained-like", help="the weights timed (both are counted)"
-    )
-    parser.add_argument("--skip-coreml", action="store_true", help="leave out the Core ML op count")
     parser.add_argument(
         "--threads", type=int, default=THREADS, help=f"ONNX Runtime intra-op threads (the target: {THREADS})"
     )
@@ -218,6 +213,38 @@ def main() -> None:
         help="idle ONNX Runtime threads sleep (diagnostic: steadier ratios on a shared host, no latency verdict)",
     )
     parser.add_argument("--json", type=Path)
+
+
+def run_conditions(args: argparse.Namespace) -> dict[str, object]:
+    """What a result depends on besides the graphs: the options of :func:`add_comparison_arguments`, the host."""
+    return {
+        "size": args.size,
+        "imgsz": args.imgsz,
+        "threads": args.threads,
+        "spinning": not args.no_spinning,
+        "runs": args.runs,
+        "cpu": cpu_name(),
+        "load_average_start": list(os.getloadavg()),
+        "versions": versions(),
+    }
+
+
+def time_as_asked(graphs: list[Path], batch: int, args: argparse.Namespace) -> dict[str, dict]:
+    """ort_timing.py's result for ``graphs`` at ``batch``, in a fresh process, with the options of
+    :func:`add_comparison_arguments`."""
+    return time_in_fresh_process(
+        graphs, batch, args.imgsz, args.runs, args.warmup, args.rounds, args.threads, not args.no_spinning
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_comparison_arguments(parser)
+    parser.add_argument("--simplifier", default="onnxslim")
+    parser.add_argument(
+        "--weights", choices=WEIGHT_SETS, default="trained-like", help="the weights timed (both are counted)"
+    )
+    parser.add_argument("--skip-coreml", action="store_true", help="leave out the Core ML op count")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     batches = [int(b) for b in args.batches.split(",")]
@@ -232,16 +259,9 @@ def main() -> None:
     ours_by_weights = {name: ours_graph(candidate, args.imgsz, args.simplifier) for name, candidate in models.items()}
     ours = ours_by_weights[args.weights]
     results: dict[str, object] = {
-        "size": args.size,
-        "imgsz": args.imgsz,
-        "threads": args.threads,
-        "spinning": not args.no_spinning,
-        "runs": args.runs,
+        **run_conditions(args),
         "simplifier": args.simplifier,
         "opset": OPSET,
-        "cpu": cpu_name(),
-        "load_average_start": list(os.getloadavg()),
-        "versions": versions(),
         "weights": args.weights,
         "ours_nodes": len(ours.graph.node),
         "ours_nodes_by_weights": {name: len(graph.graph.node) for name, graph in ours_by_weights.items()},
@@ -270,16 +290,7 @@ def main() -> None:
                 # timed in a process that loads only ONNX Runtime (see ort_timing.py), not in this one
                 paths = {"ours": ours_path, "plain": Path(tmp) / f"plain_b{batch}.onnx"}
                 onnx.save(graph, str(paths["plain"]))
-                timed = time_in_fresh_process(
-                    list(paths.values()),
-                    batch,
-                    args.imgsz,
-                    args.runs,
-                    args.warmup,
-                    args.rounds,
-                    args.threads,
-                    not args.no_spinning,
-                )
+                timed = time_as_asked(list(paths.values()), batch, args)
                 medians = {name: timed["median_ms"][str(path)] for name, path in paths.items()}
                 rounds = {name: timed["rounds_ms"][str(path)] for name, path in paths.items()}
                 per_batch[batch] = {

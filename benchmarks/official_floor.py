@@ -38,15 +38,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_export import (  # noqa: E402
     NUM_CLASSES,
     SEED,
+    add_comparison_arguments,
     build_official_code,
-    cpu_name,
     import_official,
     official_checkout_problem,
     ours_graph,
     plain_graph,
-    versions,
+    run_conditions,
+    time_as_asked,
 )
-from ort_timing import ROUNDS, THREADS, paired_ratio, time_in_fresh_process  # noqa: E402
+from ort_timing import THREADS, paired_ratio  # noqa: E402
 from trained_like import perturbed  # noqa: E402
 
 from mfdeploy.model.official import OfficialMobileFormer, build_official_model, to_official_state_dict  # noqa: E402
@@ -107,16 +108,7 @@ def with_shared_former_weights(graph: onnx.ModelProto) -> tuple[onnx.ModelProto,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--official", type=Path, help="checkout of github AAboys/MobileFormer (mobile_former.py)")
-    parser.add_argument("--size", default="52m")
-    parser.add_argument("--imgsz", type=int, default=224)
-    parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=ROUNDS, help="alternating blocks per graph")
-    parser.add_argument("--threads", type=int, default=THREADS, help="ONNX Runtime intra-op threads")
-    parser.add_argument("--no-spinning", action="store_true", help="idle ONNX Runtime threads sleep")
-    parser.add_argument("--json", type=Path)
+    add_comparison_arguments(parser)
     args = parser.parse_args()
     checkout = args.official.resolve() if args.official else None
     problem = official_checkout_problem(checkout)
@@ -124,17 +116,7 @@ def main() -> None:
         sys.exit(f"official_floor.py needs the official code to compare with: {problem}")
     torch.set_num_threads(THREADS)
     model = perturbed(build_official_model(args.size, NUM_CLASSES, 3, seed=SEED))
-    results: dict[str, object] = {
-        "size": args.size,
-        "imgsz": args.imgsz,
-        "threads": args.threads,
-        "spinning": not args.no_spinning,
-        "runs": args.runs,
-        "cpu": cpu_name(),
-        "versions": versions(),
-        "load_average_start": list(os.getloadavg()),
-        "batches": {},
-    }
+    results: dict[str, object] = {**run_conditions(args), "batches": {}}
     with tempfile.TemporaryDirectory() as tmp:
         official = build_official_code(import_official(checkout, Path(tmp)), args.size, NUM_CLASSES)
         official.load_state_dict(to_official_state_dict(model.state_dict()), strict=True)
@@ -152,20 +134,12 @@ def main() -> None:
             onnx.save(plain_graph(official, batch, args.imgsz, "onnxslim"), str(paths["plain"]))
             row = {}
             for name, base in (("ours", "plain"), ("no_token_path", "plain"), ("shared_former_weights", "ours")):
-                timed = time_in_fresh_process(
-                    [paths[name], paths[base]],
-                    batch,
-                    args.imgsz,
-                    args.runs,
-                    args.warmup,
-                    args.rounds,
-                    args.threads,
-                    not args.no_spinning,
-                )["rounds_ms"]
+                timed = time_as_asked([paths[name], paths[base]], batch, args)["rounds_ms"]
                 row[f"{name}/{base}"] = paired_ratio(timed[str(paths[name])], timed[str(paths[base])])
             r, c = row["ours/plain"], row["no_token_path/plain"]
-            row["token_path_ours_over_plain"] = (r - c) / (1 - c)
-            row["token_path_needed_for_target"] = (TARGET - c) / (1 - c)
+            # undefined when the host made the cut graph no faster than the plain export
+            row["token_path_ours_over_plain"] = (r - c) / (1 - c) if c < 1 else None
+            row["token_path_needed_for_target"] = (TARGET - c) / (1 - c) if c < 1 else None
             results["batches"][batch] = row
             print(f"  batch {batch} done", file=sys.stderr, flush=True)
     results["load_average_end"] = list(os.getloadavg())
@@ -191,10 +165,11 @@ def print_table(results: dict) -> None:
         f"{'token path ours/plain':>21} {'needed for 0.8':>14}"
     )
     for batch, row in results["batches"].items():
+        shares = [row["token_path_ours_over_plain"], row["token_path_needed_for_target"]]
+        ours_share, needed = ("n/a" if share is None else f"{share:.3f}" for share in shares)
         print(
             f"{batch:>5} {row['ours/plain']:>10.3f} {row['no_token_path/plain']:>19.3f} "
-            f"{row['shared_former_weights/ours']:>11.3f} {row['token_path_ours_over_plain']:>21.3f} "
-            f"{row['token_path_needed_for_target']:>14.3f}"
+            f"{row['shared_former_weights/ours']:>11.3f} {ours_share:>21} {needed:>14}"
         )
 
 
