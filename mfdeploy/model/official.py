@@ -260,7 +260,7 @@ class ToFormer(nn.Module):
             gate, tokens = gate[:, None], tokens[:, None]
         z = F.linear(z * gate.clamp(0.0, 2.0), self.proj.weight, self.proj.bias)
         tokens = self.norm(tokens + self.drop_path(z))
-        return tokens.reshape(-1, self.token_dim) if stacked and not tokens_stacked() else tokens
+        return tokens.reshape(-1, self.token_dim) if self.learned_tokens and not tokens_stacked() else tokens
 
 
 class Former(nn.Module):
