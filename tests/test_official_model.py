@@ -319,11 +319,53 @@ def test_every_projection_of_the_tokens_is_one_gemm_with_its_bias():
     ]
     assert matmuls == ["/blocks.0/to_former/MatMul_2"], matmuls
     blocks = len(model.cfg.blocks)
-    # per block: bridge q+gate and output, Former q, output and FFN x2, hyper-MLPs x2, Former->Mobile k+v (the
-    # first bridge's q+gate read the learned tokens: a constant, folded); the final bridge's two, the head's two
+    # per block: bridge q+gate and output, Former q, output and FFN x2, the hyper-MLPs' first layers, Former->Mobile
+    # k+v (the first bridge's q+gate read the learned tokens: a constant, folded); the final bridge's two, the
+    # head's two. The hyper-MLPs' second layers are a grouped conv (test_hyper_mlps_second_layers_...)
     gemms = [n for n in graph.graph.node if n.op_type == "Gemm"]
-    assert len(gemms) == 9 * blocks - 2 + 2 + 2
+    assert len(gemms) == 8 * blocks - 2 + 2 + 2
     assert all(len(n.input) == 3 and weights[n.input[2]].any() for n in gemms)
+
+
+def test_hyper_mlps_second_layers_run_as_one_grouped_conv_outside_the_nchwc_layout(tmp_path):
+    """Each block's hyper-MLPs end in one grouped 1x1 conv, a group per hyper-MLP, with no zero block between
+    them, and ONNX Runtime runs it in NCHW with its clip fused: no reorder in or out of NCHWc around it (an
+    even group width of whole 8- or 16-channel blocks would get one on each side)."""
+    from onnx import numpy_helper
+
+    from mfdeploy.export import onnx_export
+    from mfdeploy.runtime.onnxruntime_runner import optimized_graph
+
+    model = build_official_model("52m")
+    graph = onnx_export.torch_to_onnx(model, 64, None, 17)
+    graph = onnx_export.simplify(onnx_export.pin_reshape_shapes(graph)[0], "onnxslim")
+    weights = {init.name: numpy_helper.to_array(init) for init in graph.graph.initializer}
+    producers = {out: node for node in graph.graph.node for out in node.output}
+    # the convs reading a vector: token 0's hidden units, [B, n * hidden] unsqueezed to [B, n * hidden, 1, 1]
+    hyper_convs = {
+        node.name: node
+        for node in graph.graph.node
+        if node.op_type == "Conv" and node.input[0] in producers and producers[node.input[0]].op_type == "Unsqueeze"
+    }
+    assert len(hyper_convs) == len(model.cfg.blocks), sorted(hyper_convs)
+    for node, block in zip(hyper_convs.values(), model.blocks):
+        group = next(a.i for a in node.attribute if a.name == "group")
+        hypers = [m for name, m in block.named_children() if name.startswith("hyper")]
+        assert group == len(hypers) == 2
+        out_channels, per_group = weights[node.input[1]].shape[:2]
+        assert per_group == hypers[0].fc1.out_features  # each group reads its own hyper-MLP's hidden units
+        assert out_channels == group * (max(2 * h.channels for h in hypers) + 1)
+    onnx.save(graph, tmp_path / "model.onnx")
+    optimized = optimized_graph(tmp_path / "model.onnx", threads=1).graph
+    producers = {out: node for node in optimized.node for out in node.output}
+    ran = {node.name: node for node in optimized.node}
+    for name in hyper_convs:
+        node = ran[name]
+        assert node.op_type == "FusedConv" and node.domain == "com.microsoft", (name, node.op_type)
+        assert dict((a.name, a.s) for a in node.attribute)["activation"] == b"Clip"
+        assert producers[node.input[0]].op_type != "ReorderInput"
+        consumers = [n for n in optimized.node if node.output[0] in n.input]
+        assert consumers and all(n.op_type != "ReorderOutput" for n in consumers)
 
 
 def test_stacked_tokens_compute_what_flat_tokens_compute():

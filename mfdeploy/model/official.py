@@ -16,9 +16,9 @@ inside ``forward`` so that an export's constant folding leaves one initializer p
   tensors: ONNX Runtime prepacks 2-D weights (a batched product with [heads, in, out] weights runs about twice
   as long), and the INT8 quantizer gives 2-D weights per-channel scales.
 
-Two layouts are chosen for ONNX Runtime's CPU kernels (official 52m at 224 px, batch 1, 2 threads, against the
-official code exported as it is: 0.85-0.90 -> 0.83-0.84 of its latency with AVX2, 0.84-0.90 with AVX-512;
-see the README's Benchmarks):
+Three layouts are chosen for ONNX Runtime's CPU kernels (official 52m at 224 px, batch 1, 2 threads, against the
+official code exported as it is: 0.85-0.90 -> 0.83-0.84 of its latency with AVX2, 0.84-0.90 with AVX-512, and
+the third one's 3-4% less; see the README's Benchmarks):
 
 - tokens are token-major, as in the official code, and flat: ``[T*B, D]``, row ``t*B + b``. The permutes
   that split and merge heads move the token axis behind the batch and head axes, which ONNX Runtime folds
@@ -31,7 +31,10 @@ see the README's Benchmarks):
   bottleneck's where its outputs fill whole 16-channel NCHWc blocks: 294m, 508m) runs as a depthwise conv over
   the repeated input (:class:`mfdeploy.model.layers.RepeatedDepthwise`), its channel order absorbed by the
   weights that read it. The stride-2 blocks' first such conv stays grouped: its input comes from a bridge in
-  plain NCHW, and repeating it there costs more than the grouped conv.
+  plain NCHW, and repeating it there costs more than the grouped conv;
+- a block's hyper-MLPs end in one grouped 1x1 conv over their hidden units, a group per hyper-MLP, with the
+  clip fused into it (:func:`dyrelu_coefficients`), instead of a matmul with a block-diagonal weight (half of
+  it zeros). Its group width is odd, which keeps it out of the NCHWc layout.
 
 26m's channel shuffles (the official code uses a 5-D view) are a Gather of the channels by a constant index.
 
@@ -168,9 +171,23 @@ class HyperMLP(nn.Module):
         self.fc2 = nn.Linear(hidden, 2 * channels)
 
 
+def hyper_group_width(hypers: Sequence[HyperMLP]) -> int:
+    """Outputs per group of the hyper-MLPs' second layers run as one grouped 1x1 conv (see
+    :func:`dyrelu_coefficients`): the widest ``2C``, plus one zero row to make it odd.
+
+    An odd group width keeps the conv out of ONNX Runtime's NCHWc layout, which takes only whole blocks of 8 or
+    16 output channels: there the [B, 2C, 1, 1] coefficients would be reordered in and out for every block."""
+    return max(2 * h.channels for h in hypers) + 1
+
+
 def hyper_offset(hypers: Sequence[HyperMLP]) -> Tensor:
-    """0 on the a1 halves and -1 on the a2 halves of the hyper-MLPs' concatenated outputs."""
-    return torch.cat([torch.cat([torch.zeros(h.channels), -torch.ones(h.channels)]) for h in hypers])
+    """0 on the a1 halves (and on the padding) and -1 on the a2 halves of the hyper-MLPs' outputs, [n*width, 1, 1]."""
+    width = hyper_group_width(hypers)
+    parts = [
+        torch.cat([torch.zeros(h.channels), -torch.ones(h.channels), torch.zeros(width - 2 * h.channels)])
+        for h in hypers
+    ]
+    return torch.cat(parts)[:, None, None]
 
 
 def dyrelu_coefficients(
@@ -185,26 +202,30 @@ def dyrelu_coefficients(
 
     Official: ``a = hsig(fc2(relu(fc1(t0))))``, ``a1 = 2 a[:C]``, ``a2 = 2 a[C:] - 1``. With ``c = 2 a`` it is one
     ``clip(u, 0, 2)`` with the affine folded into fc2, then ``-1`` on the second halves. All of a block's hyper-MLPs
-    run as one chain: their first layers read the same token, so their weights are stacked; their second layers
-    read different hidden vectors, so their weights form a block-diagonal matrix (the zero blocks cost a few
-    thousand multiply-adds, and the chain is 7 ops whatever the number of hyper-MLPs).
+    run as one chain: their first layers read the same token, so their weights are stacked into one matmul;
+    their second layers read different parts of its output, so they are one grouped 1x1 conv over it, group i
+    being hyper-MLP i, each group :func:`hyper_group_width` wide (the rows past ``2C`` are zeros), with the clip
+    fused into it. A matmul with the groups' weights as a block-diagonal matrix computes the same, but reads
+    twice the weights (the zero blocks) and ran 3-4% slower in the official 52m (ONNX Runtime, batch 1).
     """
     w1 = torch.cat([h.fc1.weight for h in hypers])
     b1 = torch.cat([h.fc1.bias for h in hypers])
-    hidden = F.relu(F.linear(token0, w1, b1))
-    rows, biases = [], []
-    for i, (h, order) in enumerate(zip(hypers, orders or [None] * len(hypers))):
+    hidden = F.relu(F.linear(token0, w1, b1))[..., None, None]  # [B, n * hidden, 1, 1]
+    width = hyper_group_width(hypers)
+    weights, biases, sizes = [], [], []
+    for h, order in zip(hypers, orders or [None] * len(hypers)):
         w2, b2 = h.fc2.weight / 3.0, (h.fc2.bias + 3.0) / 3.0
         if order is not None:  # both halves (a1, a2) in the feature map's channel order
             both = torch.cat([order, order + h.channels])
             w2, b2 = w2.index_select(0, both), b2.index_select(0, both)
-        blocks = [w2 if j == i else w2.new_zeros(2 * h.channels, g.fc1.out_features) for j, g in enumerate(hypers)]
-        rows.append(torch.cat(blocks, dim=1))
-        biases.append(b2)
-    b2 = torch.cat(biases)
-    c = F.linear(hidden, torch.cat(rows), b2).clamp(0.0, 2.0) + offset
-    parts = c[..., None, None].split([n for h in hypers for n in (h.channels, h.channels)], dim=1)
-    return [(parts[2 * i], parts[2 * i + 1]) for i in range(len(hypers))]
+        pad = width - 2 * h.channels
+        weights += [w2, w2.new_zeros(pad, h.fc2.in_features)]
+        biases += [b2, b2.new_zeros(pad)]
+        sizes += [h.channels, h.channels, pad]
+    weight = torch.cat(weights)[..., None, None]  # [n * width, hidden, 1, 1]
+    c = F.conv2d(hidden, weight, torch.cat(biases), groups=len(hypers)).clamp(0.0, 2.0) + offset
+    parts = c.split(sizes, dim=1)
+    return [(parts[3 * i], parts[3 * i + 1]) for i in range(len(hypers))]
 
 
 def dyrelu(x: Tensor, coefficients: tuple[Tensor, Tensor]) -> Tensor:
