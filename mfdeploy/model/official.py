@@ -17,8 +17,8 @@ inside ``forward`` so that an export's constant folding leaves one initializer p
   as long), and the INT8 quantizer gives 2-D weights per-channel scales.
 
 Three layouts are chosen for ONNX Runtime's CPU kernels (official 52m at 224 px, batch 1, 2 threads, against the
-official code exported as it is: 0.85-0.90 -> 0.83-0.84 of its latency with AVX2, 0.84-0.90 with AVX-512, and
-the third one's 3-4% less; see the README's Benchmarks):
+official code exported as it is: 0.85-0.90 -> 0.83-0.84 of its latency with AVX2, 0.84-0.90 with AVX-512; the
+third one took 3-4% off our latency with one thread, less with two; see the README's Benchmarks):
 
 - tokens are token-major, as in the official code, and flat: ``[T*B, D]``, row ``t*B + b``. The permutes
   that split and merge heads move the token axis behind the batch and head axes, which ONNX Runtime folds
