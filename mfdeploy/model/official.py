@@ -206,8 +206,8 @@ def dyrelu_coefficients(
     their second layers read different parts of its output, so they are one grouped 1x1 conv over it, group i
     being hyper-MLP i, each group :func:`hyper_group_width` wide (the rows past ``2C`` are zeros), with the clip
     fused into it. A matmul with the groups' weights as a block-diagonal matrix computes the same, but reads
-    twice the weights (the zero blocks) and ran 3-4% slower in the official 52m (ONNX Runtime, batch 1).
-    """
+    twice the weights (the zero blocks) and ran 3-4% slower in the official 52m (ONNX Runtime, batch 1, one
+    thread; less with two, where both forms split over the threads)."""
     w1 = torch.cat([h.fc1.weight for h in hypers])
     b1 = torch.cat([h.fc1.bias for h in hypers])
     hidden = F.relu(F.linear(token0, w1, b1))[..., None, None]  # [B, n * hidden, 1, 1]
