@@ -292,7 +292,7 @@ class RepeatedDepthwise(nn.Module):
             bias.index_select(0, self.order),
             self.conv.stride,
             self.conv.padding,
-            groups=weight.shape[0],
+            groups=self.conv.out_channels,
         )
 
     def extra_repr(self) -> str:
