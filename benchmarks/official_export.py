@@ -229,6 +229,12 @@ def run_conditions(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def under_latency_target_conditions(threads: int, spinning: bool) -> bool:
+    """Whether a run timed what the latency target is for: ONNX Runtime's default, THREADS spinning threads
+    (``--threads 1`` and ``--no-spinning`` are diagnostic conditions, with no verdict)."""
+    return threads == THREADS and spinning
+
+
 def time_as_asked(graphs: list[Path], batch: int, args: argparse.Namespace) -> dict[str, dict]:
     """ort_timing.py's result for ``graphs`` at ``batch``, in a fresh process, with the options of
     :func:`add_comparison_arguments`."""
@@ -324,7 +330,7 @@ def main() -> None:
             rows = per_batch.values()
             node_ratio = max([r["node_ratio"] for r in rows] + list(plain["node_ratio_by_weights"].values()))
             targets["node_ratio"] = verdict(node_ratio, TARGETS["node_ratio"])
-            if args.threads == THREADS and not args.no_spinning:  # the latency target's conditions
+            if under_latency_target_conditions(args.threads, not args.no_spinning):
                 for batch, row in per_batch.items():
                     targets[f"latency_ratio_b{batch}"] = verdict(row["latency_ratio"], TARGETS["latency_ratio"])
             targets["outputs_agree"] = verdict(max(r["max_abs_diff_ours_vs_plain"] for r in rows), AGREEMENT_TOLERANCE)
@@ -394,7 +400,7 @@ def print_table(results: dict, args: argparse.Namespace) -> None:
                 f"{results['ours_nodes']:>10} {row['plain_nodes']:>11} {row['node_ratio']:>10.2f} "
                 f"{row['max_abs_diff_ours_vs_plain']:>10.2e}"
             )
-        if results["threads"] != THREADS or not results["spinning"]:
+        if not under_latency_target_conditions(results["threads"], results["spinning"]):
             print(f"no latency verdict: the target is for {THREADS} spinning threads, ONNX Runtime's default")
     else:
         print(
