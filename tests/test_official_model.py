@@ -167,7 +167,9 @@ def test_26m_onnx_has_rank_4_at_most_and_folds_its_constants():
     ops = [node.op_type for node in graph.node]
     assert "Div" not in ops and "Tile" not in ops and "Expand" not in ops
     shuffles = sum(1 for node in graph.node if node.op_type == "Gather" and "shuffle" in node.name)
-    assert shuffles == 2 + 2 * len(model.cfg.blocks)
+    # two per block and the channel conv's; the lite bottleneck's is in its 1x1 convs' weights (it reads the
+    # stem's copies, see test_lite_bottleneck_reads_copies_of_the_stem_in_the_nchwc_layout)
+    assert shuffles == 2 * len(model.cfg.blocks) + 1
 
 
 def test_projections_are_matrices_and_softmax_runs_on_the_last_axis_only():
@@ -260,10 +262,11 @@ def test_a_permuted_feature_map_is_read_through_permuted_weights():
 def test_onnx_runtime_runs_head_permutes_in_matmuls_and_repeats_as_depthwise_convs(size, tmp_path):
     """The two layouts chosen for ONNX Runtime's CPU kernels hold in the graph `mfdeploy export` writes: a conv
     with several outputs per input channel is grouped only where it is a stride-2 block's first (its input is a
-    bridge's NCHW output) or its outputs do not fill whole 16-channel NCHWc blocks (the lite bottleneck's 24), and
-    once ONNX Runtime has fused the token-major head permutes into its matmuls only the two merges of heads per
-    block (and the final bridge's) remain as Transpose ops (batch-major tokens left 8 per block). 26m has channel
-    shuffles, which take the repeat order in their own gather instead."""
+    bridge's NCHW output) or its outputs do not fill whole 16-channel NCHWc blocks (none here: the lite
+    bottleneck's 24 are computed from copies of the stem, see the test after this one), and once ONNX Runtime
+    has fused the token-major head permutes into its matmuls only the two merges of heads per block (and the
+    final bridge's) remain as Transpose ops (batch-major tokens left 8 per block). 26m has channel shuffles,
+    which take the repeat order in their own gather instead."""
     from onnx import numpy_helper
 
     from mfdeploy.export import onnx_export
@@ -290,10 +293,61 @@ def test_onnx_runtime_runs_head_permutes_in_matmuls_and_repeats_as_depthwise_con
     repeated = [p for p in stride2 if any(name.startswith(p + "conv3/") for name in concats)]
     grouped = [p for p in stride2 if any(name.startswith(p + "conv3/") for name, _ in kept_grouped)]
     assert repeated and sorted(repeated + grouped) == sorted(stride2)  # each second conv one way or the other
-    assert [name for name, _ in kept_grouped if name.startswith("/lite_bneck/")]  # 24 channels: 1.5 blocks
+    assert not [name for name, _ in kept_grouped if name.startswith("/lite_bneck/")]  # depthwise over copies
     onnx.save(graph, tmp_path / "model.onnx")
     ops = [node.op_type for node in optimized_graph(tmp_path / "model.onnx", optimization="extended").graph.node]
     assert ops.count("Transpose") == 2 * len(model.cfg.blocks) + 1
+
+
+@pytest.mark.parametrize("size", ["26m", "52m"])
+def test_lite_bottleneck_reads_copies_of_the_stem_in_the_nchwc_layout(size, tmp_path):
+    """26m and 52m: the stem writes its 8 channels twice (16), the lite bottleneck's grouped conv (8 -> 24) runs
+    as two depthwise convs over them and its 1x1 conv (26m: grouped, after a shuffle) as two partial convs,
+    summed. The same function as the grouped conv (float64), and ONNX Runtime runs stem and lite bottleneck
+    in NCHWc from the image to one reorder at the end: no reorder of the stem's output, no grouped conv in
+    NCHW, the sum inside the last conv."""
+    from onnx import numpy_helper
+
+    from mfdeploy.export import onnx_export
+    from mfdeploy.model.layers import native_grouped_conv
+    from mfdeploy.runtime.onnxruntime_runner import optimized_graph
+
+    model = build_official_model(size, seed=3).double()
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():  # BatchNorms that are not the identity, so that folding them matters
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.2, generator=gen)
+                module.running_var.uniform_(0.5, 2.0, generator=gen)
+                module.bias.normal_(0.0, 0.2, generator=gen)
+    images = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=gen)
+    with torch.no_grad():
+        copies = model.stem(images)
+        assert copies.shape[1] == 16
+        torch.testing.assert_close(copies[:, 8:], copies[:, :8], rtol=0, atol=0)
+        with native_grouped_conv():
+            assert model.stem(images).shape[1] == 8
+            grouped = model(images)
+        torch.testing.assert_close(model(images), grouped, rtol=0, atol=1e-12)
+    graph = onnx_export.torch_to_onnx(model.float(), 64, None, 17)
+    graph = onnx_export.simplify(onnx_export.pin_reshape_shapes(graph)[0], "onnxslim")
+    weights = {init.name: numpy_helper.to_array(init) for init in graph.graph.initializer}
+    convs = [n for n in graph.graph.node if n.op_type == "Conv" and n.name.startswith(("/stem/", "/lite_bneck/"))]
+    groups = [next((a.i for a in n.attribute if a.name == "group"), 1) for n in convs]
+    assert sorted(groups) == [1, 1, 1, 16, 16]  # stem, two depthwise convs, two partial 1x1 convs
+    shapes = sorted(weights[n.input[1]].shape[:2] for n in convs)
+    assert shapes == [(12, 16), (12, 16), (16, 1), (16, 1), (16, 3)], shapes  # 1x1 convs read all 16
+    onnx.save(graph, tmp_path / "model.onnx")
+    optimized = optimized_graph(tmp_path / "model.onnx", threads=1).graph
+    ran = [n for n in optimized.node if n.name.startswith(("/stem/", "/lite_bneck/"))]
+    assert len(ran) == 5 and all((n.op_type, n.domain) == ("Conv", "com.microsoft.nchwc") for n in ran), ran
+    reorders = [
+        (n.op_type, [*n.input, *n.output])
+        for n in optimized.node
+        if n.op_type.startswith("Reorder")
+        and any(t.startswith(("/stem/", "/lite_bneck/")) for t in [*n.input, *n.output])
+    ]
+    assert reorders == [("ReorderOutput", [ran[-1].output[0], "/lite_bneck/Add_output_0"])], reorders
 
 
 def test_every_projection_of_the_tokens_is_one_gemm_with_its_bias():

@@ -121,9 +121,15 @@ def native_softmax() -> AbstractContextManager[None]:
 
 
 def native_grouped_conv() -> AbstractContextManager[None]:
-    """Within this block a :class:`RepeatedDepthwise` traces as the grouped conv it stands for: for converters
-    that run such a conv as one kernel (Core ML), where the repeated input would only add ops."""
+    """Within this block a :class:`RepeatedDepthwise` (and the official lite bottleneck fed by copies of the stem,
+    see :mod:`mfdeploy.model.official`) traces as the grouped conv it stands for: for converters that run such a
+    conv as one kernel (Core ML), and for counting MAdds, where the layout for ONNX Runtime would only add ops."""
     return _flag_set(_NATIVE_GROUPED_CONV)
+
+
+def grouped_conv_native() -> bool:
+    """Whether :func:`native_grouped_conv` is in effect."""
+    return _NATIVE_GROUPED_CONV.get()
 
 
 def stacked_tokens() -> AbstractContextManager[None]:
@@ -249,7 +255,9 @@ class RepeatedDepthwise(nn.Module):
     conv computes each output from the same products. Only where the output channels fill whole NCHWc blocks
     on every x86 CPU (a multiple of :data:`NCHWC_WIDEST_BLOCK`): a depthwise conv left in NCHW does its
     im2col per channel, ``multiplier`` times the grouped conv's. Official 26m's and 52m's lite bottleneck (8
-    channels x 3 = 24) stays grouped. Padding it with a fourth, zero-weight copy to 32 channels (tried) kept
+    channels x 3 = 24) is not repeated: it reads copies of the stem instead (see
+    :class:`mfdeploy.model.official.LiteBottleneck`). Padding it with a fourth, zero-weight copy to 32 channels
+    (tried) kept
     everything blocked with AVX2's 8-channel blocks (stem and lite bottleneck 0.27 against 0.33 ms at batch
     1), but with AVX-512's 16 the Concat of 8-channel pieces runs in NCHW and the 32-channel map at full
     resolution is reordered: official 52m, 2 threads, 0.97 against 0.76 of the official code's latency at
@@ -275,7 +283,7 @@ class RepeatedDepthwise(nn.Module):
         self.register_buffer("position", torch.argsort(order), persistent=False)
 
     def repeats(self) -> bool:
-        return self.repeatable and not self.training and not _NATIVE_GROUPED_CONV.get()
+        return self.repeatable and not self.training and not grouped_conv_native()
 
     def channel_order(self) -> Tensor | None:
         """For each output channel, the grouped conv's channel it holds; None when they are in that order."""

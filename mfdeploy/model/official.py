@@ -16,9 +16,10 @@ inside ``forward`` so that an export's constant folding leaves one initializer p
   tensors: ONNX Runtime prepacks 2-D weights (a batched product with [heads, in, out] weights runs about twice
   as long), and the INT8 quantizer gives 2-D weights per-channel scales.
 
-Three layouts are chosen for ONNX Runtime's CPU kernels (official 52m at 224 px, batch 1, 2 threads, against the
+Four layouts are chosen for ONNX Runtime's CPU kernels (official 52m at 224 px, batch 1, 2 threads, against the
 official code exported as it is: 0.85-0.90 -> 0.83-0.84 of its latency with AVX2, 0.84-0.90 with AVX-512; the
-third one took 3-4% off our latency with one thread, less with two; see the README's Benchmarks):
+third one took 3-4% off our latency with one thread, less with two, the fourth about 4% at batch 1 and 15% at
+batch 8 with AVX-512; see the README's Benchmarks):
 
 - tokens are token-major, as in the official code, and flat: ``[T*B, D]``, row ``t*B + b``. The permutes
   that split and merge heads move the token axis behind the batch and head axes, which ONNX Runtime folds
@@ -35,6 +36,10 @@ third one took 3-4% off our latency with one thread, less with two; see the READ
 - a block's hyper-MLPs end in one grouped 1x1 conv over their hidden units, a group per hyper-MLP, with the
   clip fused into it (:func:`dyrelu_coefficients`), instead of a matmul with a block-diagonal weight (half of
   it zeros). Its group width is odd, which keeps it out of the NCHWc layout.
+- 26m's and 52m's stem writes its 8 channels twice, and the lite bottleneck reads the 16: its grouped conv
+  (8 -> 24) as two depthwise convs over them, its 1x1 conv as two partial convs, summed
+  (:func:`stem_copies_width`, :class:`LiteBottleneck`). Stem and lite bottleneck then run in NCHWc from the
+  image on; the grouped conv ran in NCHW, between two reorders of full-resolution maps.
 
 26m's channel shuffles (the official code uses a 5-D view) are a Gather of the channels by a constant index.
 
@@ -59,12 +64,14 @@ from torch import Tensor, nn
 
 from mfdeploy.errors import UserError
 from mfdeploy.model.layers import (
+    NCHWC_WIDEST_BLOCK,
     DropPath,
     RepeatedDepthwise,
     conv_bn,
     conv_bn_reading,
     feature_heads,
     folded_batchnorm,
+    grouped_conv_native,
     repeat_order,
     softmax_over_short_axis,
     tokens_stacked,
@@ -351,23 +358,93 @@ class ToMobile(nn.Module):
         return x + self.drop_path(z)
 
 
-class Stem(nn.Module):
-    """3x3 stride-2 conv, BatchNorm, ReLU6."""
+def stem_copies_width(stem_channels: int, lite: OfficialBlock) -> int | None:
+    """How many channels the deployed stem writes for the lite bottleneck (its own channels repeated, then zeros,
+    up to whole 16-channel NCHWc blocks), or None where the lite bottleneck reads the stem as it is.
 
-    def __init__(self, in_chans: int, out_channels: int) -> None:
+    Only where the lite bottleneck's conv (several outputs per input channel) would otherwise stay a grouped conv
+    (its outputs do not fill whole NCHWc blocks: see :class:`RepeatedDepthwise`) and it has no residual, which
+    would need the stem's channels as they are: official 26m and 52m (8 channels, 16 written)."""
+    identity = lite.stride == 1 and stem_channels == lite.out_channels
+    if lite.e1 < 2 or (stem_channels * lite.e1) % NCHWC_WIDEST_BLOCK == 0 or identity:
+        return None
+    return -(-stem_channels // NCHWC_WIDEST_BLOCK) * NCHWC_WIDEST_BLOCK
+
+
+def _copy_sources(channels: int, multiplier: int, width: int) -> Tensor:
+    """For each depthwise conv over the stem's copies (see :class:`LiteBottleneck`), for each of its ``width``
+    channels: the grouped conv's output channel it computes (``c * multiplier + k``), or ``channels * multiplier``
+    (a zero filter) where it computes none. Copy ``p`` of the stem in conv ``t`` computes output ``k = t*copies + p``
+    of each channel."""
+    copies = width // channels
+    zero = channels * multiplier
+    rows = []
+    for first in range(0, multiplier, copies):
+        row = []
+        for slot in range(width):
+            copy, channel = divmod(slot, channels)
+            k = first + copy
+            row.append(channel * multiplier + k if copy < copies and k < multiplier else zero)
+        rows.append(row)
+    return torch.tensor(rows)
+
+
+def _dense_pointwise(weight: Tensor, conv: nn.Conv2d) -> Tensor:
+    """A grouped 1x1 conv's weight ``[O, C/groups, 1, 1]`` as the dense conv's ``[O, C, 1, 1]``, zeros outside the
+    groups (shapes from ``conv``'s attributes: a trace reads no tensor's size)."""
+    groups = conv.groups
+    if groups == 1:
+        return weight
+    rows, per_in, per_out = [], conv.in_channels // groups, conv.out_channels // groups
+    for g, block in enumerate(weight.chunk(groups)):
+        before = block.new_zeros(per_out, g * per_in, 1, 1)
+        after = block.new_zeros(per_out, (groups - 1 - g) * per_in, 1, 1)
+        rows.append(torch.cat([before, block, after], dim=1))
+    return torch.cat(rows)
+
+
+class Stem(nn.Module):
+    """3x3 stride-2 conv, BatchNorm, ReLU6.
+
+    With ``width`` (:func:`stem_copies_width`), in eval the stem writes ``width`` channels for the lite bottleneck:
+    its channels ``width // C`` times over, then zeros, from one conv with the weights stacked. In ONNX Runtime's
+    NCHWc layout with AVX-512 the conv computes a whole 16-channel block for 8 channels anyway; what the copies buy
+    is a lite bottleneck of depthwise convs in that layout (see :class:`LiteBottleneck`). Training and
+    :func:`~mfdeploy.model.layers.native_grouped_conv` (Core ML, MAdds) get the stem as it is."""
+
+    def __init__(self, in_chans: int, out_channels: int, width: int | None = None) -> None:
         super().__init__()
         self.conv_bn = conv_bn(in_chans, out_channels, 3, stride=2, padding=1)
         self.act = nn.ReLU6()
+        self.width = width
+
+    def writes_copies(self) -> bool:
+        return self.width is not None and not self.training and not grouped_conv_native()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.conv_bn(x))
+        if not self.writes_copies():
+            return self.act(self.conv_bn(x))
+        conv = self.conv_bn.conv
+        weight, bias = folded_batchnorm(conv.weight, None, self.conv_bn.bn)
+        copies, zeros = divmod(self.width, conv.out_channels)
+        weight = torch.cat([weight] * copies + [weight.new_zeros(zeros, conv.in_channels, *conv.kernel_size)])
+        bias = torch.cat([bias] * copies + [bias.new_zeros(zeros)])
+        return self.act(F.conv2d(x, weight, bias, conv.stride, conv.padding))
 
 
 class LiteBottleneck(nn.Module):
     """Official ``features.0`` ("conv alone"): dw 3x3 with multiplier e1 -> BN -> ReLU6 -> [shuffle] -> 1x1
-    (grouped) -> BN, plus the input when the shape is kept."""
+    (grouped) -> BN, plus the input when the shape is kept.
 
-    def __init__(self, in_channels: int, spec: OfficialBlock, groups: int) -> None:
+    With ``stem_width`` (:func:`stem_copies_width`: official 26m and 52m), in eval it reads the stem's copies: the
+    grouped conv (8 channels -> 24) as depthwise convs over the 16 copied channels, two outputs of each channel
+    per conv (a zero filter where there is no third), and the 1x1 conv, with its groups and the shuffle in a dense
+    weight, as one partial 1x1 conv per depthwise conv, summed. ONNX Runtime runs all of it in NCHWc, with the
+    sum inside the last conv; the grouped conv ran in NCHW as an im2col and a small GEMM per group, between two
+    layout reorders of full-resolution maps (official 52m, ONNX Runtime, 2 threads: the whole model 0.83 of
+    its latency at batch 8; see the README's Benchmarks)."""
+
+    def __init__(self, in_channels: int, spec: OfficialBlock, groups: int, stem_width: int | None = None) -> None:
         super().__init__()
         hidden = in_channels * spec.e1
         self.dw = RepeatedDepthwise(in_channels, spec.e1, 3, spec.stride)
@@ -375,11 +452,48 @@ class LiteBottleneck(nn.Module):
         self.shuffle = _maybe_shuffle(hidden, in_channels, groups > 1)
         self.pw = conv_bn(hidden, spec.out_channels, 1, groups=groups)
         self.identity = spec.stride == 1 and in_channels == spec.out_channels
+        self.stem_width = stem_width
+        if stem_width is not None:
+            if self.identity:
+                raise ValueError("a lite bottleneck with a residual reads the stem as it is")
+            self.register_buffer("copy_sources", _copy_sources(in_channels, spec.e1, stem_width), persistent=False)
+            if isinstance(self.shuffle, ChannelShuffle):  # the 1x1 conv's input j is the dw conv's channel index[j]
+                self.register_buffer("unshuffle", torch.argsort(self.shuffle.index), persistent=False)
+
+    def reads_copies(self) -> bool:
+        return self.stem_width is not None and not self.training and not grouped_conv_native()
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.reads_copies():
+            return self._from_stem_copies(x)
         h = _shuffled(self.shuffle, self.dw, self.act(self.dw(x)))
         out = conv_bn_reading(self.pw, h, _order_left(self.dw, self.shuffle))
         return out + x if self.identity else out
+
+    def _from_stem_copies(self, copies: Tensor) -> Tensor:
+        dw, pw = self.dw.conv, self.pw.conv
+        w_dw, b_dw = folded_batchnorm(dw.weight, None, self.dw.bn)  # rows in the grouped conv's channel order
+        w_pw, b_pw = folded_batchnorm(pw.weight, None, self.pw.bn)
+        w_pw = _dense_pointwise(w_pw, pw)
+        if isinstance(self.shuffle, ChannelShuffle):
+            w_pw = w_pw.index_select(1, self.unshuffle)
+        # a zero row (a zero column of the 1x1 conv) at index C*e1 for the slots that compute nothing
+        w_dw = torch.cat([w_dw, w_dw.new_zeros(1, 1, *dw.kernel_size)])
+        b_dw = torch.cat([b_dw, b_dw.new_zeros(1)])
+        w_pw = torch.cat([w_pw, w_pw.new_zeros(pw.out_channels, 1, 1, 1)], dim=1)
+        out = None
+        for sources in self.copy_sources.unbind(0):
+            h = F.conv2d(
+                copies,
+                w_dw.index_select(0, sources),
+                b_dw.index_select(0, sources),
+                dw.stride,
+                dw.padding,
+                groups=self.stem_width,
+            )
+            part = F.conv2d(self.act(h), w_pw.index_select(1, sources), b_pw if out is None else None)
+            out = part if out is None else out + part
+        return out
 
 
 class _BridgedBlock(nn.Module):
@@ -525,8 +639,9 @@ class OfficialMobileFormer(nn.Module):
         # [T, D] as the official nn.Embedding's weight. The first ToFormer takes it as it is and broadcasts it
         # over the batch (the official code repeats it; a leaf, not a view, so FlopCounterMode can hook it).
         self.tokens = nn.Parameter(torch.zeros(cfg.num_tokens, cfg.token_dim))
-        self.stem = Stem(in_chans, cfg.stem_channels)
-        self.lite_bneck = LiteBottleneck(cfg.stem_channels, cfg.lite, cfg.pointwise_groups)
+        stem_width = stem_copies_width(cfg.stem_channels, cfg.lite)
+        self.stem = Stem(in_chans, cfg.stem_channels, stem_width)
+        self.lite_bneck = LiteBottleneck(cfg.stem_channels, cfg.lite, cfg.pointwise_groups, stem_width)
         # The official drop-path rate grows linearly over features.0..L-1 (features.0 has no drop path).
         layers = len(cfg.blocks) + 1
         blocks, channels = [], cfg.lite.out_channels
