@@ -36,10 +36,10 @@ batch 8 with AVX-512; see the README's Benchmarks):
 - a block's hyper-MLPs end in one grouped 1x1 conv over their hidden units, a group per hyper-MLP, with the
   clip fused into it (:func:`dyrelu_coefficients`), instead of a matmul with a block-diagonal weight (half of
   it zeros). Its group width is odd, which keeps it out of the NCHWc layout.
-- 26m's and 52m's stem writes its 8 channels twice, and the lite bottleneck reads the 16: its grouped conv
-  (8 -> 24) as two depthwise convs over them, its 1x1 conv as two partial convs, summed
-  (:func:`stem_copies_width`, :class:`LiteBottleneck`). Stem and lite bottleneck then run in NCHWc from the
-  image on; the grouped conv ran in NCHW, between two reorders of full-resolution maps.
+- 26m's and 52m's stem writes its 8 channels twice (96m-214m: 12 channels and 4 zeros), and the lite bottleneck
+  reads the 16: its grouped conv (8 or 12 -> 24) as two depthwise convs over them, its 1x1 conv as two partial
+  convs, summed (:func:`stem_copies_width`, :class:`LiteBottleneck`). Stem and lite bottleneck then run in
+  NCHWc from the image on; the grouped conv ran in NCHW, between two reorders of full-resolution maps.
 
 26m's channel shuffles (the official code uses a 5-D view) are a Gather of the channels by a constant index.
 
@@ -363,10 +363,11 @@ def stem_copies_width(stem_channels: int, lite: OfficialBlock) -> int | None:
     up to whole 16-channel NCHWc blocks), or None where the lite bottleneck reads the stem as it is.
 
     Only where the lite bottleneck's conv (several outputs per input channel) would otherwise stay a grouped conv
-    (its outputs do not fill whole NCHWc blocks: see :class:`RepeatedDepthwise`) and it has no residual, which
-    would need the stem's channels as they are: official 26m and 52m (8 channels, 16 written)."""
-    identity = lite.stride == 1 and stem_channels == lite.out_channels
-    if lite.e1 < 2 or (stem_channels * lite.e1) % NCHWC_WIDEST_BLOCK == 0 or identity:
+    in NCHW, between reorders of full-resolution maps (its outputs fill no whole 16-channel block, see
+    :class:`RepeatedDepthwise`): 26m and 52m (8 channels) write 16, two copies; 96m, 151m and 214m (12) write 16,
+    one copy and 4 zeros, which ONNX Runtime's NCHWc conv computes anyway. 294m and 508m repeat in whole
+    blocks already (508m with copies of the stem measured no faster: its residual costs a 1x1 conv more)."""
+    if lite.e1 < 2 or (stem_channels * lite.e1) % NCHWC_WIDEST_BLOCK == 0:
         return None
     return -(-stem_channels // NCHWC_WIDEST_BLOCK) * NCHWC_WIDEST_BLOCK
 
@@ -436,13 +437,15 @@ class LiteBottleneck(nn.Module):
     """Official ``features.0`` ("conv alone"): dw 3x3 with multiplier e1 -> BN -> ReLU6 -> [shuffle] -> 1x1
     (grouped) -> BN, plus the input when the shape is kept.
 
-    With ``stem_width`` (:func:`stem_copies_width`: official 26m and 52m), in eval it reads the stem's copies: the
-    grouped conv (8 channels -> 24) as depthwise convs over the 16 copied channels, two outputs of each channel
-    per conv (a zero filter where there is no third), and the 1x1 conv, with its groups and the shuffle in a dense
-    weight, as one partial 1x1 conv per depthwise conv, summed. ONNX Runtime runs all of it in NCHWc, with the
-    sum inside the last conv; the grouped conv ran in NCHW as an im2col and a small GEMM per group, between two
-    layout reorders of full-resolution maps (official 52m, ONNX Runtime, 2 threads: the whole model 0.83 of
-    its latency at batch 8; see the README's Benchmarks)."""
+    With ``stem_width`` (:func:`stem_copies_width`: official 26m-214m), in eval it reads the stem's copies: the
+    grouped conv as depthwise convs over the copied channels (26m/52m: 8 channels -> 24 as two depthwise convs
+    over 16, two outputs of each channel per conv; a zero filter where a fourth would be, or on the zero
+    channels), and the 1x1 conv, with its groups and the shuffle in a dense weight, as one partial 1x1 conv per
+    depthwise conv, summed; the residual (96m-214m) is one more partial 1x1 conv, of the stem's first copy.
+    ONNX Runtime runs all of it in NCHWc, with the sums inside the convs; the grouped conv ran in NCHW as an
+    im2col and a small GEMM per group, between two layout reorders of full-resolution maps (ONNX Runtime, 2
+    threads: the whole official 52m 0.83 of its latency at batch 8, 96m 0.95 at batch 1; see the README's
+    Benchmarks)."""
 
     def __init__(self, in_channels: int, spec: OfficialBlock, groups: int, stem_width: int | None = None) -> None:
         super().__init__()
@@ -454,8 +457,6 @@ class LiteBottleneck(nn.Module):
         self.identity = spec.stride == 1 and in_channels == spec.out_channels
         self.stem_width = stem_width
         if stem_width is not None:
-            if self.identity:
-                raise ValueError("a lite bottleneck with a residual reads the stem as it is")
             self.register_buffer("copy_sources", _copy_sources(in_channels, spec.e1, stem_width), persistent=False)
             if isinstance(self.shuffle, ChannelShuffle):  # the 1x1 conv's input j is the dw conv's channel index[j]
                 self.register_buffer("unshuffle", torch.argsort(self.shuffle.index), persistent=False)
@@ -471,6 +472,7 @@ class LiteBottleneck(nn.Module):
         return out + x if self.identity else out
 
     def _from_stem_copies(self, copies: Tensor) -> Tensor:
+        """The lite bottleneck on the stem's copies ([B, stem_width, H, W]); see the class docstring."""
         dw, pw = self.dw.conv, self.pw.conv
         w_dw, b_dw = folded_batchnorm(dw.weight, None, self.dw.bn)  # rows in the grouped conv's channel order
         w_pw, b_pw = folded_batchnorm(pw.weight, None, self.pw.bn)
@@ -493,6 +495,9 @@ class LiteBottleneck(nn.Module):
             )
             part = F.conv2d(self.act(h), w_pw.index_select(1, sources), b_pw if out is None else None)
             out = part if out is None else out + part
+        if self.identity:  # the stem's own channels, its first copy, as one more partial 1x1 conv: x * 1
+            eye = torch.eye(pw.out_channels, self.stem_width, dtype=w_pw.dtype, device=w_pw.device)
+            out = out + F.conv2d(copies, eye[..., None, None])
         return out
 
 
