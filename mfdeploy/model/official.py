@@ -18,7 +18,7 @@ inside ``forward`` so that an export's constant folding leaves one initializer p
 
 Four layouts are chosen for ONNX Runtime's CPU kernels (official 52m at 224 px, batch 1, 2 threads, against the
 official code exported as it is: 0.85-0.90 -> 0.83-0.84 of its latency with AVX2, 0.84-0.90 with AVX-512; the
-third one took 3-4% off our latency with one thread, less with two, the fourth about 4% at batch 1 and 15% at
+third one took 3-4% off our latency with one thread, less with two, the fourth about 4% at batch 1 and 17% at
 batch 8 with AVX-512; see the README's Benchmarks):
 
 - tokens are token-major, as in the official code, and flat: ``[T*B, D]``, row ``t*B + b``. The permutes
