@@ -254,14 +254,13 @@ class RepeatedDepthwise(nn.Module):
     two layout reorders. The repeat is a channel Concat, which stays in the blocked layout, and the depthwise
     conv computes each output from the same products. Only where the output channels fill whole NCHWc blocks
     on every x86 CPU (a multiple of :data:`NCHWC_WIDEST_BLOCK`): a depthwise conv left in NCHW does its
-    im2col per channel, ``multiplier`` times the grouped conv's. Official 26m's and 52m's lite bottleneck (8
-    channels x 3 = 24) is not repeated: it reads copies of the stem instead (see
-    :class:`mfdeploy.model.official.LiteBottleneck`). Padding it with a fourth, zero-weight copy to 32 channels
-    (tried) kept
-    everything blocked with AVX2's 8-channel blocks (stem and lite bottleneck 0.27 against 0.33 ms at batch
-    1), but with AVX-512's 16 the Concat of 8-channel pieces runs in NCHW and the 32-channel map at full
-    resolution is reordered: official 52m, 2 threads, 0.97 against 0.76 of the official code's latency at
-    batch 8, and slower at batch 1.
+    im2col per channel, ``multiplier`` times the grouped conv's. Official 26m's to 214m's lite bottleneck (8 or
+    12 channels x 2 or 3 = 24) is not repeated: it reads copies of the stem instead (see
+    :class:`mfdeploy.model.official.LiteBottleneck`). Padding 26m's and 52m's with a fourth, zero-weight copy to
+    32 channels (tried) kept everything blocked with AVX2's 8-channel blocks (stem and lite bottleneck 0.27
+    against 0.33 ms at batch 1), but with AVX-512's 16 the Concat of 8-channel pieces runs in NCHW and the
+    32-channel map at full resolution is reordered: official 52m, 2 threads, 0.97 against 0.76 of the official
+    code's latency at batch 8, and slower at batch 1.
 
     The outputs then come in repeat order: channel ``j`` is the grouped conv's channel ``order[j]``. The
     consumer absorbs that into weights it already has (:meth:`channel_order`: the next 1x1 conv's input
