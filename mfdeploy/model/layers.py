@@ -127,9 +127,12 @@ def native_grouped_conv() -> AbstractContextManager[None]:
     return _flag_set(_NATIVE_GROUPED_CONV)
 
 
-def grouped_conv_native() -> bool:
-    """Whether :func:`native_grouped_conv` is in effect."""
-    return _NATIVE_GROUPED_CONV.get()
+def onnx_runtime_layout(module: nn.Module) -> bool:
+    """Whether ``module`` computes in the layout chosen for ONNX Runtime's CPU kernels: in eval (training needs
+    the BatchNorms' batch statistics) and outside :func:`native_grouped_conv`. One predicate for every module
+    that has such a layout, so that modules whose layouts feed each other (the official stem and lite
+    bottleneck) switch together."""
+    return not module.training and not _NATIVE_GROUPED_CONV.get()
 
 
 def stacked_tokens() -> AbstractContextManager[None]:
@@ -282,7 +285,7 @@ class RepeatedDepthwise(nn.Module):
         self.register_buffer("position", torch.argsort(order), persistent=False)
 
     def repeats(self) -> bool:
-        return self.repeatable and not self.training and not grouped_conv_native()
+        return self.repeatable and onnx_runtime_layout(self)
 
     def channel_order(self) -> Tensor | None:
         """For each output channel, the grouped conv's channel it holds; None when they are in that order."""

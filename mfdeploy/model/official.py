@@ -71,7 +71,7 @@ from mfdeploy.model.layers import (
     conv_bn_reading,
     feature_heads,
     folded_batchnorm,
-    grouped_conv_native,
+    onnx_runtime_layout,
     repeat_order,
     softmax_over_short_axis,
     tokens_stacked,
@@ -420,7 +420,7 @@ class Stem(nn.Module):
         self.width = width
 
     def writes_copies(self) -> bool:
-        return self.width is not None and not self.training and not grouped_conv_native()
+        return self.width is not None and onnx_runtime_layout(self)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.writes_copies():
@@ -462,7 +462,7 @@ class LiteBottleneck(nn.Module):
                 self.register_buffer("unshuffle", torch.argsort(self.shuffle.index), persistent=False)
 
     def reads_copies(self) -> bool:
-        return self.stem_width is not None and not self.training and not grouped_conv_native()
+        return self.stem_width is not None and onnx_runtime_layout(self)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.reads_copies():
