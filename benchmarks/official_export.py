@@ -67,6 +67,7 @@ from ort_timing import (  # noqa: E402
     WARMUP,
     all_runs,
     paired_ratio,
+    seconds_arg,
     session,
     time_in_fresh_process,
 )
@@ -217,7 +218,7 @@ def add_comparison_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="alternating blocks per graph")
     parser.add_argument(
         "--settle-s",
-        type=float,
+        type=seconds_arg,
         default=SETTLE_S,
         help=f"pause before each block, for the other graph's threads to stop spinning (below {SETTLE_S}: no verdict)",
     )

@@ -54,6 +54,17 @@ SETTLE_S = 0.1
 SLICE_S = 0.01  # busy_cores_after_last_call's slice
 
 
+def seconds_arg(text: str) -> float:
+    """An argparse type: a pause in seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"a pause must be 0 s or more, got {text}")
+    return value
+
+
 def session(model: onnx.ModelProto | str | Path, threads: int = THREADS, spinning: bool = True) -> ort.InferenceSession:
     """A CPU session with ``threads`` intra-op threads (inter-op 1), from a graph or its file; ``spinning=False``
     lets idle pool threads sleep (ONNX Runtime's session.intra_op.allow_spinning)."""
@@ -168,7 +179,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--threads", type=int, default=THREADS, help="intra-op threads")
     parser.add_argument("--no-spinning", action="store_true", help="idle pool threads sleep instead of spinning")
-    parser.add_argument("--settle-s", type=float, default=SETTLE_S, help="pause before each block (s)")
+    parser.add_argument("--settle-s", type=seconds_arg, default=SETTLE_S, help="pause before each block (s)")
     parser.add_argument(
         "--spin-tail", action="store_true", help="print the cores each graph keeps busy after its last call"
     )
