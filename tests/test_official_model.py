@@ -22,6 +22,7 @@ from mfdeploy.model.official import (
     from_official_state_dict,
     get_official_config,
     identify_official,
+    padded_stage_width,
     to_official_state_dict,
 )
 from mfdeploy.model.stages import stage_modules, stage_names
@@ -338,7 +339,7 @@ def test_lite_bottleneck_reads_copies_of_the_stem_in_the_nchwc_layout(size, tmp_
     graph = onnx_export.simplify(onnx_export.pin_reshape_shapes(graph)[0], "onnxslim")
     weights = {init.name: numpy_helper.to_array(init) for init in graph.graph.initializer}
     convs = [n for n in graph.graph.node if n.op_type == "Conv" and n.name.startswith(("/stem/", "/lite_bneck/"))]
-    out = model.cfg.lite.out_channels
+    out = padded_stage_width(model.cfg) or model.cfg.lite.out_channels  # 52m: written padded to 16
     partial_convs = 3 if residual else 2
     shapes = sorted(weights[n.input[1]].shape[:2] for n in convs)
     # the stem, two depthwise convs over the 16, and partial 1x1 convs that each read all 16
@@ -356,6 +357,54 @@ def test_lite_bottleneck_reads_copies_of_the_stem_in_the_nchwc_layout(size, tmp_
     ]
     assert len(reorders) == 1 and reorders[0][0] == "ReorderOutput", reorders
     assert reorders[0][1].startswith("/lite_bneck/")
+
+
+def test_52m_pads_its_12_channel_stage_so_blocks0_reads_it_with_the_pointwise_kernel(tmp_path):
+    """52m's lite bottleneck writes its 12 channels padded to 16 (each bridge head's 6 channels, then 2 zeros) and
+    blocks.0 computes on the 16; blocks.1 takes its 12 back with one Gather. The same function as the channels as
+    they are (float64), the zeros stay zero through blocks.0's convs, residual and both bridges, and ONNX Runtime
+    runs blocks.0's first 1x1 conv as an NCHWc conv straight on the lite bottleneck's blocked output, where with
+    12 channels it read an NCHW copy. Only 52m: the other sizes keep their widths."""
+    from mfdeploy.export import onnx_export
+    from mfdeploy.model.layers import native_grouped_conv
+    from mfdeploy.model.official import padded_positions
+    from mfdeploy.runtime.onnxruntime_runner import optimized_graph
+
+    assert {size: padded_stage_width(get_official_config(size)) for size in OFFICIAL_SIZES} == {
+        size: 16 if size == "52m" else None for size in OFFICIAL_SIZES
+    }
+    model = _randomised(build_official_model("52m", seed=5))
+    with torch.no_grad():  # biases that are not zero: the padded channels must stay zero all the same
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.bias.normal_(0.0, 0.5)
+    images = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    pads = torch.ones(16, dtype=torch.bool)
+    pads[padded_positions(12, 2, 16)] = False
+    assert pads.tolist() == [False] * 6 + [True] * 2 + [False] * 6 + [True] * 2
+    with torch.no_grad():
+        lite = model.lite_bneck(model.stem(images))
+        block0, tokens = model.blocks[0](lite, model.tokens)
+        assert lite.shape[1] == block0.shape[1] == 16
+        assert not lite[:, pads].any() and not block0[:, pads].any()
+        with native_grouped_conv():
+            native_lite = model.lite_bneck(model.stem(images))
+            native_block0, native_tokens = model.blocks[0](native_lite, model.tokens)
+            native = model(images)
+        torch.testing.assert_close(lite[:, ~pads], native_lite, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(block0[:, ~pads], native_block0, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(tokens, native_tokens, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(model(images), native, rtol=1e-12, atol=1e-12)
+    graph = onnx_export.torch_to_onnx(model.float(), 64, None, 17)
+    graph = onnx_export.simplify(onnx_export.pin_reshape_shapes(graph)[0], "onnxslim")
+    onnx.save(graph, tmp_path / "model.onnx")
+    optimized = optimized_graph(tmp_path / "model.onnx", threads=1).graph
+    producers = {out: node for node in optimized.node for out in node.output}
+    conv1 = [n for n in optimized.node if n.op_type == "Conv" and n.name.startswith("/blocks.0/")]
+    first = conv1[0]
+    assert first.domain == "com.microsoft.nchwc", [(n.name, n.domain) for n in conv1]
+    source = producers[first.input[0]]
+    assert (source.op_type, source.domain) == ("Conv", "com.microsoft.nchwc") and source.name.startswith("/lite_bneck/")
 
 
 def test_every_projection_of_the_tokens_is_one_gemm_with_its_bias():

@@ -16,10 +16,10 @@ inside ``forward`` so that an export's constant folding leaves one initializer p
   tensors: ONNX Runtime prepacks 2-D weights (a batched product with [heads, in, out] weights runs about twice
   as long), and the INT8 quantizer gives 2-D weights per-channel scales.
 
-Four layouts are chosen for ONNX Runtime's CPU kernels (official 52m at 224 px, batch 1, 2 threads, against the
+Five layouts are chosen for ONNX Runtime's CPU kernels (official 52m at 224 px, batch 1, 2 threads, against the
 official code exported as it is: 0.85-0.90 -> 0.83-0.84 of its latency with AVX2, 0.84-0.90 with AVX-512; the
 third one took 3-4% off our latency with one thread, less with two, the fourth about 4% at batch 1 and 17% at
-batch 8 with AVX-512; see the README's Benchmarks):
+batch 8 with AVX-512, the fifth about 2% at batch 8; see the README's Benchmarks):
 
 - tokens are token-major, as in the official code, and flat: ``[T*B, D]``, row ``t*B + b``. The permutes
   that split and merge heads move the token axis behind the batch and head axes, which ONNX Runtime folds
@@ -40,6 +40,11 @@ batch 8 with AVX-512; see the README's Benchmarks):
   reads the 16: its grouped conv (8 or 12 -> 24) as two depthwise convs over them, its 1x1 conv as two partial
   convs, summed (:func:`stem_copies_width`, :class:`LiteBottleneck`). Stem and lite bottleneck then run in
   NCHWc from the image on; the grouped conv ran in NCHW, between two reorders of full-resolution maps.
+- 52m's 12-channel stage (the lite bottleneck's output and blocks.0) is 16 channels wide, each bridge head's 6
+  channels followed by 2 zero channels, which add nothing to any attention and stay zero through the block
+  (:func:`padded_stage_width`); blocks.1 takes its 12 channels back with one Gather. With fewer than 16 input
+  channels ONNX Runtime's NCHWc conv reads an NCHW copy of its input with a direct kernel, which ran blocks.0's
+  first 1x1 conv at about a third of the pointwise kernel's rate.
 
 26m's channel shuffles (the official code uses a 5-D view) are a Gather of the channels by a constant index.
 
@@ -256,6 +261,7 @@ class ToFormer(nn.Module):
         heads: int = 2,
         drop_path: float = 0.0,
         learned_tokens: bool = False,
+        width: int | None = None,
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -270,23 +276,28 @@ class ToFormer(nn.Module):
         self.proj = nn.Linear(channels, token_dim)
         self.norm = nn.LayerNorm(token_dim)
         self.drop_path = DropPath(drop_path)
+        _padding(self, channels, heads, width)
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
         h = self.heads
         wg, bg = _hsig2(self.gate.weight, self.gate.bias)
-        weight = torch.cat([self.q.weight * self.scale, wg])
-        projected = F.linear(tokens, weight, torch.cat([self.q.bias * self.scale, bg]))
-        q, gate = projected.split(self.channels, dim=-1)
+        wq, bq, wp, channels = self.q.weight * self.scale, self.q.bias * self.scale, self.proj.weight, self.channels
+        if reads_padded(self):  # q and gate rows, proj columns at the padded channels (zeros at the others)
+            pad = self.padding
+            wq, bq, wg, bg = pad @ wq, padded_vector(self, bq), pad @ wg, padded_vector(self, bg)
+            wp, channels = wp @ pad.t(), self.width
+        projected = F.linear(tokens, torch.cat([wq, wg]), torch.cat([bq, bg]))
+        q, gate = projected.split(channels, dim=-1)
         kv = feature_heads(x, h)  # [B, h, d, L]
-        attn = (token_heads(q, self.num_tokens, h, self.channels // h) @ kv).softmax(dim=-1)  # [B, h, T, L]
+        attn = (token_heads(q, self.num_tokens, h, channels // h) @ kv).softmax(dim=-1)  # [B, h, T, L]
         z = attn @ kv.transpose(-1, -2)  # [B, h, T, d]
         # the learned [T, D] tokens: one set for the whole batch, broadcast as [T, 1, D] against a stacked
         # [T, B, D] result, flattened afterwards where the tokens are flat
         stacked = self.learned_tokens or tokens_stacked()
-        z = merge_token_heads(z, self.num_tokens, self.channels, stacked)  # the heads concatenated
+        z = merge_token_heads(z, self.num_tokens, channels, stacked)  # the heads concatenated
         if self.learned_tokens:
             gate, tokens = gate[:, None], tokens[:, None]
-        z = F.linear(z * gate.clamp(0.0, 2.0), self.proj.weight, self.proj.bias)
+        z = F.linear(z * gate.clamp(0.0, 2.0), wp, self.proj.bias)
         tokens = self.norm(tokens + self.drop_path(z))
         return tokens.reshape(-1, self.token_dim) if self.learned_tokens and not tokens_stacked() else tokens
 
@@ -337,7 +348,15 @@ class ToMobile(nn.Module):
     Core ML program would then have a transpose more per block, and ONNX Runtime was no faster that way.
     """
 
-    def __init__(self, channels: int, num_tokens: int, token_dim: int, heads: int = 2, drop_path: float = 0.0) -> None:
+    def __init__(
+        self,
+        channels: int,
+        num_tokens: int,
+        token_dim: int,
+        heads: int = 2,
+        drop_path: float = 0.0,
+        width: int | None = None,
+    ) -> None:
         super().__init__()
         self.channels = channels
         self.num_tokens = num_tokens
@@ -346,12 +365,18 @@ class ToMobile(nn.Module):
         self.k = nn.Linear(token_dim, channels)
         self.v = nn.Linear(token_dim, channels)  # official proj
         self.drop_path = DropPath(drop_path)
+        _padding(self, channels, heads, width)
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
         h = self.heads
-        weight = torch.cat([self.k.weight * self.scale, self.v.weight])
-        kv = F.linear(tokens, weight, torch.cat([self.k.bias * self.scale, self.v.bias]))
-        k, v = token_heads(kv, self.num_tokens, 2 * h, self.channels // h).split(h, dim=-3)  # [B, h, T, d] each
+        wk, bk, wv, bv = self.k.weight * self.scale, self.k.bias * self.scale, self.v.weight, self.v.bias
+        channels = self.channels
+        if reads_padded(self):  # k and v rows at the padded channels: zeros there add nothing, and stay zero
+            pad = self.padding
+            wk, bk, wv, bv = pad @ wk, padded_vector(self, bk), pad @ wv, padded_vector(self, bv)
+            channels = self.width
+        kv = F.linear(tokens, torch.cat([wk, wv]), torch.cat([bk, bv]))
+        k, v = token_heads(kv, self.num_tokens, 2 * h, channels // h).split(h, dim=-3)  # [B, h, T, d] each
         q = feature_heads(x, self.heads)  # [B, h, d, L]
         attn = softmax_over_short_axis(k @ q, dim=-2)  # [B, h, T, L], normalised over the tokens
         z = (v.transpose(-1, -2) @ attn).flatten(1, 2).reshape_as(x)
@@ -404,6 +429,70 @@ def _dense_pointwise(weight: Tensor, conv: nn.Conv2d) -> Tensor:
     return torch.cat(rows)
 
 
+def padded_stage_width(cfg: OfficialConfig) -> int | None:
+    """The width the deployed graph gives the lite bottleneck's output and the stride-1 blocks that keep it
+    (:func:`padded_positions`), or None where they keep their own width.
+
+    Only where that width is under one 16-channel NCHWc block and the first block is a stride-1 DnaBlock with a
+    dense first 1x1 conv (official 52m: 12 channels). ONNX Runtime runs a conv with fewer than 16 input
+    channels with its NCHWc kernel for NCHW inputs, a direct conv that ran blocks.0's 1x1 conv at about a third
+    of the pointwise kernel's rate, after a reorder of the lite bottleneck's output. With 16 channels, 4 of
+    them zero, the conv reads the lite bottleneck's blocked output with the pointwise kernel. 26m's first 1x1
+    conv is grouped (and shuffled), so it stays as it is; 96m-214m begin with a stride-2 block, whose grouped
+    conv runs in NCHW either way."""
+    first = cfg.blocks[0]
+    channels = cfg.lite.out_channels
+    if (
+        stem_copies_width(cfg.stem_channels, cfg.lite) is None  # the lite bottleneck pads in its copies form
+        or channels >= NCHWC_WIDEST_BLOCK
+        or cfg.pointwise_groups != 1
+        or first.kind != "DnaBlock"
+        or first.stride != 1
+        or first.out_channels != channels
+        or channels % cfg.bridge_heads
+    ):
+        return None
+    return NCHWC_WIDEST_BLOCK
+
+
+def padded_positions(channels: int, heads: int, width: int) -> Tensor:
+    """Where each of ``channels`` channels sits in a padded map ``width`` wide: each bridge head's channels
+    first, then that head's zero channels ([6 real, 2 zero, 6 real, 2 zero] for 12 in 16), so that splitting
+    the padded map into heads gives each head its own channels and zeros, which add nothing to any attention."""
+    real, padded = channels // heads, width // heads
+    return torch.tensor([h * padded + i for h in range(heads) for i in range(real)])
+
+
+def padding_matrix(channels: int, heads: int, width: int) -> Tensor:
+    """[width, channels], 1 where padded channel p holds channel c (:func:`padded_positions`): ``P @ w`` moves
+    a weight's rows to the padded positions, ``w @ P.T`` its columns, with zeros elsewhere, exactly."""
+    matrix = torch.zeros(width, channels)
+    matrix[padded_positions(channels, heads, width), torch.arange(channels)] = 1.0
+    return matrix
+
+
+def _padding(module: nn.Module, channels: int, heads: int, width: int | None) -> None:
+    """Give ``module`` the padded layout ``width`` wide (None: none): ``module.width``, its padding matrix (for
+    weights) and, per padded channel, the channel it holds or ``channels`` where it is zero (for biases)."""
+    module.width = width
+    if width is not None:
+        module.register_buffer("padding", padding_matrix(channels, heads, width), persistent=False)
+        sources = torch.full((width,), channels)
+        sources[padded_positions(channels, heads, width)] = torch.arange(channels)
+        module.register_buffer("padding_sources", sources, persistent=False)
+
+
+def padded_vector(module: nn.Module, vector: Tensor) -> Tensor:
+    """A bias at ``module``'s padded positions, zeros between (a gather, so that every MatMul keeps 2-D weights)."""
+    return torch.cat([vector, vector.new_zeros(1)]).index_select(0, module.padding_sources)
+
+
+def reads_padded(module: nn.Module) -> bool:
+    """Whether ``module`` computes on the padded layout (:func:`padded_stage_width`): in ONNX Runtime's layout only,
+    like the stem's copies, so that training, Core ML and MAdds see the channels as they are."""
+    return getattr(module, "width", None) is not None and onnx_runtime_layout(module)
+
+
 class Stem(nn.Module):
     """3x3 stride-2 conv, BatchNorm, ReLU6.
 
@@ -445,9 +534,18 @@ class LiteBottleneck(nn.Module):
     ONNX Runtime runs all of it in NCHWc, with the sums inside the convs; the grouped conv ran in NCHW as an
     im2col and a small GEMM per group, between two layout reorders of full-resolution maps (ONNX Runtime, 2
     threads: the whole official 52m 0.83 of its latency at batch 8, 96m 0.95 at batch 1; see the README's
-    Benchmarks)."""
+    Benchmarks). With ``out_width`` (:func:`padded_stage_width`: 52m) those partial convs write the output padded,
+    its rows at :func:`padded_positions` and zero channels between."""
 
-    def __init__(self, in_channels: int, spec: OfficialBlock, groups: int, stem_width: int | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        spec: OfficialBlock,
+        groups: int,
+        stem_width: int | None = None,
+        out_width: int | None = None,
+        heads: int = 2,
+    ) -> None:
         super().__init__()
         hidden = in_channels * spec.e1
         self.dw = RepeatedDepthwise(in_channels, spec.e1, 3, spec.stride)
@@ -456,6 +554,7 @@ class LiteBottleneck(nn.Module):
         self.pw = conv_bn(hidden, spec.out_channels, 1, groups=groups)
         self.identity = spec.stride == 1 and in_channels == spec.out_channels
         self.stem_width = stem_width
+        _padding(self, spec.out_channels, heads, out_width)  # its output padded (padded_stage_width)
         if stem_width is not None:
             self.register_buffer("copy_sources", _copy_sources(in_channels, spec.e1, stem_width), persistent=False)
             if isinstance(self.shuffle, ChannelShuffle):  # the 1x1 conv's input j is the dw conv's channel index[j]
@@ -483,6 +582,9 @@ class LiteBottleneck(nn.Module):
         w_dw = torch.cat([w_dw, w_dw.new_zeros(1, 1, *dw.kernel_size)])
         b_dw = torch.cat([b_dw, b_dw.new_zeros(1)])
         w_pw = torch.cat([w_pw, w_pw.new_zeros(pw.out_channels, 1, 1, 1)], dim=1)
+        padded = reads_padded(self)
+        if padded:  # the output channels at their padded positions, zero channels between
+            w_pw, b_pw = (self.padding @ w_pw.flatten(1))[..., None, None], padded_vector(self, b_pw)
         out = None
         for sources in self.copy_sources.unbind(0):
             h = F.conv2d(
@@ -497,19 +599,43 @@ class LiteBottleneck(nn.Module):
             out = part if out is None else out + part
         if self.identity:  # the stem's own channels, its first copy, as one more partial 1x1 conv: x * 1
             eye = torch.eye(pw.out_channels, self.stem_width, dtype=w_pw.dtype, device=w_pw.device)
-            out = out + F.conv2d(copies, eye[..., None, None])
+            out = out + F.conv2d(copies, (self.padding @ eye if padded else eye)[..., None, None])
         return out
 
 
 class _BridgedBlock(nn.Module):
     """What both official blocks share: tokens updated first (ToFormer, Former), the convs, then ToMobile."""
 
-    def _bridges(self, in_channels: int, out_channels: int, cfg: OfficialConfig, drop_path: float, first: bool) -> None:
-        self.to_former = ToFormer(in_channels, cfg.num_tokens, cfg.token_dim, cfg.bridge_heads, drop_path, first)
+    def _bridges(
+        self,
+        in_channels: int,
+        out_channels: int,
+        cfg: OfficialConfig,
+        drop_path: float,
+        first: bool,
+        width: int | None = None,
+        input_width: int | None = None,
+    ) -> None:
+        """The bridges and the Former; ``width``: the block computes on the padded layout (its input and output
+        ``width`` wide, see :func:`padded_stage_width`); ``input_width``: its input comes padded, and it takes
+        its own channels out of it first."""
+        heads = cfg.bridge_heads
+        self.to_former = ToFormer(in_channels, cfg.num_tokens, cfg.token_dim, heads, drop_path, first, width)
         self.former = Former(cfg.num_tokens, cfg.token_dim, cfg.num_heads, cfg.ffn_ratio, drop_path)
-        self.to_mobile = ToMobile(out_channels, cfg.num_tokens, cfg.token_dim, cfg.bridge_heads, drop_path)
+        self.to_mobile = ToMobile(out_channels, cfg.num_tokens, cfg.token_dim, heads, drop_path, width)
         self.token_shape = (cfg.num_tokens, cfg.token_dim)
         self.drop_path = DropPath(drop_path)
+        _padding(self, in_channels, heads, width)
+        self.input_width = input_width
+        if input_width is not None:
+            self.register_buffer("input_positions", padded_positions(in_channels, heads, input_width), persistent=False)
+
+    def unpadded(self, x: Tensor) -> Tensor:
+        """``x``'s own channels, where it comes padded and this block computes on the channels as they are (one
+        Gather; ONNX Runtime layout only, see :func:`reads_padded`)."""
+        if self.input_width is not None and onnx_runtime_layout(self):
+            return x.index_select(1, self.input_positions)
+        return x
 
     def token0(self, tokens: Tensor) -> Tensor:
         """Token 0 of the block's flat tokens, the hyper-MLPs' input: [B, D]."""
@@ -521,7 +647,14 @@ class DnaBlock3(_BridgedBlock):
     residual from the first pw; then ToMobile."""
 
     def __init__(
-        self, in_channels: int, spec: OfficialBlock, cfg: OfficialConfig, drop_path: float = 0.0, first: bool = False
+        self,
+        in_channels: int,
+        spec: OfficialBlock,
+        cfg: OfficialConfig,
+        drop_path: float = 0.0,
+        first: bool = False,
+        width: int | None = None,
+        input_width: int | None = None,
     ) -> None:
         super().__init__()
         oup, groups = spec.out_channels, cfg.pointwise_groups
@@ -536,11 +669,14 @@ class DnaBlock3(_BridgedBlock):
         self.shuffle3 = _maybe_shuffle(hidden2, oup, shuffle)
         self.hyper3 = HyperMLP(cfg.token_dim, squeeze, hidden2)
         self.conv4 = conv_bn(hidden2, oup, 1, groups=groups)
-        self._bridges(in_channels, oup, cfg, drop_path, first)
+        if width is not None:
+            raise ValueError("a stride-2 block does not compute on a padded layout: give it input_width")
+        self._bridges(in_channels, oup, cfg, drop_path, first, input_width=input_width)
         self.register_buffer("hyper_offset", hyper_offset((self.hyper1, self.hyper3)), persistent=False)
         self.identity = spec.stride == 1 and in_channels == oup
 
     def forward(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.unpadded(x)
         tokens = self.former(self.to_former(x, tokens))
         order3 = _order_left(self.conv3, self.shuffle3)
         c1, c3 = dyrelu_coefficients(self.token0(tokens), (self.hyper1, self.hyper3), self.hyper_offset, (None, order3))
@@ -556,7 +692,14 @@ class DnaBlock(_BridgedBlock):
     kept, then ToMobile (after the skip)."""
 
     def __init__(
-        self, in_channels: int, spec: OfficialBlock, cfg: OfficialConfig, drop_path: float = 0.0, first: bool = False
+        self,
+        in_channels: int,
+        spec: OfficialBlock,
+        cfg: OfficialConfig,
+        drop_path: float = 0.0,
+        first: bool = False,
+        width: int | None = None,
+        input_width: int | None = None,
     ) -> None:
         super().__init__()
         oup, groups = spec.out_channels, cfg.pointwise_groups
@@ -570,18 +713,34 @@ class DnaBlock(_BridgedBlock):
         self.hyper2 = HyperMLP(cfg.token_dim, squeeze, hidden)
         self.conv3 = conv_bn(hidden, oup, 1, groups=groups)
         self.shuffle3 = _maybe_shuffle(oup, groups, shuffle)
-        self._bridges(in_channels, oup, cfg, drop_path, first)
+        if width is not None and (groups != 1 or in_channels != oup or spec.stride != 1):
+            raise ValueError("only a stride-1 block that keeps its width, with dense 1x1 convs, computes padded")
+        self._bridges(in_channels, oup, cfg, drop_path, first, width, input_width)
         self.register_buffer("hyper_offset", hyper_offset((self.hyper1, self.hyper2)), persistent=False)
         self.identity = spec.stride == 1 and in_channels == oup
 
     def forward(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.unpadded(x)
         tokens = self.former(self.to_former(x, tokens))
         c1, c2 = dyrelu_coefficients(self.token0(tokens), (self.hyper1, self.hyper2), self.hyper_offset)
-        h = dyrelu(self.shuffle1(self.conv1(x)), c1)
-        h = self.shuffle3(self.conv3(dyrelu(self.conv2(h), c2)))
+        if reads_padded(self):
+            h = self.shuffle3(self._padded_conv3(dyrelu(self.conv2(dyrelu(self._padded_conv1(x), c1)), c2)))
+        else:
+            h = dyrelu(self.shuffle1(self.conv1(x)), c1)
+            h = self.shuffle3(self.conv3(dyrelu(self.conv2(h), c2)))
         if self.identity:
             h = self.drop_path(h) + x
         return self.to_mobile(h, tokens), tokens
+
+    def _padded_conv1(self, x: Tensor) -> Tensor:
+        """conv1 (dense 1x1) reading the padded input: its columns at the padded channels, zeros at the others."""
+        weight, bias = folded_batchnorm(self.conv1.conv.weight, None, self.conv1.bn)
+        return F.conv2d(x, (weight.flatten(1) @ self.padding.t())[..., None, None], bias)
+
+    def _padded_conv3(self, h: Tensor) -> Tensor:
+        """conv3 (dense 1x1) writing the padded output: its rows at the padded channels, zero channels between."""
+        weight, bias = folded_batchnorm(self.conv3.conv.weight, None, self.conv3.bn)
+        return F.conv2d(h, (self.padding @ weight.flatten(1))[..., None, None], padded_vector(self, bias))
 
 
 class ChannelConv(nn.Module):
@@ -646,14 +805,21 @@ class OfficialMobileFormer(nn.Module):
         self.tokens = nn.Parameter(torch.zeros(cfg.num_tokens, cfg.token_dim))
         stem_width = stem_copies_width(cfg.stem_channels, cfg.lite)
         self.stem = Stem(in_chans, cfg.stem_channels, stem_width)
-        self.lite_bneck = LiteBottleneck(cfg.stem_channels, cfg.lite, cfg.pointwise_groups, stem_width)
+        padded = padded_stage_width(cfg)  # the lite bottleneck's output and the blocks that keep its width
+        self.lite_bneck = LiteBottleneck(
+            cfg.stem_channels, cfg.lite, cfg.pointwise_groups, stem_width, padded, cfg.bridge_heads
+        )
         # The official drop-path rate grows linearly over features.0..L-1 (features.0 has no drop path).
         layers = len(cfg.blocks) + 1
         blocks, channels = [], cfg.lite.out_channels
         for index, spec in enumerate(cfg.blocks, start=1):
             block_type = DnaBlock3 if spec.kind == "DnaBlock3" else DnaBlock
-            blocks.append(block_type(channels, spec, cfg, drop_path_rate * (index + 1) / layers, first=index == 1))
+            keeps = padded is not None and block_type is DnaBlock and spec.stride == 1 and spec.out_channels == channels
+            width, input_width = (padded, None) if keeps else (None, padded)
+            rate = drop_path_rate * (index + 1) / layers
+            blocks.append(block_type(channels, spec, cfg, rate, index == 1, width, input_width))
             channels = spec.out_channels
+            padded = width
         self.blocks = nn.ModuleList(blocks)
         self.final_to_former = ToFormer(channels, cfg.num_tokens, cfg.token_dim, cfg.bridge_heads, drop_path_rate)
         self.channel_conv = ChannelConv(channels, cfg.channel_conv_out, cfg.pointwise_groups)
