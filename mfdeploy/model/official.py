@@ -261,7 +261,6 @@ class ToFormer(nn.Module):
         heads: int = 2,
         drop_path: float = 0.0,
         learned_tokens: bool = False,
-        width: int | None = None,
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -276,7 +275,7 @@ class ToFormer(nn.Module):
         self.proj = nn.Linear(channels, token_dim)
         self.norm = nn.LayerNorm(token_dim)
         self.drop_path = DropPath(drop_path)
-        _padding(self, channels, heads, width)
+        self.width: int | None = None  # the padded layout, see _BridgedBlock.pad_channels
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
         h = self.heads
@@ -348,15 +347,7 @@ class ToMobile(nn.Module):
     Core ML program would then have a transpose more per block, and ONNX Runtime was no faster that way.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        num_tokens: int,
-        token_dim: int,
-        heads: int = 2,
-        drop_path: float = 0.0,
-        width: int | None = None,
-    ) -> None:
+    def __init__(self, channels: int, num_tokens: int, token_dim: int, heads: int = 2, drop_path: float = 0.0) -> None:
         super().__init__()
         self.channels = channels
         self.num_tokens = num_tokens
@@ -365,7 +356,7 @@ class ToMobile(nn.Module):
         self.k = nn.Linear(token_dim, channels)
         self.v = nn.Linear(token_dim, channels)  # official proj
         self.drop_path = DropPath(drop_path)
-        _padding(self, channels, heads, width)
+        self.width: int | None = None  # the padded layout, see _BridgedBlock.pad_channels
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
         h = self.heads
@@ -606,29 +597,28 @@ class LiteBottleneck(nn.Module):
 class _BridgedBlock(nn.Module):
     """What both official blocks share: tokens updated first (ToFormer, Former), the convs, then ToMobile."""
 
-    def _bridges(
-        self,
-        in_channels: int,
-        out_channels: int,
-        cfg: OfficialConfig,
-        drop_path: float,
-        first: bool,
-        width: int | None = None,
-        input_width: int | None = None,
-    ) -> None:
-        """The bridges and the Former; ``width``: the block computes on the padded layout (its input and output
-        ``width`` wide, see :func:`padded_stage_width`); ``input_width``: its input comes padded, and it takes
-        its own channels out of it first."""
-        heads = cfg.bridge_heads
-        self.to_former = ToFormer(in_channels, cfg.num_tokens, cfg.token_dim, heads, drop_path, first, width)
+    def _bridges(self, in_channels: int, out_channels: int, cfg: OfficialConfig, drop_path: float, first: bool) -> None:
+        self.to_former = ToFormer(in_channels, cfg.num_tokens, cfg.token_dim, cfg.bridge_heads, drop_path, first)
         self.former = Former(cfg.num_tokens, cfg.token_dim, cfg.num_heads, cfg.ffn_ratio, drop_path)
-        self.to_mobile = ToMobile(out_channels, cfg.num_tokens, cfg.token_dim, heads, drop_path, width)
+        self.to_mobile = ToMobile(out_channels, cfg.num_tokens, cfg.token_dim, cfg.bridge_heads, drop_path)
         self.token_shape = (cfg.num_tokens, cfg.token_dim)
         self.drop_path = DropPath(drop_path)
-        _padding(self, in_channels, heads, width)
-        self.input_width = input_width
+        self.width: int | None = None  # see pad_channels
+        self.input_width: int | None = None
+
+    def pad_channels(self, width: int | None = None, input_width: int | None = None) -> None:
+        """``width``: compute on the padded layout, input and output ``width`` wide (:func:`padded_stage_width`;
+        a stride-1 block that keeps its width, with dense 1x1 convs); ``input_width``: the input comes padded,
+        and the block takes its own channels out of it first (:meth:`unpadded`)."""
+        channels, heads = self.to_former.channels, self.to_former.heads
+        if width is not None:
+            if not (self.identity and isinstance(self.shuffle1, nn.Identity) and isinstance(self, DnaBlock)):
+                raise ValueError("only a stride-1 block that keeps its width, with dense 1x1 convs, computes padded")
+            for module in (self, self.to_former, self.to_mobile):
+                _padding(module, channels, heads, width)
         if input_width is not None:
-            self.register_buffer("input_positions", padded_positions(in_channels, heads, input_width), persistent=False)
+            self.input_width = input_width
+            self.register_buffer("input_positions", padded_positions(channels, heads, input_width), persistent=False)
 
     def unpadded(self, x: Tensor) -> Tensor:
         """``x``'s own channels, where it comes padded and this block computes on the channels as they are (one
@@ -647,14 +637,7 @@ class DnaBlock3(_BridgedBlock):
     residual from the first pw; then ToMobile."""
 
     def __init__(
-        self,
-        in_channels: int,
-        spec: OfficialBlock,
-        cfg: OfficialConfig,
-        drop_path: float = 0.0,
-        first: bool = False,
-        width: int | None = None,
-        input_width: int | None = None,
+        self, in_channels: int, spec: OfficialBlock, cfg: OfficialConfig, drop_path: float = 0.0, first: bool = False
     ) -> None:
         super().__init__()
         oup, groups = spec.out_channels, cfg.pointwise_groups
@@ -669,9 +652,7 @@ class DnaBlock3(_BridgedBlock):
         self.shuffle3 = _maybe_shuffle(hidden2, oup, shuffle)
         self.hyper3 = HyperMLP(cfg.token_dim, squeeze, hidden2)
         self.conv4 = conv_bn(hidden2, oup, 1, groups=groups)
-        if width is not None:
-            raise ValueError("a stride-2 block does not compute on a padded layout: give it input_width")
-        self._bridges(in_channels, oup, cfg, drop_path, first, input_width=input_width)
+        self._bridges(in_channels, oup, cfg, drop_path, first)
         self.register_buffer("hyper_offset", hyper_offset((self.hyper1, self.hyper3)), persistent=False)
         self.identity = spec.stride == 1 and in_channels == oup
 
@@ -692,14 +673,7 @@ class DnaBlock(_BridgedBlock):
     kept, then ToMobile (after the skip)."""
 
     def __init__(
-        self,
-        in_channels: int,
-        spec: OfficialBlock,
-        cfg: OfficialConfig,
-        drop_path: float = 0.0,
-        first: bool = False,
-        width: int | None = None,
-        input_width: int | None = None,
+        self, in_channels: int, spec: OfficialBlock, cfg: OfficialConfig, drop_path: float = 0.0, first: bool = False
     ) -> None:
         super().__init__()
         oup, groups = spec.out_channels, cfg.pointwise_groups
@@ -713,9 +687,7 @@ class DnaBlock(_BridgedBlock):
         self.hyper2 = HyperMLP(cfg.token_dim, squeeze, hidden)
         self.conv3 = conv_bn(hidden, oup, 1, groups=groups)
         self.shuffle3 = _maybe_shuffle(oup, groups, shuffle)
-        if width is not None and (groups != 1 or in_channels != oup or spec.stride != 1):
-            raise ValueError("only a stride-1 block that keeps its width, with dense 1x1 convs, computes padded")
-        self._bridges(in_channels, oup, cfg, drop_path, first, width, input_width)
+        self._bridges(in_channels, oup, cfg, drop_path, first)
         self.register_buffer("hyper_offset", hyper_offset((self.hyper1, self.hyper2)), persistent=False)
         self.identity = spec.stride == 1 and in_channels == oup
 
@@ -816,8 +788,9 @@ class OfficialMobileFormer(nn.Module):
             block_type = DnaBlock3 if spec.kind == "DnaBlock3" else DnaBlock
             keeps = padded is not None and block_type is DnaBlock and spec.stride == 1 and spec.out_channels == channels
             width, input_width = (padded, None) if keeps else (None, padded)
-            rate = drop_path_rate * (index + 1) / layers
-            blocks.append(block_type(channels, spec, cfg, rate, index == 1, width, input_width))
+            block = block_type(channels, spec, cfg, drop_path_rate * (index + 1) / layers, first=index == 1)
+            block.pad_channels(width, input_width)
+            blocks.append(block)
             channels = spec.out_channels
             padded = width
         self.blocks = nn.ModuleList(blocks)
