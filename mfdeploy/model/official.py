@@ -275,7 +275,7 @@ class ToFormer(nn.Module):
         self.proj = nn.Linear(channels, token_dim)
         self.norm = nn.LayerNorm(token_dim)
         self.drop_path = DropPath(drop_path)
-        self.width: int | None = None  # the padded layout, see _BridgedBlock.pad_channels
+        self.width: int | None = None  # the padded layout, see _BridgedBlock.take_padded_input
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
         h = self.heads
@@ -356,7 +356,7 @@ class ToMobile(nn.Module):
         self.k = nn.Linear(token_dim, channels)
         self.v = nn.Linear(token_dim, channels)  # official proj
         self.drop_path = DropPath(drop_path)
-        self.width: int | None = None  # the padded layout, see _BridgedBlock.pad_channels
+        self.width: int | None = None  # the padded layout, see _BridgedBlock.take_padded_input
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
         h = self.heads
@@ -481,7 +481,7 @@ def padded_vector(module: nn.Module, vector: Tensor) -> Tensor:
 def reads_padded(module: nn.Module) -> bool:
     """Whether ``module`` computes on the padded layout (:func:`padded_stage_width`): in ONNX Runtime's layout only,
     like the stem's copies, so that training, Core ML and MAdds see the channels as they are."""
-    return getattr(module, "width", None) is not None and onnx_runtime_layout(module)
+    return module.width is not None and onnx_runtime_layout(module)
 
 
 class Stem(nn.Module):
@@ -525,18 +525,10 @@ class LiteBottleneck(nn.Module):
     ONNX Runtime runs all of it in NCHWc, with the sums inside the convs; the grouped conv ran in NCHW as an
     im2col and a small GEMM per group, between two layout reorders of full-resolution maps (ONNX Runtime, 2
     threads: the whole official 52m 0.83 of its latency at batch 8, 96m 0.95 at batch 1; see the README's
-    Benchmarks). With ``out_width`` (:func:`padded_stage_width`: 52m) those partial convs write the output padded,
-    its rows at :func:`padded_positions` and zero channels between."""
+    Benchmarks). After :meth:`pad_output` (:func:`padded_stage_width`: 52m) those partial convs write the output
+    padded, its rows at :func:`padded_positions` and zero channels between."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        spec: OfficialBlock,
-        groups: int,
-        stem_width: int | None = None,
-        out_width: int | None = None,
-        heads: int = 2,
-    ) -> None:
+    def __init__(self, in_channels: int, spec: OfficialBlock, groups: int, stem_width: int | None = None) -> None:
         super().__init__()
         hidden = in_channels * spec.e1
         self.dw = RepeatedDepthwise(in_channels, spec.e1, 3, spec.stride)
@@ -545,7 +537,7 @@ class LiteBottleneck(nn.Module):
         self.pw = conv_bn(hidden, spec.out_channels, 1, groups=groups)
         self.identity = spec.stride == 1 and in_channels == spec.out_channels
         self.stem_width = stem_width
-        _padding(self, spec.out_channels, heads, out_width)  # its output padded (padded_stage_width)
+        self.width: int | None = None  # its output padded: see pad_output
         if stem_width is not None:
             self.register_buffer("copy_sources", _copy_sources(in_channels, spec.e1, stem_width), persistent=False)
             if isinstance(self.shuffle, ChannelShuffle):  # the 1x1 conv's input j is the dw conv's channel index[j]
@@ -553,6 +545,13 @@ class LiteBottleneck(nn.Module):
 
     def reads_copies(self) -> bool:
         return self.stem_width is not None and onnx_runtime_layout(self)
+
+    def pad_output(self, width: int | None, heads: int) -> None:
+        """Write the output padded to ``width`` channels (:func:`padded_stage_width`), in the copies form only."""
+        if width is not None:
+            if self.stem_width is None:
+                raise ValueError("only a lite bottleneck that reads the stem's copies writes a padded output")
+            _padding(self, self.pw.conv.out_channels, heads, width)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.reads_copies():
@@ -603,22 +602,27 @@ class _BridgedBlock(nn.Module):
         self.to_mobile = ToMobile(out_channels, cfg.num_tokens, cfg.token_dim, cfg.bridge_heads, drop_path)
         self.token_shape = (cfg.num_tokens, cfg.token_dim)
         self.drop_path = DropPath(drop_path)
-        self.width: int | None = None  # see pad_channels
+        self.width: int | None = None  # see take_padded_input
         self.input_width: int | None = None
 
-    def pad_channels(self, width: int | None = None, input_width: int | None = None) -> None:
-        """``width``: compute on the padded layout, input and output ``width`` wide (:func:`padded_stage_width`;
-        a stride-1 block that keeps its width, with dense 1x1 convs); ``input_width``: the input comes padded,
-        and the block takes its own channels out of it first (:meth:`unpadded`)."""
+    def keeps_padded_layout(self) -> bool:
+        """Whether this block can compute on a padded input and write its output padded the same way."""
+        return False
+
+    def take_padded_input(self, width: int | None) -> int | None:
+        """Its input comes ``width`` wide (:func:`padded_stage_width`; None: as it is). A block that
+        :meth:`keeps_padded_layout` computes on the padded layout, input and output; any other takes its own
+        channels out of the input first (:meth:`unpadded`). Returns the width of its output (None: as it is)."""
+        if width is None:
+            return None
         channels, heads = self.to_former.channels, self.to_former.heads
-        if width is not None:
-            if not (self.identity and isinstance(self.shuffle1, nn.Identity) and isinstance(self, DnaBlock)):
-                raise ValueError("only a stride-1 block that keeps its width, with dense 1x1 convs, computes padded")
+        if self.keeps_padded_layout():
             for module in (self, self.to_former, self.to_mobile):
                 _padding(module, channels, heads, width)
-        if input_width is not None:
-            self.input_width = input_width
-            self.register_buffer("input_positions", padded_positions(channels, heads, input_width), persistent=False)
+            return width
+        self.input_width = width
+        self.register_buffer("input_positions", padded_positions(channels, heads, width), persistent=False)
+        return None
 
     def unpadded(self, x: Tensor) -> Tensor:
         """``x``'s own channels, where it comes padded and this block computes on the channels as they are (one
@@ -704,6 +708,10 @@ class DnaBlock(_BridgedBlock):
             h = self.drop_path(h) + x
         return self.to_mobile(h, tokens), tokens
 
+    def keeps_padded_layout(self) -> bool:
+        """Stride 1, its own width kept, dense 1x1 convs (no shuffle): conv1's columns and conv3's rows pad."""
+        return self.identity and isinstance(self.shuffle1, nn.Identity)
+
     def _padded_conv1(self, x: Tensor) -> Tensor:
         """conv1 (dense 1x1) reading the padded input: its columns at the padded channels, zeros at the others."""
         weight, bias = folded_batchnorm(self.conv1.conv.weight, None, self.conv1.bn)
@@ -777,22 +785,18 @@ class OfficialMobileFormer(nn.Module):
         self.tokens = nn.Parameter(torch.zeros(cfg.num_tokens, cfg.token_dim))
         stem_width = stem_copies_width(cfg.stem_channels, cfg.lite)
         self.stem = Stem(in_chans, cfg.stem_channels, stem_width)
+        self.lite_bneck = LiteBottleneck(cfg.stem_channels, cfg.lite, cfg.pointwise_groups, stem_width)
         padded = padded_stage_width(cfg)  # the lite bottleneck's output and the blocks that keep its width
-        self.lite_bneck = LiteBottleneck(
-            cfg.stem_channels, cfg.lite, cfg.pointwise_groups, stem_width, padded, cfg.bridge_heads
-        )
+        self.lite_bneck.pad_output(padded, cfg.bridge_heads)
         # The official drop-path rate grows linearly over features.0..L-1 (features.0 has no drop path).
         layers = len(cfg.blocks) + 1
         blocks, channels = [], cfg.lite.out_channels
         for index, spec in enumerate(cfg.blocks, start=1):
             block_type = DnaBlock3 if spec.kind == "DnaBlock3" else DnaBlock
-            keeps = padded is not None and block_type is DnaBlock and spec.stride == 1 and spec.out_channels == channels
-            width, input_width = (padded, None) if keeps else (None, padded)
             block = block_type(channels, spec, cfg, drop_path_rate * (index + 1) / layers, first=index == 1)
-            block.pad_channels(width, input_width)
+            padded = block.take_padded_input(padded)
             blocks.append(block)
             channels = spec.out_channels
-            padded = width
         self.blocks = nn.ModuleList(blocks)
         self.final_to_former = ToFormer(channels, cfg.num_tokens, cfg.token_dim, cfg.bridge_heads, drop_path_rate)
         self.channel_conv = ChannelConv(channels, cfg.channel_conv_out, cfg.pointwise_groups)
